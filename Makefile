@@ -1,0 +1,55 @@
+# Quick start:  make run   (all notebooks, full profile)   |   make test   (the tests)
+# Each target creates .venv/ on first use from requirements.txt (+ the helpers package).
+# Configuration comes from the environment: CXR_DATA_DIR, KERAS_HOME, CXR_ARTIFACTS_DIR.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Tests write their smoke-profile artifacts here, never into your artifacts/ folder.
+TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
+
+.PHONY: help venv run smoke test test-fast benchmark quality lab clean-test
+
+help:
+	@echo "make run        run notebooks 01-07 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
+	@echo "make test       unit + integration tests and the notebooks in the smoke profile"
+	@echo "make test-fast  unit + integration tests only (no notebooks)"
+	@echo "make smoke      run the notebooks in the smoke profile (a few minutes)"
+	@echo "make quality    print the test-set quality bar of the trained model"
+	@echo "make benchmark  TFLite size / latency / memory benchmark"
+	@echo "make lab        open JupyterLab"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m helpers.notebooks --profile full
+
+smoke: $(STAMP)
+	$(BIN)/python -m helpers.notebooks --profile smoke
+
+test: $(STAMP)
+	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
+		$(BIN)/python -m pytest tests --nbval-lax notebooks
+
+test-fast: $(STAMP)
+	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
+		$(BIN)/python -m pytest tests -m "not notebooks"
+
+quality: $(STAMP)
+	$(BIN)/python benchmarks/quality_bar.py
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/tflite_benchmark.py
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean-test:
+	rm -rf $(TEST_ARTIFACTS)

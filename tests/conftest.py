@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny synthetic datasets in every layout, and the real data gate."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import data
+
+
+def pytest_configure(config):
+    # Tests never write into the user's artifacts folder and always use the smoke profile.
+    os.environ.setdefault("CXR_PROFILE", "smoke")
+    if "CXR_ARTIFACTS_DIR" not in os.environ:
+        os.environ["CXR_ARTIFACTS_DIR"] = str(Path(__file__).resolve().parents[1] / "artifacts-test")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def encode_image(array: np.ndarray, fmt: str = "JPEG") -> bytes:
+    """Encode a uint8 (H, W) or (H, W, C) array as JPEG/PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# Three NORMAL patients and four PNEUMONIA patients, some with several images.
+SYNTHETIC_FILES = {
+    "NORMAL": ["IM-0001-0001.jpeg", "IM-0001-0002.jpeg", "NORMAL2-IM-0002-0001.jpeg",
+               "IM-0003-0001-0001.jpeg", "IM-0004-0001.jpeg", "NORMAL2-IM-0005-0001-0002.jpeg"],
+    "PNEUMONIA": ["person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person2_virus_3.jpeg",
+                  "person3_bacteria_4.jpeg", "person4_virus_5.jpeg", "person5_virus_6_1.jpeg",
+                  "person6_bacteria_7.jpeg", "person7_virus_8.jpeg"],
+}
+
+
+def synthetic_image(seed: int, size: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(size, size), dtype=np.uint8)  # grayscale, like X-rays
+
+
+@pytest.fixture
+def synthetic_folder(tmp_path) -> Path:
+    """A Kaggle-layout ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}`` tree of tiny images."""
+    seed = 0
+    for split in ("train", "test"):
+        for class_name, names in SYNTHETIC_FILES.items():
+            folder = tmp_path / "chest_xray" / split / class_name
+            folder.mkdir(parents=True)
+            for name in names:
+                seed += 1
+                (folder / name).write_bytes(encode_image(synthetic_image(seed)))
+    return tmp_path
+
+
+def write_tfrecord_pair(split_dir: Path, examples: data.Examples, order=None) -> None:
+    import tensorflow as tf
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    order = range(len(examples)) if order is None else order
+    with tf.io.TFRecordWriter(str(split_dir / "images.tfrec")) as images, \
+            tf.io.TFRecordWriter(str(split_dir / "paths.tfrec")) as paths:
+        for i in order:
+            images.write(examples.image_bytes[i])
+            paths.write(examples.paths[i].encode())
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """``CXR_DATA_DIR`` for integration tests: skip locally without it, fail in CI."""
+    value = os.environ.get("CXR_DATA_DIR")
+    if value and Path(value).is_dir():
+        return Path(value)
+    message = ("Integration tests need the real data: set CXR_DATA_DIR to a folder holding "
+               "ChestXRay2017/ and chest_xray/ (CI uses ../shared/data).")
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
