@@ -3,6 +3,9 @@
     python -m helpers.notebooks                    # full profile, all notebooks
     python -m helpers.notebooks --profile smoke    # CI's tiny, fast profile
     python -m helpers.notebooks --only 04 05       # a few, by number prefix
+    python -m helpers.notebooks --strip            # maintainers: strip outputs before a commit,
+                                                   # refreshing `# NBVAL_CHECK_OUTPUT` cells
+                                                   # from the last executed copies
 
 Executed copies go to ``<artifacts>/executed/``; the notebooks write their models,
 metrics and figures under the artifacts directory (``CXR_ARTIFACTS_DIR``).
@@ -11,6 +14,7 @@ metrics and figures under the artifacts directory (``CXR_ARTIFACTS_DIR``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 from helpers import config
 
 NOTEBOOK_DIR = config.PROJECT_ROOT / "notebooks"
+CHECKED_OUTPUT_MARK = "# NBVAL_CHECK_OUTPUT"
 
 
 def numbered_notebooks(only: list[str] | None = None) -> list[Path]:
@@ -53,6 +58,7 @@ def run_notebook(notebook: Path, profile: str, output_dir: Path, timeout_s: int 
 def run_all(profile: str = "full", only: list[str] | None = None) -> dict[str, float]:
     """Run the notebooks in order; returns {notebook name: seconds}. Stops at the first failure."""
     profile = config.resolve_profile(profile)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the kernels: quieter logs
     output_dir = config.artifacts_dir("executed")
     timings = {}
     for notebook in numbered_notebooks(only):
@@ -64,11 +70,54 @@ def run_all(profile: str = "full", only: list[str] | None = None) -> dict[str, f
     return timings
 
 
+def is_checked_cell(cell) -> bool:
+    """A code cell whose output is a deterministic fact that nbval compares."""
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECKED_OUTPUT_MARK)
+
+
+def strip_outputs(notebook: Path, executed: Path | None = None) -> None:
+    """Remove outputs in place, keeping (or refreshing from ``executed``) checked cells.
+
+    Only ``# NBVAL_CHECK_OUTPUT`` cells keep outputs in git; their outputs are taken
+    from the executed copy, matched by cell id, when it is given.
+    """
+    import nbformat
+
+    document = nbformat.read(notebook, as_version=4)
+    executed_cells = {}
+    if executed is not None and executed.is_file():
+        executed_cells = {cell.get("id"): cell for cell in nbformat.read(executed, as_version=4).cells}
+    for cell in document.cells:
+        if cell.cell_type != "code":
+            continue
+        if is_checked_cell(cell):
+            source_cell = executed_cells.get(cell.get("id"))
+            if source_cell is not None:
+                cell.outputs = [o for o in source_cell.outputs if o.get("output_type") != "display_data"]
+            # nbval only compares cells that were run: number the checked ones.
+            cell.execution_count = (source_cell or cell).get("execution_count") or 1
+        else:
+            cell.outputs = []
+            cell.execution_count = None
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    document.metadata.pop("papermill", None)
+    nbformat.write(document, notebook)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="auto", help="full, smoke or auto (CXR_PROFILE)")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 03")
+    parser.add_argument("--strip", action="store_true",
+                        help="strip outputs (keeping checked cells, refreshed from executed copies)")
     args = parser.parse_args(argv)
+    if args.strip:
+        executed_dir = config.artifacts_dir("executed", create=False)
+        for notebook in numbered_notebooks(args.only):
+            strip_outputs(notebook, executed_dir / notebook.name)
+            print(f"stripped {notebook.name}")
+        return 0
     timings = run_all(args.profile, args.only)
     total = sum(timings.values())
     print(f"ran {len(timings)} notebook(s) in {total:.0f} s; outputs in {config.artifacts_dir()}")
