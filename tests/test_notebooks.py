@@ -1,0 +1,121 @@
+"""The numbered notebooks: committed clean, and executed end to end (smoke) with papermill.
+
+The papermill chain runs every notebook in order in the smoke profile, into the test
+artifacts folder (``CXR_ARTIFACTS_DIR``, set by conftest), then checks that each one
+left the artifacts later notebooks rely on. nbval re-runs them separately
+(``pytest --nbval-lax notebooks``) and compares the ``# NBVAL_CHECK_OUTPUT`` cells.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import nbformat
+import pytest
+
+from helpers import config, notebooks
+
+NOTEBOOKS = notebooks.numbered_notebooks()
+EXPECTED_NOTEBOOKS = [
+    "01_eda.ipynb",
+    "02_class_imbalance.ipynb",
+    "03_finetune_mobilenetv2.ipynb",
+    "04_evaluation.ipynb",
+    "05_gradcam.ipynb",
+    "06_tflite_conversion.ipynb",
+    "07_prediction_explorer.ipynb",
+]
+METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
+
+
+def test_the_numbered_notebooks_are_all_there():
+    assert [p.name for p in NOTEBOOKS] == EXPECTED_NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean_with_one_parameters_cell(path):
+    document = nbformat.read(path, as_version=4)
+    assert document.metadata["kernelspec"]["name"] == "python3"
+    parameter_cells = [c for c in document.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameter_cells) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse(parameter_cells[0].source)
+    names = set()
+    for statement in tree.body:
+        assert isinstance(statement, ast.Assign), "the parameters cell holds assignments only"
+        ast.literal_eval(statement.value)  # plain literals only (raises otherwise)
+        names.update(target.id for target in statement.targets)
+    assert {"profile", "seed"} <= names
+    for cell in document.cells:
+        if cell.cell_type == "code" and not notebooks.is_checked_cell(cell):
+            assert cell.outputs == [], f"stray output in {path.name}: {cell.source[:60]!r}"
+
+
+@pytest.fixture(scope="module")
+def smoke_chain():
+    """Run all notebooks in order (smoke profile); {name: exception or None}."""
+    results = {}
+    output_dir = config.artifacts_dir("executed")
+    for path in NOTEBOOKS:
+        try:
+            notebooks.run_notebook(path, "smoke", output_dir)
+            results[path.name] = None
+        except Exception as error:  # reported by the test of that notebook
+            results[path.name] = error
+    return results
+
+
+def _artifact(relative: str):
+    path = config.artifacts_dir() / relative
+    assert path.exists(), f"missing artifact {path}"
+    return path
+
+
+def _json(relative: str) -> dict:
+    return json.loads(_artifact(relative).read_text())
+
+
+ARTIFACT_CHECKS = {
+    "01_eda.ipynb": lambda: [_artifact(f"figures/01_eda/{name}.png") for name in
+                             ("class_counts", "images_per_patient", "intensity_histograms", "sample_grid")],
+    "02_class_imbalance.ipynb": lambda: _json("imbalance/comparison.json"),
+    "03_finetune_mobilenetv2.ipynb": lambda: (_artifact("model/pneumonia_mobilenetv2.keras"),
+                                              _json("model/training_record.json")),
+    "04_evaluation.ipynb": lambda: _check_metrics(_json("metrics.json")),
+    "05_gradcam.ipynb": lambda: _check_keys(_json("gradcam.json"), (
+        "randomization_rank_correlation", "deletion_auc_gradcam", "deletion_auc_random", "n_images")),
+    "06_tflite_conversion.ipynb": lambda: _check_tflite(),
+    "07_prediction_explorer.ipynb": lambda: _check_keys(_json("ood.json"), (
+        "false_rejection_rate_test", "rejection_rate_non_xray", "n_non_xray")),
+}
+
+
+def _check_keys(record: dict, keys) -> None:
+    missing = set(keys) - set(record)
+    assert not missing, f"missing keys {missing}"
+
+
+def _check_metrics(metrics: dict) -> None:
+    _check_keys(metrics, ("threshold", "temperature", "band", "ece_before", "ece_after", "test", "validation"))
+    _check_keys(metrics["band"], ("low", "high", "coverage", "accuracy_outside", "recall_outside"))
+    for split in ("test", "validation"):
+        for name in METRIC_NAMES:
+            entry = metrics[split][name]
+            _check_keys(entry, ("value", "ci_low", "ci_high"))
+            assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
+    assert 0.0 < metrics["threshold"] < 1.0 and metrics["temperature"] > 0.0
+
+
+def _check_tflite() -> None:
+    models = sorted(p.stem for p in _artifact("tflite").glob("*.tflite"))
+    assert len(models) == 4, f"expected four TFLite variants, found {models}"
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", EXPECTED_NOTEBOOKS)
+def test_notebook_runs_in_smoke_profile_and_leaves_its_artifacts(smoke_chain, name):
+    if name not in smoke_chain:
+        pytest.fail(f"{name} is missing")
+    if smoke_chain[name] is not None:
+        raise smoke_chain[name]
+    ARTIFACT_CHECKS[name]()
