@@ -20,6 +20,7 @@ LAST_CONV_LAYER = "out_relu"
 LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
 POOL_LAYER = "global_pool"
+HEAD_DROPOUT_LAYER = "head_dropout"
 MODEL_FILE_NAME = "pneumonia_mobilenetv2.keras"
 
 
@@ -63,13 +64,77 @@ def build_model(
     for layer in base.layers:
         layer.trainable = False
     features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(base.output)  # (B, 1280)
-    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    probability = add_head(features, dropout=dropout, output_bias=output_bias)  # (B, 1)
+    return keras.Model(inputs, probability, name="pneumonia_mobilenetv2")
+
+
+def add_head(features, dropout: float = 0.2, output_bias: float | None = None):
+    """The classification head on pooled features: dropout -> ``logit`` -> ``probability``.
+
+    Shared by :func:`build_model` and :func:`build_head_model` (the class-imbalance
+    notebook trains heads alone on cached features), so both have the same layers.
+
+    Args:
+        features: (B, F) KerasTensor of pooled features.
+        dropout: dropout rate before the output unit.
+        output_bias: initial logit bias (``None``: zero).
+    Returns:
+        (B, 1) KerasTensor, the sigmoid probability.
+    """
+    import keras
+
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    features = keras.layers.Dropout(dropout, name=HEAD_DROPOUT_LAYER)(features)
     bias_initializer = (
         keras.initializers.Constant(output_bias) if output_bias is not None else "zeros"
     )
     logit = keras.layers.Dense(1, bias_initializer=bias_initializer, name=LOGIT_LAYER)(features)  # (B, 1)
-    probability = keras.layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)  # (B, 1)
-    return keras.Model(inputs, probability, name="pneumonia_mobilenetv2")
+    return keras.layers.Activation("sigmoid", name=PROBABILITY_LAYER)(logit)  # (B, 1)
+
+
+def build_head_model(feature_size: int = 1280, dropout: float = 0.2, output_bias: float | None = None):
+    """A stand-alone head: pooled features (B, feature_size) -> probability (B, 1)."""
+    import keras
+
+    inputs = keras.Input(shape=(feature_size,), name="pooled_features")
+    return keras.Model(inputs, add_head(inputs, dropout, output_bias), name="pneumonia_head")
+
+
+def unfreeze_from(model, first_layer: str, freeze_batch_norm: bool = True) -> list[str]:
+    """Make ``first_layer`` and every layer after it trainable (phase 2 of fine-tuning).
+
+    Layers before ``first_layer`` stay frozen. BatchNormalization layers stay frozen
+    when ``freeze_batch_norm`` (Keras then runs them in inference mode, so their
+    moving statistics are never updated from small, imbalanced batches).
+
+    Args:
+        model: a model from :func:`build_model`.
+        first_layer: e.g. ``"block_13_expand"`` (unfreezes blocks 13-16, ``Conv_1``, head).
+    Returns:
+        The names of the layers that now have trainable weights.
+    """
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if first_layer not in names:
+        blocks = sorted({name.split("_expand")[0] for name in names if name.endswith("_expand")})
+        raise ValueError(
+            f"The model has no layer {first_layer!r}. Use a block's first layer such as "
+            f"'block_13_expand' (blocks with an expand layer: {', '.join(blocks)})."
+        )
+    start = names.index(first_layer)
+    for index, layer in enumerate(model.layers):
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= start and not (freeze_batch_norm and is_batch_norm)
+    return [layer.name for layer in model.layers if layer.trainable and layer.weights]
+
+
+def freeze_base(model) -> None:
+    """Freeze everything except the head (phase 1 of fine-tuning)."""
+    head_layers = {HEAD_DROPOUT_LAYER, LOGIT_LAYER, PROBABILITY_LAYER}
+    for layer in model.layers:
+        layer.trainable = layer.name in head_layers
 
 
 def logit_model(model):

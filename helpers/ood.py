@@ -1,0 +1,509 @@
+"""Out-of-distribution (OOD) check: does an image look like the training chest X-rays?
+
+The classifier answers "pneumonia or not" for *any* picture, so the explorer first asks
+whether the picture is a chest X-ray like those it was trained on. Two gates, in order:
+
+1. **Colour gate** -- chest X-rays are grey: in this dataset R = G = B exactly, and a
+   grey film photographed or re-encoded stays near-grey. An image whose
+   colourfulness (Hasler & Suesstrunk 2003, :func:`colourfulness`) exceeds
+   ``max_colourfulness`` (default 25, between their "slightly" (15) and "moderately"
+   (33) colourful levels, so a grey film photographed with a warm or cold cast still
+   passes) is rejected. Cheap, and it catches colour photos.
+2. **Feature gate** -- the Mahalanobis distance of the image's backbone features (the
+   model's ``global_pool`` layer, 1280 numbers per image) to the distribution of the
+   *training* images' features (mean and Ledoit-Wolf shrunk covariance). The
+   threshold is a high percentile (default 99.5th) of the distances of held-out
+   training images (the validation split), so about 0.5% of genuine X-rays are
+   expected to be turned away. This gate catches grey photos, drawings, text, noise.
+
+Fit data come from train (distribution) and validation (threshold) only; the test
+split is used to report the false-rejection rate, and generated non-X-ray images
+(:func:`non_xray_images`) to report the rejection rate, written to ``ood.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from helpers import config
+
+DEFAULT_QUANTILE = 0.995
+DEFAULT_MAX_COLOURFULNESS = 25.0
+DETECTOR_FILE_NAME = "detector.npz"
+REPORT_FILE_NAME = "ood.json"
+NON_XRAY_KINDS = (
+    "photo_colour", "photo_grey", "colour_noise", "grey_noise", "gradient",
+    "checkerboard", "text", "flat",
+)
+
+
+# --------------------------------------------------------------------------- #
+# Gate 1: colour
+# --------------------------------------------------------------------------- #
+def colourfulness(images: np.ndarray) -> np.ndarray:
+    """Hasler & Suesstrunk colourfulness of each image: (N, H, W, 3) -> (N,) float.
+
+    0 for a grey image; about 15 "slightly", 33 "moderately", 59 "quite" colourful.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"Expected RGB images of shape (N, H, W, 3), got {images.shape}.")
+    pixels = images.astype(np.float32)
+    red_green = pixels[..., 0] - pixels[..., 1]  # (N, H, W)
+    yellow_blue = 0.5 * (pixels[..., 0] + pixels[..., 1]) - pixels[..., 2]  # (N, H, W)
+    axes = (1, 2)
+    spread = np.sqrt(red_green.std(axes) ** 2 + yellow_blue.std(axes) ** 2)
+    offset = np.sqrt(red_green.mean(axes) ** 2 + yellow_blue.mean(axes) ** 2)
+    return spread + 0.3 * offset
+
+
+# --------------------------------------------------------------------------- #
+# Gate 2: backbone features
+# --------------------------------------------------------------------------- #
+# classifier -> its feature model, built once (a new Keras model retraces its predict function).
+_FEATURE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def feature_model(model):
+    """A Keras model sharing ``model``'s weights: pixels (B, 224, 224, 3) 0-255 -> (B, 1280).
+
+    Built once per classifier and reused.
+    """
+    if model not in _FEATURE_MODELS:
+        _FEATURE_MODELS[model] = _build_feature_model(model)
+    return _FEATURE_MODELS[model]
+
+
+def _build_feature_model(model):
+    import keras
+
+    from helpers.model import POOL_LAYER
+
+    try:
+        pool = model.get_layer(POOL_LAYER)
+    except ValueError as error:
+        raise ValueError(
+            f"The model has no '{POOL_LAYER}' layer; build it with helpers.model.build_model()."
+        ) from error
+    return keras.Model(model.inputs, pool.output, name="ood_features")
+
+
+def compute_features(extractor, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Features of ``images`` (N, 224, 224, 3) uint8 or float 0-255 -> (N, D) float32.
+
+    Converts to float32 one batch at a time, so a uint8 cache of thousands of images is
+    never copied whole as float32.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)  # (B, 224, 224, 3)
+        chunks.append(np.asarray(extractor.predict_on_batch(batch), dtype=np.float32))
+    if not chunks:
+        raise ValueError("There are no images to compute features for.")
+    return np.concatenate(chunks)
+
+
+def model_fingerprint(model) -> str:
+    """Short SHA-1 of a model's weights: a cache key that changes when the model is retrained."""
+    digest = hashlib.sha1()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def images_fingerprint(images: np.ndarray) -> str:
+    """Short SHA-1 of an image array's bytes (and shape)."""
+    digest = hashlib.sha1(str(images.shape).encode())
+    for start in range(0, len(images), 256):
+        digest.update(np.ascontiguousarray(images[start:start + 256]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_features(model, images: np.ndarray, batch_size: int = 64, extractor=None) -> np.ndarray:
+    """:func:`compute_features` cached in ``<artifacts>/cache/features-<model>-<images>.npy``.
+
+    The key is the model's weights and the images' bytes, so a retrained model or another
+    subset gets its own entry.
+    """
+    key = f"features-{model_fingerprint(model)}-{images_fingerprint(images)}"
+    cache_file = config.artifacts_dir("cache") / f"{key}.npy"
+    if cache_file.is_file():
+        return np.load(cache_file)
+    features = compute_features(extractor or feature_model(model), images, batch_size)
+    temporary = cache_file.with_suffix(".part.npy")
+    np.save(temporary, features)
+    temporary.replace(cache_file)
+    return features
+
+
+@dataclass(frozen=True)
+class FeatureDistribution:
+    """Gaussian model of training features: mean (D,) and precision matrix (D, D)."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> "FeatureDistribution":
+        """Mean and Ledoit-Wolf shrunk covariance of ``features`` (N, D), N > 1."""
+        from sklearn.covariance import LedoitWolf
+
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or len(features) < 2:
+            raise ValueError(f"Need a (N, D) feature array with N >= 2, got shape {features.shape}.")
+        estimator = LedoitWolf(assume_centered=False).fit(features)
+        return cls(mean=estimator.location_.astype(np.float64),
+                   precision=estimator.precision_.astype(np.float64))
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row of ``features`` (N, D) -> (N,)."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        if features.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"Features have {features.shape[1]} dimensions, the fitted "
+                             f"distribution {self.mean.shape[0]}: use the same model.")
+        centred = features - self.mean  # (N, D)
+        squared = np.einsum("nd,de,ne->n", centred, self.precision, centred)
+        return np.sqrt(np.maximum(squared, 0.0))
+
+
+# --------------------------------------------------------------------------- #
+# The detector: both gates, with their thresholds
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class OODVerdict:
+    """The check of one image: ``accepted`` or not, which gate decided, and why."""
+
+    accepted: bool
+    gate: str  # "accepted", "colour" or "features"
+    colourfulness: float
+    distance: float
+    distance_threshold: float
+    message: str
+
+
+@dataclass(frozen=True)
+class OODDetector:
+    """Colour gate + Mahalanobis feature gate with thresholds chosen on validation images."""
+
+    distribution: FeatureDistribution
+    distance_threshold: float
+    max_colourfulness: float = DEFAULT_MAX_COLOURFULNESS
+    quantile: float = DEFAULT_QUANTILE
+    info: dict = field(default_factory=dict)
+
+    def check(self, images: np.ndarray, features: np.ndarray) -> list[OODVerdict]:
+        """Verdicts for images (N, H, W, 3) 0-255 and their features (N, D)."""
+        colour = colourfulness(images)
+        distance = self.distribution.distances(features)
+        if len(colour) != len(distance):
+            raise ValueError(f"{len(colour)} images but {len(distance)} feature rows.")
+        return [self._verdict(float(c), float(d)) for c, d in zip(colour, distance)]
+
+    def accepted(self, colour: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """(N,) bool: passes both gates, from precomputed colourfulness and distances."""
+        return (np.asarray(colour) <= self.max_colourfulness) & (np.asarray(distance) <= self.distance_threshold)
+
+    def _verdict(self, colour: float, distance: float) -> OODVerdict:
+        if colour > self.max_colourfulness:
+            gate = "colour"
+            message = (f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
+                       f"are grey: at most {self.max_colourfulness:.0f}). It does not look like "
+                       "a chest X-ray, so no prediction is made. Upload a frontal chest X-ray.")
+        elif distance > self.distance_threshold:
+            gate = "features"
+            message = (f"This image does not look like the chest X-rays the model was trained "
+                       f"on (feature distance {distance:.1f} > {self.distance_threshold:.1f}, "
+                       f"the {100 * self.quantile:g}th percentile of held-out training X-rays), "
+                       "so no prediction is made. Upload a frontal chest X-ray, upright and not "
+                       "inverted (bones light, air dark).")
+        else:
+            gate = "accepted"
+            message = (f"Looks like a chest X-ray (feature distance {distance:.1f} <= "
+                       f"{self.distance_threshold:.1f}).")
+        return OODVerdict(gate == "accepted", gate, colour, distance, self.distance_threshold, message)
+
+    # ------------------------------------------------------------------ io
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the detector as ``.npz`` (default ``<artifacts>/ood/detector.npz``)."""
+        path = Path(path) if path else config.artifacts_dir("ood") / DETECTOR_FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, mean=self.distribution.mean, precision=self.distribution.precision,
+                 distance_threshold=self.distance_threshold, max_colourfulness=self.max_colourfulness,
+                 quantile=self.quantile, info=json.dumps(self.info))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "OODDetector":
+        path = Path(path) if path else config.artifacts_dir("ood", create=False) / DETECTOR_FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No OOD detector at {path}. Fit it by running "
+                "notebooks/07_prediction_explorer.ipynb (or helpers.ood.fit_detector)."
+            )
+        with np.load(path, allow_pickle=False) as stored:
+            return cls(
+                distribution=FeatureDistribution(stored["mean"], stored["precision"]),
+                distance_threshold=float(stored["distance_threshold"]),
+                max_colourfulness=float(stored["max_colourfulness"]),
+                quantile=float(stored["quantile"]),
+                info=json.loads(str(stored["info"])),
+            )
+
+
+def fit_detector(
+    train_features: np.ndarray,
+    validation_features: np.ndarray,
+    quantile: float = DEFAULT_QUANTILE,
+    max_colourfulness: float = DEFAULT_MAX_COLOURFULNESS,
+) -> OODDetector:
+    """Fit the distribution on train features; threshold = ``quantile`` of validation distances.
+
+    Args:
+        train_features: (N_train, D) features of training X-rays.
+        validation_features: (N_val, D) features of held-out training X-rays (never test).
+        quantile: share of held-out X-rays to accept, e.g. 0.995.
+        max_colourfulness: colour-gate threshold.
+    """
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}.")
+    if max_colourfulness <= 0:
+        raise ValueError(f"max_colourfulness must be > 0, got {max_colourfulness}.")
+    distribution = FeatureDistribution.fit(train_features)
+    validation_distances = distribution.distances(validation_features)
+    threshold = float(np.quantile(validation_distances, quantile))
+    info = {
+        "n_fit": int(len(train_features)),
+        "n_threshold": int(len(validation_features)),
+        "validation_distance_median": float(np.median(validation_distances)),
+    }
+    return OODDetector(distribution, threshold, float(max_colourfulness), float(quantile), info)
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation and the report
+# --------------------------------------------------------------------------- #
+def evaluate_detector(
+    detector: OODDetector,
+    test_colourfulness: np.ndarray,
+    test_distances: np.ndarray,
+    non_xray_colourfulness: np.ndarray,
+    non_xray_distances: np.ndarray,
+    non_xray_kinds: np.ndarray | list[str],
+) -> dict:
+    """The ``ood.json`` report: false rejections on test X-rays, rejections of non-X-rays.
+
+    All arrays are (N,) per image; ``non_xray_kinds`` names each non-X-ray's generator.
+    """
+    test_accepted = detector.accepted(test_colourfulness, test_distances)
+    other_accepted = detector.accepted(non_xray_colourfulness, non_xray_distances)
+    kinds = np.asarray(non_xray_kinds)
+    if not len(kinds) == len(other_accepted):
+        raise ValueError(f"{len(kinds)} kinds for {len(other_accepted)} non-X-ray images.")
+    by_colour = np.asarray(non_xray_colourfulness) > detector.max_colourfulness
+    per_kind = {
+        str(kind): {
+            "n": int(np.sum(kinds == kind)),
+            "rejection_rate": float(np.mean(~other_accepted[kinds == kind])),
+        }
+        for kind in sorted(set(kinds.tolist()))
+    }
+    return {
+        "method": "colour gate (Hasler-Suesstrunk colourfulness) then Mahalanobis distance "
+                  "of global_pool features to train features (Ledoit-Wolf covariance)",
+        "threshold": float(detector.distance_threshold),
+        "threshold_quantile": float(detector.quantile),
+        "threshold_chosen_on": "validation split (held-out training X-rays)",
+        "max_colourfulness": float(detector.max_colourfulness),
+        "n_fit": int(detector.info.get("n_fit", 0)),
+        "n_threshold": int(detector.info.get("n_threshold", 0)),
+        "n_test": int(len(test_accepted)),
+        "false_rejection_rate_test": float(np.mean(~test_accepted)),
+        "test_distance_median": float(np.median(test_distances)),
+        "n_non_xray": int(len(other_accepted)),
+        "rejection_rate_non_xray": float(np.mean(~other_accepted)),
+        "rejected_by_colour_gate": int(np.sum(by_colour)),
+        "rejected_by_feature_gate": int(np.sum(~by_colour & ~other_accepted)),
+        "non_xray_distance_median": float(np.median(non_xray_distances)),
+        "per_kind": per_kind,
+    }
+
+
+def write_report(report: dict, path: str | Path | None = None) -> Path:
+    """Write ``report`` as ``<artifacts>/ood.json`` (or ``path``)."""
+    path = Path(path) if path else config.artifacts_dir() / REPORT_FILE_NAME
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- #
+# Non-X-ray images to check the detector against (generated; nothing downloaded)
+# --------------------------------------------------------------------------- #
+def _sample_photos() -> list[np.ndarray]:
+    """Colour photos that ship with installed packages: uint8 (H, W, 3) each."""
+    import matplotlib.cbook
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [np.asarray(image, dtype=np.uint8) for image in load_sample_images().images]
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        photos.append(np.asarray(Image.open(handle).convert("RGB"), dtype=np.uint8))
+    return photos
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _random_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
+    top = int(rng.integers(0, height - side + 1))
+    left = int(rng.integers(0, width - side + 1))
+    return _resize(image[top:top + side, left:left + side], size)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    luminance = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(np.round(luminance).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _text_page(rng: np.random.Generator, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    background, ink = (255, 0) if rng.random() < 0.7 else (0, 255)
+    page = Image.new("L", (size, size), background)
+    draw = ImageDraw.Draw(page)
+    alphabet = list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 .,")
+    for top in range(4, size - 10, int(rng.integers(11, 18))):
+        line = "".join(rng.choice(alphabet, size=int(rng.integers(15, 40))))
+        draw.text((int(rng.integers(2, 20)), top), line, fill=ink)
+    return np.repeat(np.asarray(page, dtype=np.uint8)[..., None], 3, axis=-1)
+
+
+def _pattern(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One generated image of ``kind``: uint8 (size, size, 3)."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)  # (S, S) each in [0, 1]
+    if kind == "colour_noise":
+        return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    if kind == "grey_noise":
+        noise = rng.integers(0, 256, size=(size, size), dtype=np.uint8)
+        if rng.random() < 0.5:  # smooth (blob-like) noise as well as pixel noise
+            noise = _resize(_resize(np.repeat(noise[..., None], 3, -1), size // 16), size)[..., 0]
+        return np.repeat(noise[..., None], 3, axis=-1)
+    if kind == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        ramp = np.cos(angle) * cols + np.sin(angle) * rows
+        if rng.random() < 0.4:  # radial
+            ramp = np.hypot(rows - rng.random(), cols - rng.random())
+        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+        colours = rng.integers(0, 256, size=(2, 3)) if rng.random() < 0.5 else np.repeat(
+            rng.integers(0, 256, size=(2, 1)), 3, axis=1)
+        return np.round(colours[0] + ramp[..., None] * (colours[1] - colours[0])).astype(np.uint8)
+    if kind == "checkerboard":
+        square = int(rng.choice([4, 8, 16, 28, 56]))
+        board = ((np.arange(size)[:, None] // square + np.arange(size)[None, :] // square) % 2).astype(np.uint8)
+        low, high = sorted(rng.integers(0, 256, size=2))
+        return np.repeat((low + board * (high - low)).astype(np.uint8)[..., None], 3, axis=-1)
+    if kind == "text":
+        return _text_page(rng, size)
+    if kind == "flat":
+        value = rng.integers(0, 256, size=3) if rng.random() < 0.5 else np.repeat(rng.integers(0, 256), 3)
+        return np.broadcast_to(value.astype(np.uint8), (size, size, 3)).copy()
+    raise ValueError(f"Unknown pattern kind {kind!r}; use one of {NON_XRAY_KINDS}.")
+
+
+def non_xray_images(per_kind: int = 25, seed: int = config.DEFAULT_SEED, size: int = 224):
+    """Generated images that are not chest X-rays, for checking the OOD detector.
+
+    Kinds (:data:`NON_XRAY_KINDS`): random crops of the colour photos shipped with
+    scikit-learn and matplotlib (China, flower, Grace Hopper), the same crops in grey,
+    colour and grey noise, colour and grey gradients, checkerboards, text pages and
+    flat images. Nothing is downloaded.
+
+    Returns:
+        images: uint8 (N, size, size, 3) with N = per_kind * len(NON_XRAY_KINDS).
+        kinds: (N,) str, the kind of each image.
+    """
+    if per_kind < 1:
+        raise ValueError(f"per_kind must be >= 1, got {per_kind}.")
+    rng = np.random.default_rng(seed)
+    photos = _sample_photos()
+    images, kinds = [], []
+    for kind in NON_XRAY_KINDS:
+        for index in range(per_kind):
+            if kind in ("photo_colour", "photo_grey"):
+                image = _random_crop(photos[index % len(photos)], rng, size)
+                image = _grey(image) if kind == "photo_grey" else image
+            else:
+                image = _pattern(kind, rng, size)
+            images.append(image)
+            kinds.append(kind)
+    return np.stack(images), np.array(kinds)
+
+
+def xray_variants(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Altered copies of X-rays (N, H, W, 3) to probe the detector's edges (not counted as OOD).
+
+    ``rotated 90``, ``upside down``, ``inverted`` (a negative) and ``mirrored``: still
+    X-rays, but not as the model saw them in training. Whether the detector accepts them
+    is informative, not right or wrong.
+    """
+    images = np.asarray(images)
+    return {
+        "mirrored": images[:, :, ::-1],
+        "rotated 90": np.rot90(images, k=1, axes=(1, 2)),
+        "upside down": images[:, ::-1],
+        "inverted": (255 - images.astype(np.int16)).astype(images.dtype),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Figures
+# --------------------------------------------------------------------------- #
+def plot_distances(detector: OODDetector, distances: dict[str, np.ndarray], ax=None):
+    """Histograms of feature distances per group, with the threshold. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.0, 3.4))
+    everything = np.concatenate([np.asarray(d) for d in distances.values()])
+    bins = np.linspace(0.0, float(np.percentile(everything, 99.5)) * 1.05, 60)
+    for name, values in distances.items():
+        ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, alpha=0.5, density=True,
+                label=f"{name} (n={len(values)})")
+    ax.axvline(detector.distance_threshold, color="black", linestyle="--",
+               label=f"threshold {detector.distance_threshold:.1f} ({100 * detector.quantile:g}th pct of validation)")
+    ax.set_xlabel("Mahalanobis distance of global_pool features to the training X-rays")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_gallery(images: np.ndarray, titles, verdicts, columns: int = 8, image_size: float = 1.6):
+    """A grid of images, each titled with its name and verdict (green accepted, red rejected)."""
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    rows = int(np.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(image_size * columns, image_size * 1.25 * rows),
+                                squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title, verdict in zip(axes.ravel(), images, titles, verdicts):
+        ax.imshow(np.clip(image, 0, 255).astype(np.uint8))
+        label = "accepted" if verdict.accepted else f"rejected ({verdict.gate})"
+        ax.set_title(f"{title}\n{label} d={verdict.distance:.0f}", fontsize=7,
+                     color="green" if verdict.accepted else "red")
+    figure.tight_layout()
+    return figure

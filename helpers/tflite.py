@@ -1,0 +1,857 @@
+"""TensorFlow Lite (LiteRT): convert, run, check parity, and describe the phone models.
+
+Four variants of the saved Keras classifier are written to ``<artifacts>/tflite/``:
+
+==================  ===========================================================  ==========
+variant             what is quantized                                            input
+==================  ===========================================================  ==========
+``float32``         nothing (reference conversion)                               float32
+``float16``         weights stored as float16, computed in float32 on CPU        float32
+``dynamic_range``   weights int8, activations quantized on the fly               float32
+``int8``            weights and activations int8 (full-integer), calibrated on   uint8
+                    training images; output dequantized to float32
+==================  ===========================================================  ==========
+
+Conversion goes through Keras 3's own exporter, ``model.export(path,
+format="litert", **converter_kwargs)``: on the TensorFlow backend it writes a
+SavedModel and hands every keyword to ``tf.lite.TFLiteConverter`` (``optimizations``,
+``representative_dataset``, ``target_spec``, ``inference_input_type``...), so it can
+do full-integer quantization too; no hand-built converter is needed. Keras' default
+``supported_ops`` include ``SELECT_TF_OPS`` (Flex); we override it with builtin ops
+only, so an op the phone runtime lacks fails the conversion instead of the app.
+
+Every model keeps the Keras contract: raw RGB pixels 0-255 at 224x224 in (the model
+rescales inside), P(PNEUMONIA) out. The int8 model takes **uint8** pixels: 0-255
+maps onto uint8 exactly (scale 1, zero point 0, checked by :func:`convert`), so a
+phone app passes its bitmap bytes straight in, and the model's input tensor is 4x
+smaller than float. Its output is float32 (a dequantize op at the end), so every
+variant is read the same way. Int8 errors push the logit by a roughly constant amount
+through MobileNetV2; :func:`estimate_logit_shift` measures it on training images and
+:func:`with_logit_bias_shift` removes it before the final conversion (bias correction).
+
+Beside each ``.tflite`` a JSON file (same stem) holds what an app needs: labels,
+input size and range, the operating point (threshold, temperature, abstention band)
+from ``<artifacts>/metrics.json``, model version and data provenance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from helpers import config
+from helpers.data import CLASS_NAMES, IMAGE_SIZE
+
+VARIANTS = ("float32", "float16", "dynamic_range", "int8")
+TFLITE_SUBDIR = "tflite"
+MODEL_STEM = "pneumonia_mobilenetv2"
+METADATA_SCHEMA_VERSION = 1
+TFLITE_FILE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_TEMPERATURE = 1.0
+# Stated tolerances (max |probability difference| vs Keras) used by the tests on a
+# tiny model and reported by the notebook for MobileNetV2.
+PROBABILITY_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "dynamic_range": 3e-2, "int8": 5e-2}
+
+DATASET_PROVENANCE = {
+    "name": "Chest X-Ray Images (Pneumonia), paediatric, Guangzhou Women and Children's Medical Center",
+    "citation": ("Kermany, Zhang, Goldbaum et al., Identifying Medical Diagnoses and Treatable "
+                 "Diseases by Image-Based Deep Learning, Cell 172(5):1122-1131, 2018"),
+    "doi": "10.1016/j.cell.2018.02.010",
+    "data_doi": "10.17632/rscbjbr9sj.2",
+    "license": "CC BY 4.0",
+    "splits": ("train: official train split minus 20% of patients held out for validation "
+               "(helpers.data.load_splits, seed 42); test: official test split (624 images)"),
+}
+
+
+class TFLiteModelError(ValueError):
+    """A .tflite or metadata file is corrupt, unreadable or not what the code expects."""
+
+
+# --------------------------------------------------------------------------- #
+# Paths
+# --------------------------------------------------------------------------- #
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown TFLite variant {variant!r}: use one of {VARIANTS}.")
+
+
+def tflite_dir(create: bool = True) -> Path:
+    """``<artifacts>/tflite``."""
+    return config.artifacts_dir(TFLITE_SUBDIR, create=create)
+
+
+def tflite_path(variant: str, directory: str | os.PathLike | None = None) -> Path:
+    """``<directory or artifacts/tflite>/pneumonia_mobilenetv2_<variant>.tflite``."""
+    _check_variant(variant)
+    directory = Path(directory) if directory is not None else tflite_dir()
+    return directory / f"{MODEL_STEM}_{variant}.tflite"
+
+
+def metadata_path(model_path: str | os.PathLike) -> Path:
+    """The metadata file beside a ``.tflite``: same folder and stem, ``.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- #
+# Conversion
+# --------------------------------------------------------------------------- #
+def representative_dataset(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    """Calibration generator for full-integer quantization.
+
+    Args:
+        images: (N, S, S, 3) uint8 or float 0-255 pixels, decoded by ``helpers.data``
+            exactly as at inference (no normalization: the model rescales inside).
+
+    Returns:
+        A zero-argument function yielding ``[image]`` with image (1, S, S, 3) float32,
+        the form ``TFLiteConverter.representative_dataset`` expects.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"Calibration images must be (N, S, S, 3) with N >= 1, got shape {images.shape}.")
+    if images.min() < 0 or images.max() > 255:
+        raise ValueError(
+            f"Calibration pixels must be raw 0-255 (got {images.min():.3g}..{images.max():.3g}): "
+            "decode them with helpers.data (decode_images_cached / load_image), do not normalize."
+        )
+
+    def generator() -> Iterator[list[np.ndarray]]:
+        for image in images:
+            yield [image[np.newaxis].astype(np.float32)]  # (1, S, S, 3) float32 0-255
+
+    return generator
+
+
+def converter_options(variant: str, calibration_images: np.ndarray | None = None) -> dict:
+    """Keyword arguments for ``model.export(path, format="litert", **options)``.
+
+    Keras' LiteRT exporter (TensorFlow backend) sets each key on its
+    ``tf.lite.TFLiteConverter``; ``target_spec`` is given as a dict.
+
+    Args:
+        variant: one of :data:`VARIANTS`.
+        calibration_images: (N, S, S, 3) raw 0-255 training images; required for
+            ``"int8"`` and ignored otherwise.
+    """
+    import tensorflow as tf
+
+    _check_variant(variant)
+    builtins_only = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex (SELECT_TF_OPS): fail early
+    if variant == "float32":
+        return {"target_spec": {"supported_ops": builtins_only}}
+    if variant == "float16":
+        return {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_ops": builtins_only, "supported_types": [tf.float16]},
+        }
+    if variant == "dynamic_range":
+        return {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_ops": builtins_only}}
+    if calibration_images is None:
+        raise ValueError("The int8 variant needs calibration_images: (N, 224, 224, 3) raw 0-255 "
+                         "training images, e.g. data.decode_images_cached(splits['train'].head(1000)).")
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": representative_dataset(calibration_images),
+        # Integer-only kernels: conversion fails if any op cannot be quantized.
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "inference_input_type": tf.uint8,  # raw 0-255 pixels, scale 1, zero point 0
+        "inference_output_type": tf.float32,  # P(PNEUMONIA) as a float, like the other variants
+    }
+
+
+def convert(
+    model,
+    variant: str,
+    path: str | os.PathLike | None = None,
+    calibration_images: np.ndarray | None = None,
+) -> Path:
+    """Convert ``model`` to one TFLite variant with ``model.export(format="litert")``.
+
+    The exported signature has a fixed batch of 1, ``(1, S, S, 3)`` float32 (uint8 for
+    int8), which is what a phone app runs; no tensor resizing is needed.
+
+    Args:
+        model: the Keras classifier (input (B, S, S, 3) raw 0-255, output (B, 1)).
+        variant: one of :data:`VARIANTS`.
+        path: target ``.tflite`` (default :func:`tflite_path`).
+        calibration_images: (N, S, S, 3) raw 0-255 training images, for ``"int8"``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        TFLiteModelError: the int8 input does not map 0-255 pixels exactly onto uint8.
+    """
+    import tensorflow as tf
+
+    path = Path(path) if path is not None else tflite_path(variant)
+    if path.suffix != ".tflite":
+        raise ValueError(f"A TFLite model path must end with .tflite, got {path}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = converter_options(variant, calibration_images)
+    _, height, width, channels = model.input_shape
+    input_name = getattr(model.inputs[0], "name", None) or "image"
+    signature = [tf.TensorSpec((1, height, width, channels), tf.float32, name=input_name.split(":")[0])]
+    temporary = path.with_suffix(".part.tflite")
+    model.export(str(temporary), format="litert", input_signature=signature, verbose=False, **options)
+    temporary.replace(path)  # never leave a half-written model under the real name
+    if variant == "int8":
+        _check_uint8_input_is_raw_pixels(path)
+    return path
+
+
+def _check_uint8_input_is_raw_pixels(path: Path) -> None:
+    details = _load_interpreter(path).get_input_details()[0]
+    scale, zero_point = details["quantization"]
+    if details["dtype"] == np.uint8 and not (abs(scale - 1.0) < 1e-6 and zero_point == 0):
+        raise TFLiteModelError(
+            f"{path.name}: the uint8 input has scale {scale} and zero point {zero_point}, not 1 and 0, "
+            "so raw pixels would need rescaling on the phone. The calibration images do not span "
+            "0-255: use more (and real) training images."
+        )
+
+
+def convert_all(
+    model,
+    calibration_images: np.ndarray,
+    directory: str | os.PathLike | None = None,
+    variants: Sequence[str] = VARIANTS,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Convert every variant; returns {variant: path}."""
+    import time
+
+    paths = {}
+    for variant in variants:
+        start = time.perf_counter()
+        paths[variant] = convert(model, variant, tflite_path(variant, directory), calibration_images)
+        if progress:
+            size_mb = paths[variant].stat().st_size / 1e6
+            print(f"{variant:>13}: {size_mb:6.2f} MB in {time.perf_counter() - start:5.1f} s -> {paths[variant].name}")
+    return paths
+
+
+# --------------------------------------------------------------------------- #
+# Bias correction of the int8 logit
+# --------------------------------------------------------------------------- #
+def tflite_pooled_features(path: str | os.PathLike, images: np.ndarray, pool_layer: str = "global_pool") -> np.ndarray:
+    """Pooled features (N, F) float32 inside a ``.tflite``, dequantized.
+
+    Runs without the XNNPACK delegate and with intermediate tensors kept (slow,
+    ~0.2 s per image for MobileNetV2): a diagnostic and bias-correction tool, not
+    an inference path.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    classifier = TFLiteClassifier(path)  # validates the file
+    interpreter = Interpreter(
+        model_path=str(path), num_threads=2, experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    matches = [t for t in interpreter.get_tensor_details()
+               if pool_layer in t["name"] and len(t["shape"]) == 2 and t["shape"][0] == 1 and t["shape"][1] > 1]
+    if not matches:
+        raise TFLiteModelError(f"{Path(path).name} has no (1, F) tensor named like {pool_layer!r}.")
+    pooled = matches[-1]
+    scale, zero_point = pooled["quantization"]
+    features = []
+    for image in classifier.prepare_input(images):  # (S, S, 3) input dtype
+        interpreter.set_tensor(classifier.input.index, image[np.newaxis])
+        interpreter.invoke()
+        raw = interpreter.get_tensor(pooled["index"])  # (1, F)
+        features.append(dequantize(raw, scale, zero_point) if scale else raw.astype(np.float32))
+    return np.concatenate(features)  # (N, F)
+
+
+def estimate_logit_shift(model, int8_path: str | os.PathLike, images: np.ndarray) -> dict[str, float]:
+    """How far int8 quantization moves the logit, on average, on ``images``.
+
+    The logit is linear in the pooled features, so the shift of one image is
+    ``w . (f_int8 - f_keras)``. Quantization errors do not average out to zero
+    through MobileNetV2 (rounding and clipping have a sign), so the mean shift is a
+    systematic bias that :func:`with_logit_bias_shift` can remove ("bias correction",
+    Nagel et al. 2019). Use training images only, like the calibration set.
+
+    Returns:
+        ``{"mean", "std", "n_images"}`` of the per-image logit shift.
+    """
+    import keras
+
+    from helpers.model import LOGIT_LAYER, POOL_LAYER
+
+    feature_model = keras.Model(model.inputs, model.get_layer(POOL_LAYER).output)
+    keras_features = feature_model.predict(np.asarray(images, dtype=np.float32), batch_size=32, verbose=0)  # (N, F)
+    lite_features = tflite_pooled_features(int8_path, images, POOL_LAYER)  # (N, F)
+    weights = model.get_layer(LOGIT_LAYER).get_weights()[0][:, 0]  # (F,)
+    shifts = (lite_features - keras_features) @ weights  # (N,)
+    return {"mean": float(shifts.mean()), "std": float(shifts.std()), "n_images": int(len(shifts))}
+
+
+def with_logit_bias_shift(model, shift: float):
+    """A copy of ``model`` whose ``logit`` bias is lowered by ``shift`` (the original is untouched)."""
+    import keras
+
+    from helpers.model import LOGIT_LAYER
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    kernel, bias = copy.get_layer(LOGIT_LAYER).get_weights()
+    copy.get_layer(LOGIT_LAYER).set_weights([kernel, bias - np.float32(shift)])
+    return copy
+
+
+# --------------------------------------------------------------------------- #
+# Running a .tflite: one wrapper for float, uint8 and int8 I/O
+# --------------------------------------------------------------------------- #
+def _interpreter_class():
+    """LiteRT's interpreter; ``tf.lite.Interpreter`` only where LiteRT has no wheel."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # e.g. a platform without an ai-edge-litert wheel
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+def _load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No TFLite model at {path}. Create it with notebooks/06_tflite_conversion.ipynb "
+            "(python -m helpers.notebooks --only 06), or set CXR_ARTIFACTS_DIR to the artifacts "
+            "folder that holds tflite/."
+        )
+    content = path.read_bytes()
+    if len(content) < 8 or content[4:8] != TFLITE_FILE_IDENTIFIER:
+        raise TFLiteModelError(
+            f"{path} is not a TFLite model ({len(content)} bytes, no 'TFL3' flatbuffer identifier): "
+            "it is empty, truncated or another kind of file. Delete it and convert again "
+            "(notebooks/06_tflite_conversion.ipynb)."
+        )
+    try:
+        interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise TFLiteModelError(
+            f"{path} could not be loaded by the LiteRT interpreter ({str(error).strip()[:300]}). "
+            "The file is corrupt or was written for a newer runtime: delete it and convert again "
+            "(notebooks/06_tflite_conversion.ipynb)."
+        ) from error
+    return interpreter
+
+
+def quantize(values: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Real values -> integer tensor values: ``round(x / scale) + zero_point``, clipped."""
+    info = np.iinfo(dtype)
+    quantized = np.round(np.asarray(values, dtype=np.float64) / scale) + zero_point
+    return np.clip(quantized, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer tensor values -> real values: ``(q - zero_point) * scale`` as float32."""
+    return ((np.asarray(values, dtype=np.float64) - zero_point) * scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What one input/output tensor wants: name, shape, dtype and (scale, zero point)."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    zero_point: int
+
+    @property
+    def quantized(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer) and self.scale != 0.0
+
+    @classmethod
+    def from_details(cls, details: dict) -> "TensorInfo":
+        scale, zero_point = details["quantization"]
+        return cls(details["name"], int(details["index"]), tuple(int(d) for d in details["shape"]),
+                   np.dtype(details["dtype"]), float(scale), int(zero_point))
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
+                "quantization": {"scale": self.scale, "zero_point": self.zero_point} if self.quantized else None}
+
+
+class TFLiteClassifier:
+    """Run a single-input, single-output classifier ``.tflite`` on raw 0-255 pixels.
+
+    Handles float, uint8 and int8 input and output: float pixels are quantized with
+    the input tensor's (scale, zero point), integer outputs dequantized with the
+    output's, so :meth:`predict` always takes (N, S, S, 3) 0-255 pixels and returns
+    (N,) float32 probabilities whatever the variant.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (with how to create it).
+        TFLiteModelError: the file is empty, truncated, corrupt or has more than one
+            input or output.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1):
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self.interpreter = _load_interpreter(self.path, num_threads)
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise TFLiteModelError(f"{self.path.name} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                                   "TFLiteClassifier expects one image input and one probability output.")
+        self.input = TensorInfo.from_details(inputs[0])
+        self.output = TensorInfo.from_details(outputs[0])
+        self._batch_size = self.input.shape[0] if self.input.shape[0] > 0 else 1
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def image_size(self) -> int:
+        return self.input.shape[1]
+
+    def __repr__(self) -> str:
+        return (f"TFLiteClassifier({self.path.name}, input {self.input.dtype.name}{list(self.input.shape)}, "
+                f"output {self.output.dtype.name}{list(self.output.shape)}, threads={self.num_threads})")
+
+    def prepare_input(self, images: np.ndarray) -> np.ndarray:
+        """(B, S, S, 3) 0-255 pixels -> the input tensor's dtype (quantized if integer)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.input.shape[1:]:
+            raise ValueError(f"Expected images of shape (N, {', '.join(map(str, self.input.shape[1:]))}) "
+                             f"(raw 0-255 RGB from helpers.data), got {images.shape}.")
+        if self.input.quantized:
+            return quantize(images, self.input.dtype, self.input.scale, self.input.zero_point)
+        return images.astype(self.input.dtype)
+
+    def read_output(self) -> np.ndarray:
+        """The output tensor of the last invocation as float32 (dequantized if integer)."""
+        raw = self.interpreter.get_tensor(self.output.index)
+        if self.output.quantized:
+            return dequantize(raw, self.output.scale, self.output.zero_point)
+        return raw.astype(np.float32)
+
+    def set_input(self, batch: np.ndarray) -> None:
+        """Place one already-prepared batch (from :meth:`prepare_input`) in the input tensor."""
+        self.interpreter.set_tensor(self.input.index, batch)
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def predict(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Probabilities for (N, S, S, 3) raw 0-255 pixels -> (N,) float32."""
+        from helpers.progress import progress_bar
+
+        prepared = self.prepare_input(images)  # (N, S, S, 3) input dtype
+        probabilities = np.empty(len(prepared), dtype=np.float32)
+        starts = range(0, len(prepared), self._batch_size)
+        for start in progress_bar(starts, desc=self.path.stem, disable=not progress):
+            batch = prepared[start:start + self._batch_size]
+            if len(batch) < self._batch_size:  # only with a fixed batch > 1: pad the tail
+                batch = np.concatenate([batch, np.repeat(batch[-1:], self._batch_size - len(batch), 0)])
+            self.set_input(batch)
+            self.invoke()
+            output = self.read_output().reshape(self._batch_size, -1)[:, 0]  # (B,) P(PNEUMONIA)
+            stop = min(start + self._batch_size, len(prepared))
+            probabilities[start:stop] = output[: stop - start]
+        return probabilities
+
+
+# --------------------------------------------------------------------------- #
+# Parity with the Keras model
+# --------------------------------------------------------------------------- #
+def decision_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, recall (sensitivity), specificity and precision at ``threshold``."""
+    predicted = np.asarray(probabilities) >= threshold
+    labels = np.asarray(labels).astype(bool)
+    true_positive = int(np.sum(predicted & labels))
+    true_negative = int(np.sum(~predicted & ~labels))
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    predicted_positive = int(predicted.sum())
+
+    def ratio(numerator: int, denominator: int) -> float:
+        return numerator / denominator if denominator else float("nan")
+
+    return {
+        "accuracy": ratio(true_positive + true_negative, len(labels)),
+        "recall": ratio(true_positive, positives),
+        "specificity": ratio(true_negative, negatives),
+        "precision": ratio(true_positive, predicted_positive),
+    }
+
+
+def parity(
+    reference_probabilities: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+) -> dict[str, float]:
+    """How closely one variant follows the Keras model on the same images.
+
+    Args:
+        reference_probabilities: (N,) Keras P(PNEUMONIA).
+        probabilities: (N,) the variant's P(PNEUMONIA) on the same images.
+        labels: (N,) 1 = PNEUMONIA.
+        threshold: the operating point (from metrics.json).
+
+    Returns:
+        ``agreement`` (share of identical decisions), ``disagreements`` (count),
+        ``max_abs_diff`` / ``mean_abs_diff`` of probabilities, and the variant's
+        ``test_accuracy``, ``test_recall``, ``test_specificity``, ``test_precision``
+        with ``accuracy_delta_points`` (variant - Keras, percentage points).
+    """
+    reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)
+    candidate = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if not (len(reference) == len(candidate) == len(labels)) or len(labels) == 0:
+        raise ValueError(f"Need as many reference probabilities ({len(reference)}) as probabilities "
+                         f"({len(candidate)}) and labels ({len(labels)}), at least one.")
+    same = (reference >= threshold) == (candidate >= threshold)
+    difference = np.abs(reference - candidate)
+    mine = decision_metrics(candidate, labels, threshold)
+    theirs = decision_metrics(reference, labels, threshold)
+    result = {
+        "n_images": int(len(labels)),
+        "agreement": float(np.mean(same)),
+        "disagreements": int(np.sum(~same)),
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+    }
+    result.update({f"test_{name}": float(value) for name, value in mine.items()})
+    result["accuracy_delta_points"] = 100.0 * (mine["accuracy"] - theirs["accuracy"])
+    return result
+
+
+def parity_table(
+    reference_probabilities: np.ndarray,
+    variant_probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    threshold: float,
+    sizes: dict[str, int] | None = None,
+):
+    """One row per variant (plus a ``keras`` reference row): a pandas DataFrame."""
+    import pandas as pd
+
+    rows = {"keras": parity(reference_probabilities, reference_probabilities, labels, threshold)}
+    for variant, probabilities in variant_probabilities.items():
+        rows[variant] = parity(reference_probabilities, probabilities, labels, threshold)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if sizes:
+        table.insert(0, "size_mb", pd.Series({k: v / 1e6 for k, v in sizes.items()}))
+    table.index.name = "variant"
+    return table
+
+
+# --------------------------------------------------------------------------- #
+# Metadata beside each .tflite
+# --------------------------------------------------------------------------- #
+def load_operating_point(metrics_path: str | os.PathLike | None = None) -> dict:
+    """Threshold, temperature and abstention band from notebook 04's ``metrics.json``.
+
+    Without the file (04 not run yet) this falls back to threshold 0.5, temperature 1
+    and no band, flagged ``"calibrated": False`` so an app can show it is uncalibrated.
+
+    Returns:
+        ``{"threshold", "temperature", "band": {"low", "high"} | None, "calibrated",
+        "source"}`` plus any band statistics metrics.json holds (coverage...).
+
+    Raises:
+        TFLiteModelError: metrics.json exists but is unreadable or lacks ``threshold``.
+    """
+    path = Path(metrics_path) if metrics_path is not None else config.artifacts_dir() / "metrics.json"
+    if not path.is_file():
+        return {"threshold": DEFAULT_THRESHOLD, "temperature": DEFAULT_TEMPERATURE, "band": None,
+                "calibrated": False, "applies_to": "raw output probability",
+                "source": f"defaults: {path.name} not found (run notebooks/04_evaluation.ipynb)"}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise TFLiteModelError(f"{path} is not readable JSON ({error}). Re-run notebooks/04_evaluation.ipynb.") from error
+    if "threshold" not in metrics:
+        raise TFLiteModelError(f"{path} has no 'threshold' key (keys: {sorted(metrics)}). "
+                               "Re-run notebooks/04_evaluation.ipynb to write the operating point.")
+    threshold = float(metrics["threshold"])
+    temperature = float(metrics.get("temperature", DEFAULT_TEMPERATURE))
+    if not 0.0 < threshold < 1.0 or not temperature > 0.0:
+        raise TFLiteModelError(f"{path}: threshold must be in (0, 1) and temperature > 0, "
+                               f"got {threshold} and {temperature}.")
+    band = metrics.get("band")
+    if isinstance(band, dict) and "low" in band and "high" in band:
+        band = {key: value for key, value in band.items() if isinstance(value, (int, float, str, bool))}
+    else:
+        band = None
+    point = {"threshold": threshold, "temperature": temperature, "band": band,
+             "calibrated": "temperature" in metrics, "source": path.name}
+    point["applies_to"] = "raw output probability (threshold: PNEUMONIA if p >= threshold; band: refer if low <= p < high)"
+    return point
+
+
+def model_version(keras_model_path: str | os.PathLike | None = None) -> dict:
+    """Model version: the Keras file's SHA-256 (short) and training_record.json facts."""
+    path = Path(keras_model_path) if keras_model_path else None
+    version = {"keras_file": path.name if path else None}
+    if path and path.is_file():
+        digest = file_sha256(path)
+        version.update({"keras_sha256": digest, "version": f"{MODEL_STEM}-{digest[:12]}"})
+        record_path = path.parent / "training_record.json"
+        if record_path.is_file():
+            try:
+                record = json.loads(record_path.read_text())
+            except json.JSONDecodeError:
+                record = {}
+            version["training_record"] = {key: record[key] for key in
+                                          ("created", "created_utc", "profile", "epochs", "strategy", "seed")
+                                          if key in record}
+    return version
+
+
+def build_metadata(
+    model_path: str | os.PathLike,
+    variant: str,
+    operating_point: dict,
+    keras_model_path: str | os.PathLike | None = None,
+    calibration: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Everything a phone app needs to run ``model_path`` and read its output."""
+    import keras
+    import tensorflow as tf
+
+    _check_variant(variant)
+    classifier = TFLiteClassifier(model_path)
+    input_info = classifier.input.as_dict()
+    input_info.update({
+        "layout": "NHWC", "color": "RGB", "height": classifier.image_size, "width": classifier.image_size,
+        "range": [0, 255],
+        "preprocessing": ("Decode the image, convert grayscale/RGBA to RGB, resize to 224x224 (bilinear), "
+                          "keep raw 0-255 pixel values: no mean/std normalization, the model rescales inside."
+                          + (" Pass the pixels as uint8 bytes (scale 1, zero point 0)." if
+                             classifier.input.dtype == np.uint8 else " Pass them as float32.")),
+    })
+    output_info = classifier.output.as_dict()
+    output_info["meaning"] = ("P(PNEUMONIA) before temperature scaling; calibrated probability = "
+                              "sigmoid(logit(p) / temperature)")
+    metadata = {
+        "schema_version": METADATA_SCHEMA_VERSION,
+        "model_file": Path(model_path).name,
+        "model_sha256": file_sha256(model_path),
+        "size_bytes": Path(model_path).stat().st_size,
+        "variant": variant,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "labels": list(CLASS_NAMES),
+        "positive_label": CLASS_NAMES[1],
+        "input": input_info,
+        "output": output_info,
+        "decision": dict(operating_point),
+        "model_version": model_version(keras_model_path),
+        "provenance": {
+            "dataset": DATASET_PROVENANCE,
+            "quantization_calibration": calibration,
+            "converter": {"path": 'keras Model.export(format="litert")', "ops": "TFLite builtins only",
+                          "tensorflow": tf.__version__, "keras": keras.__version__},
+        },
+        "intended_use": "Teaching project. Not a medical device: do not use for diagnosis.",
+    }
+    if extra:
+        metadata.update(extra)
+    return metadata
+
+
+_REQUIRED_METADATA = ("schema_version", "model_file", "variant", "labels", "input", "output", "decision")
+
+
+def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
+    """Write ``metadata`` as JSON beside ``model_path`` (same stem, ``.json``)."""
+    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"Metadata lacks {missing}: build it with helpers.tflite.build_metadata.")
+    path = metadata_path(model_path)
+    temporary = path.with_suffix(".part.json")
+    temporary.write_text(json.dumps(metadata, indent=2, sort_keys=False, default=_json_default) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Read the metadata of a ``.tflite`` (pass the model or the ``.json`` path).
+
+    Raises:
+        FileNotFoundError: no metadata file (with how to write it).
+        TFLiteModelError: not JSON, a different schema version, or required keys missing.
+    """
+    path = Path(path)
+    path = metadata_path(path) if path.suffix == ".tflite" else path
+    if not path.is_file():
+        raise FileNotFoundError(f"No metadata file at {path}. Write it with helpers.tflite.write_metadata "
+                                "(notebooks/06_tflite_conversion.ipynb does it for every variant).")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise TFLiteModelError(f"{path} is not valid JSON ({error}). Delete it and re-run notebook 06.") from error
+    if not isinstance(metadata, dict) or metadata.get("schema_version") != METADATA_SCHEMA_VERSION:
+        version = metadata.get("schema_version") if isinstance(metadata, dict) else None
+        raise TFLiteModelError(f"{path} has metadata schema version {version!r}; this code reads "
+                               f"version {METADATA_SCHEMA_VERSION}. Re-run notebook 06.")
+    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise TFLiteModelError(f"{path} lacks {missing}. Re-run notebook 06 to rewrite it.")
+    return metadata
+
+
+# --------------------------------------------------------------------------- #
+# What the app does with the metadata (the reference implementation, tested)
+# --------------------------------------------------------------------------- #
+def calibrated_probability(probability: float | np.ndarray, temperature: float) -> np.ndarray:
+    """``sigmoid(logit(p) / temperature)``; p is clipped away from 0 and 1 first."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    logit = np.log(p) - np.log1p(-p)
+    return 1.0 / (1.0 + np.exp(-logit / temperature))
+
+
+def interpret(probability: float, metadata: dict) -> dict:
+    """Turn one model output into what the app shows, following ``metadata["decision"]``.
+
+    As in ``helpers.evaluation``, the threshold and the band apply to the model's raw
+    output probability; the temperature only changes the confidence shown.
+    PNEUMONIA when ``p >= threshold``; referred to a radiologist when
+    ``band.low <= p < band.high``.
+    """
+    decision = metadata["decision"]
+    probability = float(probability)
+    calibrated = float(calibrated_probability(probability, decision["temperature"]))
+    band = decision.get("band")
+    refer = bool(band) and band["low"] <= probability < band["high"]
+    positive = probability >= decision["threshold"]
+    label = metadata["labels"][1] if positive else metadata["labels"][0]
+    return {"label": "REFER" if refer else label, "model_label": label, "probability": probability,
+            "confidence": calibrated if positive else 1.0 - calibrated,
+            "calibrated": bool(decision.get("calibrated", False))}
+
+
+# --------------------------------------------------------------------------- #
+# Latency and memory (used by benchmarks/tflite_benchmark.py)
+# --------------------------------------------------------------------------- #
+def time_invocations(classifier: TFLiteClassifier, runs: int) -> np.ndarray:
+    """Milliseconds of ``runs`` back-to-back ``invoke()`` calls on the current input."""
+    import time
+
+    durations = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        classifier.invoke()
+        durations[i] = (time.perf_counter_ns() - start) / 1e6
+    return durations
+
+
+def interleaved_latency(
+    classifiers: dict[str, TFLiteClassifier],
+    image: np.ndarray,
+    runs: int = 200,
+    warmup: int = 20,
+    block: int = 10,
+) -> dict[str, np.ndarray]:
+    """Latency samples (ms) for several models, measured round-robin in blocks.
+
+    Models are timed in alternating blocks of ``block`` runs rather than one after
+    the other, so a change in machine load (shared CPU) hits all of them alike and
+    their ratios stay trustworthy.
+
+    Args:
+        classifiers: {name: classifier}.
+        image: one (S, S, 3) raw 0-255 image fed to every model.
+        runs: timed runs per model (after ``warmup`` untimed ones).
+    """
+    if runs < 1 or warmup < 0 or block < 1:
+        raise ValueError(f"Need runs >= 1, warmup >= 0 and block >= 1, got {runs}, {warmup}, {block}.")
+    for classifier in classifiers.values():
+        classifier.set_input(classifier.prepare_input(image[np.newaxis]))
+        time_invocations(classifier, warmup)
+    samples = {name: [] for name in classifiers}
+    done = 0
+    while done < runs:
+        count = min(block, runs - done)
+        for name, classifier in classifiers.items():
+            samples[name].append(time_invocations(classifier, count))
+        done += count
+    return {name: np.concatenate(parts) for name, parts in samples.items()}
+
+
+def latency_summary(samples_ms: np.ndarray) -> dict[str, float]:
+    samples_ms = np.asarray(samples_ms)
+    return {"median": float(np.median(samples_ms)), "p90": float(np.percentile(samples_ms, 90)),
+            "mean": float(np.mean(samples_ms)), "min": float(np.min(samples_ms)), "runs": int(len(samples_ms))}
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: write None instead."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+
+# --------------------------------------------------------------------------- #
+# parity.json: the notebook's parity results, reused by the benchmark script
+# --------------------------------------------------------------------------- #
+PARITY_FILE_NAME = "parity.json"
+
+
+def write_parity(results: dict[str, dict], paths: dict[str, Path], threshold: float,
+                 directory: str | os.PathLike | None = None) -> Path:
+    """Write {variant: parity(...)} with each model's SHA-256 to ``tflite/parity.json``."""
+    directory = Path(directory) if directory is not None else tflite_dir()
+    record = {"threshold": float(threshold), "variants": {
+        variant: {"model_sha256": file_sha256(paths[variant]),
+                  **{k: finite_or_none(v) for k, v in result.items()}}
+        for variant, result in results.items() if variant in paths}}
+    path = directory / PARITY_FILE_NAME
+    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def read_parity(paths: dict[str, Path], directory: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Parity results from ``tflite/parity.json`` for the variants whose file is unchanged.
+
+    A variant is left out when parity.json is missing or its SHA-256 no longer
+    matches the ``.tflite`` (the model was converted again since).
+    """
+    directory = Path(directory) if directory is not None else tflite_dir(create=False)
+    path = directory / PARITY_FILE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    found = {}
+    for variant, result in record.get("variants", {}).items():
+        if variant in paths and Path(paths[variant]).is_file() and result.get("model_sha256") == file_sha256(paths[variant]):
+            found[variant] = result
+    return found

@@ -1,0 +1,608 @@
+"""Two-phase fine-tuning of the MobileNetV2 classifier, fast on CPU by caching.
+
+Why caching is exact here: there is no augmentation (chest X-rays have one
+orientation) and every BatchNormalization layer runs in inference mode, so the
+frozen part of the network is a fixed function of the image. We run it once,
+store its output under ``<artifacts>/cache/`` and train only what changes:
+
+* phase 1 -- frozen base, train the head (dropout + ``logit``) on cached pooled
+  1280-d features (``global_pool``): an epoch takes a fraction of a second instead
+  of a full forward pass over every image;
+* phase 2 -- unfreeze from a cut layer (default ``block_11_expand``: blocks 11-16,
+  ``Conv_1`` and the head; BatchNorm stays frozen) with a lower learning rate and
+  train the *top sub-model* on the cached activations at the cut (14x14x96 for
+  blocks 11-13, 7x7x160 for blocks 14-15). The default was chosen on validation
+  among blocks 7, 11, 13 and 14 (see notebook 03).
+
+Sub-models made from the flat functional graph (``keras.Model(cut_tensor,
+model.output)``) share their layers and weights with the full model, so training
+them trains the model that is saved. Early stopping and the best-weights checkpoint
+watch the validation metric across both phases; phase 2 continues the epoch count
+(``initial_epoch``).
+
+Strategy-aware: functions take a ``tf.distribute`` strategy (default: the current
+one, ``tf.distribute.get_strategy()``); build and compile the model under its
+scope (:func:`build_and_compile` does).
+
+Determinism: :func:`helpers.config.set_seeds` seeds Python, NumPy and TF; the data
+order comes from seeded ``tf.data`` shuffles and dropout from Keras' seeded
+generator. What remains: multi-threaded oneDNN kernels may sum in different orders,
+so weights (and metrics) can differ in the last digits between runs or machines;
+``config.enable_op_determinism()`` removes this at a speed cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from helpers import config
+from helpers import model as model_lib
+
+DEFAULT_CUT_LAYER = "block_11_expand"
+METRIC_NAMES = ("loss", "auc", "pr_auc", "precision", "recall")
+
+
+# --------------------------------------------------------------------------- #
+# Configuration
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that defines a fine-tuning run (saved in the training record)."""
+
+    head_epochs: int = 20
+    head_learning_rate: float = 1e-3
+    finetune_epochs: int = 10
+    finetune_learning_rate: float = 1e-4
+    unfreeze_from: str = DEFAULT_CUT_LAYER
+    batch_size: int = 32
+    dropout: float = 0.2
+    patience: int = 3
+    monitor: str = "val_auc"
+    imbalance: str = "class_weights"
+    seed: int = config.DEFAULT_SEED
+
+    def __post_init__(self):
+        from helpers.imbalance import STRATEGIES
+
+        if self.head_epochs < 1 or self.finetune_epochs < 0:
+            raise ValueError("head_epochs must be >= 1 and finetune_epochs >= 0, got "
+                             f"{self.head_epochs} and {self.finetune_epochs}.")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}.")
+        if self.imbalance not in STRATEGIES:
+            raise ValueError(f"imbalance must be one of {STRATEGIES}, got {self.imbalance!r}.")
+        if not self.monitor.startswith("val_"):
+            raise ValueError(f"monitor must be a validation metric like 'val_auc', got {self.monitor!r}.")
+
+    @property
+    def monitor_mode(self) -> str:
+        """``"min"`` for a loss, ``"max"`` for every other metric (AUC, recall, ...)."""
+        return monitor_mode(self.monitor)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"min"`` when ``monitor`` is a loss (``val_loss``), else ``"max"``."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def chosen_imbalance_strategy(comparison_file: str | Path, default: str = "class_weights") -> str:
+    """The strategy notebook 02 chose (``"chosen"`` in its ``comparison.json``), else ``default``."""
+    from helpers.imbalance import STRATEGIES
+
+    path = Path(comparison_file)
+    if not path.is_file():
+        return default
+    chosen = json.loads(path.read_text()).get("chosen", default)
+    if chosen not in STRATEGIES:
+        raise ValueError(f"{path} names an unknown strategy {chosen!r} (known: {STRATEGIES}). "
+                         "Re-run notebooks/02_class_imbalance.ipynb.")
+    return chosen
+
+
+def resolve_strategy(strategy=None):
+    """``strategy`` or the current ``tf.distribute`` strategy (the default one on CPU)."""
+    import tensorflow as tf
+
+    return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
+def training_metrics() -> list:
+    """The metrics every phase reports (train and ``val_``): AUC, PR-AUC, precision, recall."""
+    import keras
+
+    return [
+        keras.metrics.AUC(name="auc"),
+        keras.metrics.AUC(curve="PR", name="pr_auc"),
+        keras.metrics.Precision(name="precision"),
+        keras.metrics.Recall(name="recall"),
+    ]
+
+
+def compile_classifier(model, learning_rate: float) -> None:
+    """Adam + binary cross-entropy + :func:`training_metrics`.
+
+    Call under the strategy's scope so optimizer slots are created there.
+    """
+    import keras
+
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=training_metrics(),
+    )
+
+
+def build_and_compile(training_config: TrainingConfig, output_bias: float | None = None,
+                      weights: str | None = "imagenet", strategy=None, image_size: int | None = None):
+    """Build the classifier under ``strategy``'s scope, base frozen."""
+    strategy = resolve_strategy(strategy)
+    kwargs = {} if image_size is None else {"image_size": image_size}
+    with strategy.scope():
+        model = model_lib.build_model(weights=weights, dropout=training_config.dropout,
+                                      output_bias=output_bias, **kwargs)
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# Sub-models of the flat graph (they share weights with the full model)
+# --------------------------------------------------------------------------- #
+def feature_extractor(model, cut_layer: str):
+    """image (B, 224, 224, 3) 0-255 -> the input tensor of ``cut_layer``."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer(cut_layer).input, name=f"to_{cut_layer}")
+
+
+def top_model(model, cut_layer: str):
+    """The input tensor of ``cut_layer`` -> probability (B, 1); shares weights with ``model``."""
+    import keras
+
+    return keras.Model(model.get_layer(cut_layer).input, model.outputs, name=f"from_{cut_layer}")
+
+
+def pooling_model(model, cut_layer: str):
+    """The input tensor of ``cut_layer`` -> pooled features (B, 1280)."""
+    import keras
+
+    return keras.Model(model.get_layer(cut_layer).input,
+                       model.get_layer(model_lib.POOL_LAYER).output, name=f"pool_from_{cut_layer}")
+
+
+def head_model(model):
+    """Pooled features (B, 1280) -> probability (B, 1); shares weights with ``model``."""
+    return top_model(model, model_lib.HEAD_DROPOUT_LAYER)
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-1 (16 hex digits) of all of ``model``'s weights: a cache key part."""
+    digest = hashlib.sha1()
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(np.asarray(weight.numpy())).tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- #
+# Batched prediction and the activation cache
+# --------------------------------------------------------------------------- #
+def predict_in_batches(model, inputs: np.ndarray, batch_size: int = 64, chunk_size: int = 512,
+                       progress: bool = True, desc: str = "predict", strategy=None) -> np.ndarray:
+    """``model.predict`` over ``inputs`` in chunks, with a progress bar.
+
+    Inputs may be uint8 images (cast to float32 per chunk, so the float copy of a
+    whole split is never in memory). Returns float32 of shape (N, *output_shape).
+    """
+    from helpers.progress import progress_bar
+
+    strategy = resolve_strategy(strategy)
+    outputs = []
+    starts = range(0, len(inputs), chunk_size)
+    with strategy.scope():
+        for start in progress_bar(starts, desc=desc, disable=not progress, total=len(starts)):
+            chunk = np.asarray(inputs[start:start + chunk_size], dtype=np.float32)
+            outputs.append(np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float32))
+    if not outputs:
+        raise ValueError("inputs is empty: nothing to predict.")
+    return np.concatenate(outputs)
+
+
+def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batch_size: int = 64,
+                       strategy=None, progress: bool = True) -> np.ndarray:
+    """The frozen network's output at ``cut_layer`` for ``examples``, cached on disk.
+
+    The cache file ``<artifacts>/cache/activations-<cut>-<N>-<key>.npy`` is keyed by
+    the images' content hashes, the cut layer and a fingerprint of the frozen
+    weights below the cut, so a different subset, image or weight file never reuses
+    a stale entry. Images are decoded through :func:`helpers.data.decode_images_cached`.
+
+    Returns:
+        float32 (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
+    """
+    from helpers import data
+
+    extractor = feature_extractor(model, cut_layer)
+    key_text = "|".join([
+        "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor),
+        str(model.input_shape),
+    ])
+    key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
+    cache_file = config.artifacts_dir("cache") / f"activations-{cut_layer}-{len(examples)}-{key}.npy"
+    if cache_file.is_file():
+        return np.load(cache_file)
+    images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
+    activations = predict_in_batches(extractor, images, batch_size, progress=progress,
+                                     desc=f"frozen base -> {cut_layer}", strategy=strategy)
+    temporary = cache_file.with_suffix(".part.npy")
+    np.save(temporary, activations)
+    temporary.replace(cache_file)
+    return activations
+
+
+def pooled_features(model, activations: np.ndarray, cut_layer: str = DEFAULT_CUT_LAYER,
+                    batch_size: int = 64, strategy=None, progress: bool = True) -> np.ndarray:
+    """(N, 1280) pooled features from cut activations (runs the frozen top once)."""
+    return predict_in_batches(pooling_model(model, cut_layer), activations, batch_size,
+                              progress=progress, desc="top -> pooled features", strategy=strategy)
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: bool = False,
+                  seed: int = config.DEFAULT_SEED, repeat: bool = False):
+    """tf.data over in-memory arrays: (x float32, y float32 (B,)), seeded reshuffle each epoch."""
+    import tensorflow as tf
+
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels.")
+    dataset = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y, np.float32)))
+    if shuffle:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- #
+# Metrics on probabilities
+# --------------------------------------------------------------------------- #
+def probability_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
+    """ROC-AUC, PR-AUC (average precision) and the confusion-matrix rates at ``threshold``.
+
+    Returns floats: roc_auc, pr_auc, recall (sensitivity), specificity, precision,
+    accuracy, balanced_accuracy, threshold, and the integer counts tp/fp/tn/fn.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"{labels.size} labels but {probabilities.size} probabilities.")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("Metrics need both classes in labels.")
+    predicted = probabilities >= threshold
+    tp = int(np.sum(predicted & (labels == 1)))
+    fp = int(np.sum(predicted & (labels == 0)))
+    tn = int(np.sum(~predicted & (labels == 0)))
+    fn = int(np.sum(~predicted & (labels == 1)))
+    recall = tp / (tp + fn)
+    specificity = tn / (tn + fp)
+    return {
+        "roc_auc": float(roc_auc_score(labels, probabilities)),
+        "pr_auc": float(average_precision_score(labels, probabilities)),
+        "recall": float(recall),
+        "specificity": float(specificity),
+        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+        "accuracy": float((tp + tn) / labels.size),
+        "balanced_accuracy": float((recall + specificity) / 2),
+        "threshold": float(threshold),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }
+
+
+def recall_threshold(labels, probabilities, min_recall: float = 0.98) -> float:
+    """The highest threshold whose recall on (``labels``, ``probabilities``) is >= ``min_recall``.
+
+    Uses ``helpers.evaluation.choose_threshold`` when that module exists (the one
+    rule the project reports with); this fallback implements the same rule.
+    """
+    try:
+        from helpers.evaluation import choose_threshold
+    except ImportError:
+        choose_threshold = None
+    if choose_threshold is not None:
+        return float(choose_threshold(np.asarray(labels), np.asarray(probabilities), min_recall=min_recall))
+    labels = np.asarray(labels).reshape(-1).astype(int)
+    positives = np.sort(np.asarray(probabilities, dtype=np.float64).reshape(-1)[labels == 1])[::-1]
+    if positives.size == 0:
+        raise ValueError("No positive labels: cannot choose a recall threshold.")
+    needed = int(np.ceil(min_recall * positives.size))  # positives that must score >= threshold
+    return float(positives[max(needed, 1) - 1])
+
+
+# --------------------------------------------------------------------------- #
+# Training
+# --------------------------------------------------------------------------- #
+class BestWeightsCheckpoint:
+    """Keeps (and optionally saves) the full model's best weights across both phases.
+
+    A Keras callback (see :meth:`callback`) for each phase's ``fit``; the best value
+    carries over from phase 1 to phase 2, so a phase 2 that never beats phase 1 leaves
+    phase 1's weights in place after :meth:`restore`.
+    """
+
+    def __init__(self, full_model, monitor: str = "val_auc", path: str | Path | None = None):
+        self.full_model = full_model
+        self.monitor = monitor
+        self.sign = -1.0 if monitor_mode(monitor) == "min" else 1.0  # compare sign * value, higher wins
+        self.path = Path(path) if path else None
+        self.best_value = -np.inf if self.sign > 0 else np.inf
+        self.best_epoch = None  # 1-based
+        self.best_weights = None
+
+    def callback(self):
+        import keras
+
+        checkpoint = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                checkpoint.update(epoch + 1, (logs or {}).get(checkpoint.monitor))
+
+        return _Callback()
+
+    def update(self, epoch: int, value) -> bool:
+        if value is None:
+            raise ValueError(f"The monitored metric {self.monitor!r} is not in the logs: pass "
+                             "validation data, or monitor one of the logged val_ metrics.")
+        if not self.sign * value > self.sign * self.best_value:
+            return False
+        self.best_value, self.best_epoch = float(value), int(epoch)
+        self.best_weights = self.full_model.get_weights()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.full_model.save(self.path)
+        return True
+
+    def restore(self) -> None:
+        if self.best_weights is None:
+            raise ValueError("No epoch was recorded yet: nothing to restore.")
+        self.full_model.set_weights(self.best_weights)
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_two_phase` did.
+
+    ``history`` maps each metric (``loss``, ``val_auc``, ...) to one value per epoch;
+    ``phase`` gives each epoch's phase (1 or 2); epochs are 1-based.
+    """
+
+    history: dict[str, list[float]]
+    phase: list[int]
+    best_epoch: int
+    best_value: float
+    monitor: str
+    epochs_per_phase: dict[str, int]
+    seconds_per_phase: dict[str, float]
+    trainable_layers_phase2: list[str] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> list[int]:
+        return list(range(1, len(self.phase) + 1))
+
+    def summary(self) -> dict:
+        return {
+            "epochs_run": len(self.phase),
+            "epochs_per_phase": self.epochs_per_phase,
+            "best_epoch": self.best_epoch,
+            "best_phase": self.phase[self.best_epoch - 1],
+            f"best_{self.monitor}": self.best_value,
+            "seconds_per_phase": self.seconds_per_phase,
+            "trainable_layers_phase2": len(self.trainable_layers_phase2),
+        }
+
+
+def _append_history(merged: dict, history: dict, phase_list: list, phase: int) -> None:
+    lengths = {len(values) for values in history.values()}
+    epochs = lengths.pop() if lengths else 0
+    for key, values in history.items():
+        merged.setdefault(key, []).extend(float(v) for v in values)
+    phase_list.extend([phase] * epochs)
+
+
+def train_two_phase(
+    model,
+    train_activations: np.ndarray,
+    train_labels: np.ndarray,
+    validation_activations: np.ndarray,
+    validation_labels: np.ndarray,
+    training_config: TrainingConfig = TrainingConfig(),
+    strategy=None,
+    checkpoint_path: str | Path | None = None,
+    verbose: int = 2,
+) -> TrainingResult:
+    """Phase 1 (head on pooled features) then phase 2 (top blocks on cut activations).
+
+    Args:
+        model: from :func:`build_and_compile` / :func:`helpers.model.build_model`,
+            built under ``strategy``'s scope. Trained in place; on return it holds
+            the best validation weights of either phase.
+        train_activations: (N, H, W, C) float32, :func:`cached_activations` at
+            ``training_config.unfreeze_from``.
+        train_labels: (N,) 0/1.
+        validation_activations, validation_labels: the same for validation.
+        checkpoint_path: where the best full model is saved whenever it improves.
+    """
+    import keras
+
+    from helpers.imbalance import strategy_inputs
+
+    strategy = resolve_strategy(strategy)
+    cfg = training_config
+    train_labels = np.asarray(train_labels).reshape(-1).astype(np.float32)
+    validation_labels = np.asarray(validation_labels).reshape(-1).astype(np.float32)
+    if len(train_activations) != len(train_labels):
+        raise ValueError(f"{len(train_activations)} train activations but {len(train_labels)} labels.")
+    if len(validation_activations) != len(validation_labels):
+        raise ValueError(f"{len(validation_activations)} validation activations but "
+                         f"{len(validation_labels)} labels.")
+    expected = tuple(model.get_layer(cfg.unfreeze_from).input.shape[1:])
+    if tuple(train_activations.shape[1:]) != expected:
+        raise ValueError(f"Activations have shape {train_activations.shape[1:]} but the input of "
+                         f"{cfg.unfreeze_from!r} is {expected}: compute them with "
+                         f"cached_activations(model, examples, {cfg.unfreeze_from!r}).")
+    inputs = strategy_inputs(cfg.imbalance, train_labels, cfg.seed)
+    if inputs.output_bias is not None:
+        model.get_layer(model_lib.LOGIT_LAYER).bias.assign([inputs.output_bias])
+    indices = inputs.indices
+    checkpoint = BestWeightsCheckpoint(model, cfg.monitor, checkpoint_path)
+    history, phase = {}, []
+    seconds = {}
+
+    # Phase 1: frozen base; the head learns on pooled features.
+    start = time.perf_counter()
+    model_lib.freeze_base(model)
+    train_pooled = pooled_features(model, train_activations, cfg.unfreeze_from, strategy=strategy,
+                                   progress=verbose > 0)
+    validation_pooled = pooled_features(model, validation_activations, cfg.unfreeze_from,
+                                        strategy=strategy, progress=verbose > 0)
+    with strategy.scope():
+        head = head_model(model)
+        compile_classifier(head, cfg.head_learning_rate)
+    stopper = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode)
+    fitted = head.fit(
+        array_batches(train_pooled[indices], train_labels[indices], cfg.batch_size, True, cfg.seed),
+        validation_data=array_batches(validation_pooled, validation_labels, 256),
+        epochs=cfg.head_epochs, class_weight=inputs.class_weight,
+        callbacks=[stopper, checkpoint.callback()], shuffle=False, verbose=verbose,
+    )
+    _append_history(history, fitted.history, phase, 1)
+    seconds["phase1"] = time.perf_counter() - start
+    del train_pooled, validation_pooled
+
+    # Phase 2: unfreeze from the cut (BatchNorm frozen), lower learning rate.
+    trainable = []
+    start = time.perf_counter()
+    if cfg.finetune_epochs > 0:
+        phase1_epochs = len(phase)
+        checkpoint.restore()  # continue from the best head
+        trainable = model_lib.unfreeze_from(model, cfg.unfreeze_from, freeze_batch_norm=True)
+        with strategy.scope():
+            top = top_model(model, cfg.unfreeze_from)
+            compile_classifier(top, cfg.finetune_learning_rate)
+        stopper = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode,
+                                                baseline=checkpoint.best_value)
+        fitted = top.fit(
+            array_batches(train_activations[indices], train_labels[indices], cfg.batch_size, True, cfg.seed),
+            validation_data=array_batches(validation_activations, validation_labels, 128),
+            epochs=phase1_epochs + cfg.finetune_epochs, initial_epoch=phase1_epochs,
+            class_weight=inputs.class_weight,
+            callbacks=[stopper, checkpoint.callback()], shuffle=False, verbose=verbose,
+        )
+        _append_history(history, fitted.history, phase, 2)
+    seconds["phase2"] = time.perf_counter() - start
+    checkpoint.restore()
+    return TrainingResult(
+        history=history,
+        phase=phase,
+        best_epoch=checkpoint.best_epoch,
+        best_value=checkpoint.best_value,
+        monitor=cfg.monitor,
+        epochs_per_phase={"phase1": phase.count(1), "phase2": phase.count(2)},
+        seconds_per_phase={key: round(value, 2) for key, value in seconds.items()},
+        trainable_layers_phase2=trainable,
+    )
+
+
+def gradient_throughput(model, inputs: np.ndarray, labels: np.ndarray, steps: int = 2) -> float:
+    """Images per second of forward + backward passes (no weight update) on ``inputs``.
+
+    Used to measure what caching saves: compare the full model on images with the
+    top sub-model on cached activations (same trainable weights).
+    """
+    import keras
+    import tensorflow as tf
+
+    x = tf.constant(np.asarray(inputs, np.float32))
+    y = tf.constant(np.asarray(labels, np.float32).reshape(-1, 1))
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            predictions = model(x, training=True)
+            loss = loss_fn(y, predictions)
+        return tape.gradient(loss, model.trainable_weights)
+
+    step()  # trace
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * len(inputs) / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- #
+# Curves and the training record
+# --------------------------------------------------------------------------- #
+def plot_training_curves(result: TrainingResult):
+    """Loss, AUC, precision and recall per epoch, train vs validation, phases marked."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    epochs = result.epochs
+    boundary = result.epochs_per_phase["phase1"] + 0.5
+    for axis, name in zip(axes, ("loss", "auc", "precision", "recall")):
+        axis.plot(epochs, result.history[name], "o-", label="train", markersize=3)
+        axis.plot(epochs, result.history[f"val_{name}"], "o-", label="validation", markersize=3)
+        if result.epochs_per_phase["phase2"]:
+            axis.axvline(boundary, color="grey", linestyle="--", linewidth=1)
+        axis.axvline(result.best_epoch, color="green", linestyle=":", linewidth=1)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+    axes[0].legend(title="dashed: phase 2 starts\ndotted: best epoch", fontsize=8, title_fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def training_record(training_config: TrainingConfig, result: TrainingResult, validation_metrics: dict,
+                    extra: dict | None = None) -> dict:
+    """The JSON-able record 03 writes to ``<artifacts>/model/training_record.json``."""
+    record = {
+        "config": training_config.to_dict(),
+        "epochs": len(result.phase),
+        **result.summary(),
+        "history": result.history,
+        "phase_of_epoch": result.phase,
+        "validation_metrics": validation_metrics,
+    }
+    record.update(extra or {})
+    return record
+
+
+def save_json(payload: dict, path: str | Path) -> Path:
+    """Write ``payload`` as indented JSON (NumPy scalars converted)."""
+
+    def convert(value):
+        if isinstance(value, (np.integer,)):
+            return int(value)
+        if isinstance(value, (np.floating,)):
+            return float(value)
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=convert) + "\n")
+    return path

@@ -1,0 +1,281 @@
+"""TFLite helpers on a tiny Keras model (Rescaling -> conv -> pool -> logit -> sigmoid).
+
+Every variant is converted once per module (a few seconds each). Stated tolerances:
+max |P(TFLite) - P(Keras)| <= ``tflite.PROBABILITY_TOLERANCE[variant]`` on random
+raw 0-255 images (float32 1e-4, float16 5e-3, dynamic range 3e-2, int8 5e-2).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import tflite
+
+SIZE = 16  # tiny images keep conversion and calibration fast
+
+
+def tiny_model(seed: int = 0):
+    """Same contract as helpers.model.build_model: raw 0-255 in, P(PNEUMONIA) (B, 1) out."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(SIZE, SIZE, 3), name="image")  # (B, 16, 16, 3) 0-255
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu6", name="conv")(x)  # (B, 14, 14, 8)
+    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 8)
+    logit = keras.layers.Dense(1, name="logit")(x)  # (B, 1)
+    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
+    return keras.Model(inputs, probability, name="tiny")
+
+
+def random_images(count: int, seed: int) -> np.ndarray:
+    """(count, 16, 16, 3) uint8 images that hit both 0 and 255 (the full pixel range)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count, SIZE, SIZE, 3), dtype=np.uint8)
+    images[0, 0, 0] = (0, 0, 0)
+    images[0, 0, 1] = (255, 255, 255)
+    return images
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return random_images(24, seed=2)
+
+
+@pytest.fixture(scope="module")
+def keras_probabilities(model, test_images):
+    return model.predict(test_images.astype(np.float32), verbose=0)[:, 0]  # (24,)
+
+
+@pytest.fixture(scope="module")
+def converted(model, tmp_path_factory):
+    """{variant: path} for all four variants of the tiny model."""
+    directory = tmp_path_factory.mktemp("tflite")
+    calibration = random_images(64, seed=1)
+    return tflite.convert_all(model, calibration, directory, progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# Conversion
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("variant", tflite.VARIANTS)
+def test_each_variant_loads_and_matches_keras(converted, variant, test_images, keras_probabilities):
+    classifier = tflite.TFLiteClassifier(converted[variant])
+    probabilities = classifier.predict(test_images)  # (24,) float32
+    assert probabilities.shape == (len(test_images),) and probabilities.dtype == np.float32
+    difference = np.abs(probabilities - keras_probabilities).max()
+    assert difference <= tflite.PROBABILITY_TOLERANCE[variant], f"{variant}: max |diff| {difference:.2e}"
+
+
+def test_file_names_and_sizes_shrink_with_quantization(converted):
+    assert {v: p.name for v, p in converted.items()} == {
+        v: f"pneumonia_mobilenetv2_{v}.tflite" for v in tflite.VARIANTS}
+    assert not list(converted["int8"].parent.glob("*.part*")), "temporary files left behind"
+
+
+def test_int8_takes_raw_uint8_pixels_and_returns_float(converted):
+    classifier = tflite.TFLiteClassifier(converted["int8"])
+    assert classifier.input.dtype == np.uint8
+    assert (classifier.input.scale, classifier.input.zero_point) == (1.0, 0)  # pixel value = uint8 value
+    assert classifier.output.dtype == np.float32
+    for variant in ("float32", "float16", "dynamic_range"):
+        assert tflite.TFLiteClassifier(converted[variant]).input.dtype == np.float32
+
+
+def test_int8_needs_calibration_images():
+    with pytest.raises(ValueError, match="needs calibration_images"):
+        tflite.converter_options("int8")
+
+
+def test_calibration_rejects_normalized_pixels():
+    with pytest.raises(ValueError, match="raw 0-255"):
+        tflite.representative_dataset(np.full((2, SIZE, SIZE, 3), -1.0, dtype=np.float32))
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="Unknown TFLite variant"):
+        tflite.tflite_path("int4")
+
+
+def test_builtin_ops_only_so_flex_ops_fail_at_conversion(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    class NeedsFlex(keras.layers.Layer):  # tf.linalg.det has no TFLite builtin kernel
+        def call(self, x):
+            matrices = tf.reshape(x, (-1, 12, 2, 2))  # (B, 12, 2, 2)
+            return tf.reduce_mean(tf.linalg.det(matrices), axis=1, keepdims=True)  # (B, 1)
+
+    inputs = keras.Input(shape=(4, 4, 3), name="image")
+    model = keras.Model(inputs, NeedsFlex()(inputs))
+    with pytest.raises(Exception, match="(?i)select|flex|not supported|legaliz"):
+        tflite.convert(model, "float32", tmp_path / "flex.tflite")
+    assert not (tmp_path / "flex.tflite").exists()
+
+
+# --------------------------------------------------------------------------- #
+# The interpreter wrapper: float, uint8 and int8 I/O
+# --------------------------------------------------------------------------- #
+def test_quantize_and_dequantize_round_trip():
+    values = np.array([0.0, 1.0, 127.0, 255.0, 300.0])
+    assert list(tflite.quantize(values, np.uint8, 1.0, 0)) == [0, 1, 127, 255, 255]  # clipped
+    assert list(tflite.quantize(values[:4], np.int8, 1.0, -128)) == [-128, -127, -1, 127]
+    assert np.allclose(tflite.dequantize(np.array([-128, 0, 127], np.int8), 1 / 256, -128),
+                       [0.0, 0.5, 255 / 256])
+
+
+def test_classifier_handles_int8_input_and_int8_output(model, tmp_path, test_images, keras_probabilities):
+    import tensorflow as tf
+
+    options = tflite.converter_options("int8", random_images(64, seed=1))
+    options.update(inference_input_type=tf.int8, inference_output_type=tf.int8)
+    path = tmp_path / "int8_io.tflite"
+    model.export(str(path), format="litert", verbose=False,
+                 input_signature=[tf.TensorSpec((1, SIZE, SIZE, 3), tf.float32, name="image")], **options)
+    classifier = tflite.TFLiteClassifier(path)
+    assert classifier.input.dtype == np.int8 and classifier.output.dtype == np.int8
+    assert classifier.input.quantized and classifier.output.quantized
+    probabilities = classifier.predict(test_images)
+    assert np.abs(probabilities - keras_probabilities).max() <= tflite.PROBABILITY_TOLERANCE["int8"]
+
+
+def test_classifier_rejects_wrong_image_shape(converted):
+    classifier = tflite.TFLiteClassifier(converted["float32"])
+    with pytest.raises(ValueError, match=r"Expected images of shape \(N, 16, 16, 3\)"):
+        classifier.predict(np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_missing_model_says_how_to_create_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="06_tflite_conversion"):
+        tflite.TFLiteClassifier(tmp_path / "nope.tflite")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all", b"\x00" * 4 + b"XXXX" + b"\x00" * 64],
+                         ids=["empty", "text", "wrong-identifier"])
+def test_corrupt_model_gives_a_clear_error(tmp_path, content):
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(content)
+    with pytest.raises(tflite.TFLiteModelError, match="not a TFLite model.*convert again"):
+        tflite.TFLiteClassifier(path)
+
+
+def test_truncated_model_gives_a_clear_error(converted, tmp_path):
+    content = converted["float32"].read_bytes()
+    path = tmp_path / "truncated.tflite"
+    path.write_bytes(content[: len(content) // 3])
+    with pytest.raises(tflite.TFLiteModelError, match="convert again"):
+        tflite.TFLiteClassifier(path)
+
+
+# --------------------------------------------------------------------------- #
+# Parity
+# --------------------------------------------------------------------------- #
+def test_parity_counts_flipped_decisions_and_accuracy_delta():
+    keras_p = np.array([0.1, 0.45, 0.55, 0.9])
+    lite_p = np.array([0.1, 0.55, 0.55, 0.8])  # one decision flips (0.45 -> 0.55)
+    labels = np.array([0, 0, 1, 1])
+    result = tflite.parity(keras_p, lite_p, labels, threshold=0.5)
+    assert result["agreement"] == 0.75 and result["disagreements"] == 1
+    assert result["max_abs_diff"] == pytest.approx(0.1)
+    assert result["mean_abs_diff"] == pytest.approx(0.05)
+    assert result["test_accuracy"] == 0.75 and result["accuracy_delta_points"] == pytest.approx(-25.0)
+
+
+def test_parity_table_has_a_keras_row_and_one_row_per_variant():
+    keras_p = np.array([0.2, 0.8])
+    table = tflite.parity_table(keras_p, {"int8": keras_p + 0.01}, np.array([0, 1]), 0.5,
+                                sizes={"int8": 2_000_000})
+    assert list(table.index) == ["keras", "int8"]
+    assert table.loc["keras", "agreement"] == 1.0 and table.loc["int8", "size_mb"] == 2.0
+
+
+def test_parity_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="as many"):
+        tflite.parity(np.zeros(3), np.zeros(2), np.zeros(3), 0.5)
+
+
+# --------------------------------------------------------------------------- #
+# Metadata
+# --------------------------------------------------------------------------- #
+METRICS = {"threshold": 0.62, "temperature": 1.7,
+           "band": {"low": 0.3, "high": 0.9, "coverage": 0.86, "accuracy_outside": 0.97, "recall_outside": 0.99}}
+
+
+def test_operating_point_comes_from_metrics_json(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**METRICS, "test": {}, "validation": {}}))
+    point = tflite.load_operating_point(path)
+    assert (point["threshold"], point["temperature"], point["calibrated"]) == (0.62, 1.7, True)
+    assert point["band"]["low"] == 0.3 and point["band"]["coverage"] == 0.86
+
+
+def test_operating_point_falls_back_to_uncalibrated_defaults(tmp_path):
+    point = tflite.load_operating_point(tmp_path / "metrics.json")
+    assert point["threshold"] == 0.5 and point["temperature"] == 1.0 and point["band"] is None
+    assert point["calibrated"] is False and "04_evaluation" in point["source"]
+
+
+def test_operating_point_rejects_a_broken_metrics_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"temperature": 1.0}')
+    with pytest.raises(tflite.TFLiteModelError, match="no 'threshold'"):
+        tflite.load_operating_point(path)
+
+
+def test_metadata_round_trips(converted, tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(METRICS))
+    model_path = converted["int8"]
+    metadata = tflite.build_metadata(model_path, "int8", tflite.load_operating_point(path),
+                                     calibration={"split": "train", "n_images": 64, "seed": 1})
+    written = tflite.write_metadata(model_path, metadata)
+    assert written == model_path.with_suffix(".json")
+    assert tflite.read_metadata(model_path) == json.loads(json.dumps(metadata))
+    assert tflite.read_metadata(written)["input"]["dtype"] == "uint8"
+    assert metadata["labels"] == ["NORMAL", "PNEUMONIA"] and metadata["input"]["range"] == [0, 255]
+    assert metadata["model_sha256"] == tflite.file_sha256(model_path)
+    assert metadata["decision"]["threshold"] == 0.62 and metadata["decision"]["band"]["high"] == 0.9
+
+
+def test_metadata_reader_gives_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="write_metadata"):
+        tflite.read_metadata(tmp_path / "model.tflite")
+    bad = tmp_path / "model.json"
+    bad.write_text("{not json")
+    with pytest.raises(tflite.TFLiteModelError, match="not valid JSON"):
+        tflite.read_metadata(bad)
+    bad.write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(tflite.TFLiteModelError, match="schema version 99"):
+        tflite.read_metadata(bad)
+
+
+def test_interpret_applies_threshold_band_and_temperature():
+    metadata = {"labels": ["NORMAL", "PNEUMONIA"],
+                "decision": {"threshold": 0.62, "temperature": 2.0, "band": {"low": 0.3, "high": 0.9},
+                             "calibrated": True}}
+    assert tflite.interpret(0.95, metadata)["label"] == "PNEUMONIA"
+    assert tflite.interpret(0.10, metadata)["label"] == "NORMAL"
+    referred = tflite.interpret(0.70, metadata)
+    assert referred["label"] == "REFER" and referred["model_label"] == "PNEUMONIA"
+    assert tflite.interpret(0.90, metadata)["label"] == "PNEUMONIA"  # band is [low, high)
+    # temperature 2 pulls 0.95 towards 0.5: sigmoid(logit(0.95) / 2)
+    assert tflite.interpret(0.95, metadata)["confidence"] == pytest.approx(1 / (1 + np.sqrt(0.05 / 0.95)))
+
+
+# --------------------------------------------------------------------------- #
+# Latency helpers (used by benchmarks/tflite_benchmark.py)
+# --------------------------------------------------------------------------- #
+def test_interleaved_latency_gives_runs_samples_per_model(converted, test_images):
+    classifiers = {v: tflite.TFLiteClassifier(converted[v]) for v in ("float32", "int8")}
+    samples = tflite.interleaved_latency(classifiers, test_images[0], runs=7, warmup=2, block=3)
+    assert {k: len(v) for k, v in samples.items()} == {"float32": 7, "int8": 7}
+    summary = tflite.latency_summary(samples["int8"])
+    assert summary["runs"] == 7 and 0 < summary["min"] <= summary["median"] <= summary["p90"]
