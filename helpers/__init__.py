@@ -2,11 +2,21 @@
 
 Modules (import the one you need; importing ``helpers`` itself does nothing heavy):
 
-* ``helpers.config``    -- data / weights / artifacts locations, profiles, seeds
-* ``helpers.data``      -- read the three data layouts, decode images, patient split
-* ``helpers.download``  -- cached, size-checked downloads of the public data
-* ``helpers.eda``       -- statistics and figures for the EDA notebook
-* ``helpers.notebooks`` -- run the numbered notebooks with papermill
+* ``helpers.config``     -- data / weights / artifacts locations, profiles, seeds
+* ``helpers.data``       -- read the three data layouts, decode images, patient split
+* ``helpers.download``   -- cached, size- and hash-checked downloads of the public data
+* ``helpers.eda``        -- statistics and figures for the EDA notebook (01)
+* ``helpers.imbalance``  -- class-imbalance strategies compared on validation (02)
+* ``helpers.model``      -- MobileNetV2 + head as one flat graph, 0-255 input
+* ``helpers.training``   -- two-phase fine-tuning on cached activations (03)
+* ``helpers.predict``    -- batched predictions and the predictions CSVs
+* ``helpers.evaluation`` -- metrics, bootstrap CIs, threshold, calibration, band (04)
+* ``helpers.gradcam``    -- Grad-CAM, sanity and faithfulness checks (05)
+* ``helpers.tflite``     -- TFLite conversion, interpreter wrapper, parity, metadata (06)
+* ``helpers.explorer``   -- pure logic of the prediction explorer (07)
+* ``helpers.ood``        -- out-of-distribution check for uploaded images (07)
+* ``helpers.widgets``    -- the thin ipywidgets layer over ``helpers.explorer`` (07)
+* ``helpers.notebooks``  -- run the numbered notebooks with papermill
 """
 
 __version__ = "0.1.0"
