@@ -277,57 +277,25 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: b
 # Metrics on probabilities
 # --------------------------------------------------------------------------- #
 def probability_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
-    """ROC-AUC, PR-AUC (average precision) and the confusion-matrix rates at ``threshold``.
+    """``helpers.evaluation.binary_metrics`` plus balanced accuracy and the threshold.
 
-    Returns floats: roc_auc, pr_auc, recall (sensitivity), specificity, precision,
-    accuracy, balanced_accuracy, threshold, and the integer counts tp/fp/tn/fn.
+    One set of metric definitions for the whole project: roc_auc, pr_auc, recall,
+    specificity, precision, accuracy, f1, the counts tp/fp/tn/fn, and here also
+    balanced_accuracy (the imbalance notebook ranks strategies by it) and threshold.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from helpers.evaluation import binary_metrics
 
-    labels = np.asarray(labels).reshape(-1).astype(int)
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-    if labels.shape != probabilities.shape:
-        raise ValueError(f"{labels.size} labels but {probabilities.size} probabilities.")
-    if len(np.unique(labels)) < 2:
-        raise ValueError("Metrics need both classes in labels.")
-    predicted = probabilities >= threshold
-    tp = int(np.sum(predicted & (labels == 1)))
-    fp = int(np.sum(predicted & (labels == 0)))
-    tn = int(np.sum(~predicted & (labels == 0)))
-    fn = int(np.sum(~predicted & (labels == 1)))
-    recall = tp / (tp + fn)
-    specificity = tn / (tn + fp)
-    return {
-        "roc_auc": float(roc_auc_score(labels, probabilities)),
-        "pr_auc": float(average_precision_score(labels, probabilities)),
-        "recall": float(recall),
-        "specificity": float(specificity),
-        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
-        "accuracy": float((tp + tn) / labels.size),
-        "balanced_accuracy": float((recall + specificity) / 2),
-        "threshold": float(threshold),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-    }
+    metrics = binary_metrics(labels, probabilities, threshold)
+    metrics["balanced_accuracy"] = float((metrics["recall"] + metrics["specificity"]) / 2)
+    metrics["threshold"] = float(threshold)
+    return metrics
 
 
 def recall_threshold(labels, probabilities, min_recall: float = 0.98) -> float:
-    """The highest threshold whose recall on (``labels``, ``probabilities``) is >= ``min_recall``.
+    """The highest threshold keeping recall >= ``min_recall`` (``evaluation.choose_threshold``)."""
+    from helpers.evaluation import choose_threshold
 
-    Uses ``helpers.evaluation.choose_threshold`` when that module exists (the one
-    rule the project reports with); this fallback implements the same rule.
-    """
-    try:
-        from helpers.evaluation import choose_threshold
-    except ImportError:
-        choose_threshold = None
-    if choose_threshold is not None:
-        return float(choose_threshold(np.asarray(labels), np.asarray(probabilities), min_recall=min_recall))
-    labels = np.asarray(labels).reshape(-1).astype(int)
-    positives = np.sort(np.asarray(probabilities, dtype=np.float64).reshape(-1)[labels == 1])[::-1]
-    if positives.size == 0:
-        raise ValueError("No positive labels: cannot choose a recall threshold.")
-    needed = int(np.ceil(min_recall * positives.size))  # positives that must score >= threshold
-    return float(positives[max(needed, 1) - 1])
+    return float(choose_threshold(np.asarray(labels), np.asarray(probabilities), min_recall=min_recall))
 
 
 # --------------------------------------------------------------------------- #
