@@ -4,6 +4,7 @@ Modules (import the one you need; importing ``helpers`` itself does nothing heav
 
 * ``helpers.config``     -- data / weights / artifacts locations, profiles, seeds
 * ``helpers.data``       -- read the three data layouts, decode images, patient split
+* ``helpers.cache``      -- the on-disk cache of decoded images, activations, features
 * ``helpers.download``   -- cached, size- and hash-checked downloads of the public data
 * ``helpers.eda``        -- statistics and figures for the EDA notebook (01)
 * ``helpers.imbalance``  -- class-imbalance strategies compared on validation (02)

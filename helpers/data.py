@@ -614,12 +614,8 @@ def decode_images_cached(examples: Examples, image_size: int = IMAGE_SIZE) -> np
     The cache key is the SHA-1 of the images' content hashes and the size, so a
     different subset or a changed file gets its own entry.
     """
+    from helpers.cache import load_or_compute
+
     key = hashlib.sha1(("".join(examples.content_hashes()) + f"|{image_size}").encode()).hexdigest()[:16]
-    cache_file = config.artifacts_dir("cache") / f"images-{len(examples)}-{key}.npy"
-    if cache_file.is_file():
-        return np.load(cache_file, mmap_mode=None)
-    images = decode_images(examples, image_size)
-    temporary = cache_file.with_suffix(".part.npy")
-    np.save(temporary, images)
-    temporary.replace(cache_file)
-    return images
+    return load_or_compute(f"images-{len(examples)}-{key}.npy",
+                           lambda: decode_images(examples, image_size))

@@ -111,14 +111,6 @@ def compute_features(extractor, images: np.ndarray, batch_size: int = 64) -> np.
     return np.concatenate(chunks)
 
 
-def model_fingerprint(model) -> str:
-    """Short SHA-1 of a model's weights: a cache key that changes when the model is retrained."""
-    digest = hashlib.sha1()
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:16]
-
-
 def images_fingerprint(images: np.ndarray) -> str:
     """Short SHA-1 of an image array's bytes (and shape)."""
     digest = hashlib.sha1(str(images.shape).encode())
@@ -133,15 +125,12 @@ def cached_features(model, images: np.ndarray, batch_size: int = 64, extractor=N
     The key is the model's weights and the images' bytes, so a retrained model or another
     subset gets its own entry.
     """
-    key = f"features-{model_fingerprint(model)}-{images_fingerprint(images)}"
-    cache_file = config.artifacts_dir("cache") / f"{key}.npy"
-    if cache_file.is_file():
-        return np.load(cache_file)
-    features = compute_features(extractor or feature_model(model), images, batch_size)
-    temporary = cache_file.with_suffix(".part.npy")
-    np.save(temporary, features)
-    temporary.replace(cache_file)
-    return features
+    from helpers.cache import load_or_compute, weights_fingerprint
+
+    return load_or_compute(
+        f"features-{weights_fingerprint(model)}-{images_fingerprint(images)}.npy",
+        lambda: compute_features(extractor or feature_model(model), images, batch_size),
+    )
 
 
 @dataclass(frozen=True)

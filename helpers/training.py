@@ -186,15 +186,6 @@ def head_model(model):
     return top_model(model, model_lib.HEAD_DROPOUT_LAYER)
 
 
-def weights_fingerprint(model) -> str:
-    """SHA-1 (16 hex digits) of all of ``model``'s weights: a cache key part."""
-    digest = hashlib.sha1()
-    for weight in model.weights:
-        digest.update(weight.path.encode())
-        digest.update(np.ascontiguousarray(np.asarray(weight.numpy())).tobytes())
-    return digest.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------- #
 # Batched prediction and the activation cache
 # --------------------------------------------------------------------------- #
@@ -232,6 +223,7 @@ def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batc
         float32 (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
     """
     from helpers import data
+    from helpers.cache import load_or_compute, weights_fingerprint
 
     extractor = feature_extractor(model, cut_layer)
     key_text = "|".join([
@@ -239,16 +231,13 @@ def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batc
         str(model.input_shape),
     ])
     key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
-    cache_file = config.artifacts_dir("cache") / f"activations-{cut_layer}-{len(examples)}-{key}.npy"
-    if cache_file.is_file():
-        return np.load(cache_file)
-    images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
-    activations = predict_in_batches(extractor, images, batch_size, progress=progress,
-                                     desc=f"frozen base -> {cut_layer}", strategy=strategy)
-    temporary = cache_file.with_suffix(".part.npy")
-    np.save(temporary, activations)
-    temporary.replace(cache_file)
-    return activations
+
+    def compute() -> np.ndarray:
+        images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
+        return predict_in_batches(extractor, images, batch_size, progress=progress,
+                                  desc=f"frozen base -> {cut_layer}", strategy=strategy)
+
+    return load_or_compute(f"activations-{cut_layer}-{len(examples)}-{key}.npy", compute)
 
 
 def pooled_features(model, activations: np.ndarray, cut_layer: str = DEFAULT_CUT_LAYER,
