@@ -1,9 +1,9 @@
 """Two-phase fine-tuning of the MobileNetV2 classifier, fast on CPU by caching.
 
-Why caching is exact here: there is no augmentation (chest X-rays have one
-orientation) and every BatchNormalization layer runs in inference mode, so the
-frozen part of the network is a fixed function of the image. We run it once,
-store its output under ``<artifacts>/cache/`` and train only what changes:
+Every BatchNormalization layer runs in inference mode and the layers below the cut
+are frozen, so the frozen part of the network is a fixed function of the image.
+We run it once per image (and once per augmented *view*), store its output under
+``<artifacts>/cache/`` and train only what changes:
 
 * phase 1 -- frozen base, train the head (dropout + ``logit``) on cached pooled
   1280-d features (``global_pool``): an epoch takes a fraction of a second instead
@@ -13,6 +13,13 @@ store its output under ``<artifacts>/cache/`` and train only what changes:
   train the *top sub-model* on the cached activations at the cut (14x14x96 for
   blocks 11-13, 7x7x160 for blocks 14-15). The default was chosen on validation
   among blocks 7, 11, 13 and 14 (see notebook 03).
+
+Augmentation (acquisition-style framing, exposure and marker erasing; never flips
+or rotations, see :mod:`helpers.augment`) fits the same scheme: a few augmented
+views of every training image are run through the frozen layers once
+(:func:`cached_view_activations`), and each epoch takes every image from one view
+drawn at random (:class:`ViewBatches`). V views cost V forward passes in total
+instead of one per epoch.
 
 Sub-models made from the flat functional graph (``keras.Model(cut_tensor,
 model.output)``) share their layers and weights with the full model, so training
@@ -240,6 +247,54 @@ def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batc
     return load_or_compute(f"activations-{cut_layer}-{len(examples)}-{key}.npy", compute)
 
 
+def cached_view_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, views: int = 4,
+                            augment_config=None, seed: int = config.DEFAULT_SEED, batch_size: int = 64,
+                            strategy=None, progress: bool = True) -> list[np.ndarray]:
+    """Activations at ``cut_layer`` of ``views`` augmented copies of ``examples``, cached.
+
+    View ``v`` is :func:`helpers.augment.augment_images` with the generator
+    ``np.random.default_rng([seed, v])``, run through the frozen layers once and
+    stored like :func:`cached_activations` (the key adds the augmentation settings,
+    the seed and the view number). Training draws from them with :class:`ViewBatches`.
+
+    Returns:
+        ``views`` float32 arrays (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
+    """
+    from helpers import augment, data
+    from helpers.cache import load_or_compute, weights_fingerprint
+    from helpers.progress import progress_bar
+
+    if views < 0:
+        raise ValueError(f"views must be >= 0, got {views}.")
+    augment_config = augment_config or augment.AugmentConfig()
+    extractor = feature_extractor(model, cut_layer)
+    base_key = "|".join([
+        "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor),
+        str(model.input_shape), json.dumps(augment_config.to_dict(), sort_keys=True), str(seed),
+    ])
+    strategy = resolve_strategy(strategy)
+    chunk = 256
+    arrays = []
+    for view in range(views):
+        key = hashlib.sha1(f"{base_key}|view{view}".encode()).hexdigest()[:16]
+
+        def compute(view=view) -> np.ndarray:
+            images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
+            rng = np.random.default_rng([seed, view])
+            outputs = []
+            starts = range(0, len(images), chunk)
+            with strategy.scope():
+                for start in progress_bar(starts, desc=f"view {view + 1}/{views} -> {cut_layer}",
+                                          disable=not progress, total=len(starts)):
+                    augmented = augment.augment_images(images[start:start + chunk], rng, augment_config)
+                    outputs.append(np.asarray(extractor.predict(augmented, batch_size=batch_size, verbose=0),
+                                              dtype=np.float32))
+            return np.concatenate(outputs)
+
+        arrays.append(load_or_compute(f"views-{cut_layer}-{len(examples)}-{key}.npy", compute))
+    return arrays
+
+
 def pooled_features(model, activations: np.ndarray, cut_layer: str = DEFAULT_CUT_LAYER,
                     batch_size: int = 64, strategy=None, progress: bool = True) -> np.ndarray:
     """(N, 1280) pooled features from cut activations (runs the frozen top once)."""
@@ -260,6 +315,78 @@ def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 32, shuffle: b
     if repeat:
         dataset = dataset.repeat()
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+class ViewBatches:
+    """Training batches that draw each image from one of several cached *views*.
+
+    ``views[0]`` holds the un-augmented arrays and ``views[1:]`` augmented ones
+    (:func:`cached_view_activations`), all of shape (N, ...). Every epoch visits
+    each index of ``indices`` once, in a new seeded order, and takes each image
+    from a view chosen at random, so V cached views act like on-the-fly
+    augmentation at the cost of V forward passes in total.
+
+    Batches are ``(x float32 (B, ...), y float32 (B,), sample_weight float32 (B,))``;
+    the sample weight carries ``class_weight`` (1.0 without it). Use
+    :meth:`as_keras` to pass it to ``fit``.
+    """
+
+    def __init__(self, views, labels, indices=None, batch_size: int = 32,
+                 class_weight: dict | None = None, seed: int = config.DEFAULT_SEED):
+        self.views = [np.asarray(view) for view in views]
+        if not self.views:
+            raise ValueError("views is empty: pass at least the un-augmented arrays.")
+        sizes = {len(view) for view in self.views}
+        shapes = {view.shape[1:] for view in self.views}
+        if len(sizes) != 1 or len(shapes) != 1:
+            raise ValueError(f"Every view must have the same shape, got {[v.shape for v in self.views]}.")
+        self.labels = np.asarray(labels, np.float32).reshape(-1)
+        if len(self.labels) != sizes.pop():
+            raise ValueError(f"{len(self.views[0])} inputs per view but {len(self.labels)} labels.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.indices = np.arange(len(self.labels)) if indices is None else np.asarray(indices)
+        self.batch_size = batch_size
+        weights = np.ones(2, np.float32)
+        for label, weight in (class_weight or {}).items():
+            weights[int(label)] = weight
+        self.sample_weights = weights[self.labels.astype(int)]
+        self.rng = np.random.default_rng(seed)
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        """Draw the next epoch's order and view of each sample."""
+        self.order = self.rng.permutation(self.indices)
+        self.view_of = self.rng.integers(len(self.views), size=len(self.order))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.order) / self.batch_size))
+
+    def __getitem__(self, batch: int):
+        if not 0 <= batch < len(self):
+            raise IndexError(f"batch {batch} out of range (0-{len(self) - 1}).")
+        chosen = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+        indices, views = self.order[chosen], self.view_of[chosen]
+        x = np.stack([self.views[view][index] for index, view in zip(indices, views)]).astype(np.float32)
+        return x, self.labels[indices], self.sample_weights[indices]
+
+    def as_keras(self):
+        """A ``keras.utils.PyDataset`` over these batches (a new order each epoch)."""
+        import keras
+
+        batches = self
+
+        class _Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return len(batches)
+
+            def __getitem__(self, batch):
+                return batches[batch]
+
+            def on_epoch_end(self):
+                batches.new_epoch()
+
+        return _Batches()
 
 
 # --------------------------------------------------------------------------- #
@@ -388,6 +515,7 @@ def train_two_phase(
     strategy=None,
     checkpoint_path: str | Path | None = None,
     verbose: int = 2,
+    train_views=(),
 ) -> TrainingResult:
     """Phase 1 (head on pooled features) then phase 2 (top blocks on cut activations).
 
@@ -400,6 +528,9 @@ def train_two_phase(
         train_labels: (N,) 0/1.
         validation_activations, validation_labels: the same for validation.
         checkpoint_path: where the best full model is saved whenever it improves.
+        train_views: augmented copies of ``train_activations`` (each (N, H, W, C),
+            :func:`cached_view_activations`); each epoch takes every image from one
+            view drawn at random among the original and these (:class:`ViewBatches`).
     """
     import keras
 
@@ -415,6 +546,10 @@ def train_two_phase(
         raise ValueError(f"{len(validation_activations)} validation activations but "
                          f"{len(validation_labels)} labels.")
     expected = tuple(model.get_layer(cfg.unfreeze_from).input.shape[1:])
+    all_views = [train_activations, *train_views]
+    if any(tuple(view.shape) != tuple(train_activations.shape) for view in all_views):
+        raise ValueError(f"Every augmented view must have the shape of train_activations "
+                         f"{train_activations.shape}, got {[view.shape for view in all_views]}.")
     if tuple(train_activations.shape[1:]) != expected:
         raise ValueError(f"Activations have shape {train_activations.shape[1:]} but the input of "
                          f"{cfg.unfreeze_from!r} is {expected}: compute them with "
@@ -430,8 +565,8 @@ def train_two_phase(
     # Phase 1: frozen base; the head learns on pooled features.
     start = time.perf_counter()
     model_lib.freeze_base(model)
-    train_pooled = pooled_features(model, train_activations, cfg.unfreeze_from, strategy=strategy,
-                                   progress=verbose > 0)
+    train_pooled = [pooled_features(model, view, cfg.unfreeze_from, strategy=strategy, progress=verbose > 0)
+                    for view in all_views]
     validation_pooled = pooled_features(model, validation_activations, cfg.unfreeze_from,
                                         strategy=strategy, progress=verbose > 0)
     with strategy.scope():
@@ -439,9 +574,9 @@ def train_two_phase(
         compile_classifier(head, cfg.head_learning_rate)
     stopper = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode)
     fitted = head.fit(
-        array_batches(train_pooled[indices], train_labels[indices], cfg.batch_size, True, cfg.seed),
+        ViewBatches(train_pooled, train_labels, indices, cfg.batch_size, inputs.class_weight, cfg.seed).as_keras(),
         validation_data=array_batches(validation_pooled, validation_labels, 256),
-        epochs=cfg.head_epochs, class_weight=inputs.class_weight,
+        epochs=cfg.head_epochs,
         callbacks=[stopper, checkpoint.callback()], shuffle=False, verbose=verbose,
     )
     _append_history(history, fitted.history, phase, 1)
@@ -461,10 +596,10 @@ def train_two_phase(
         stopper = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode,
                                                 baseline=checkpoint.best_value)
         fitted = top.fit(
-            array_batches(train_activations[indices], train_labels[indices], cfg.batch_size, True, cfg.seed),
+            ViewBatches(all_views, train_labels, indices, cfg.batch_size, inputs.class_weight,
+                        cfg.seed + 1).as_keras(),
             validation_data=array_batches(validation_activations, validation_labels, 128),
             epochs=phase1_epochs + cfg.finetune_epochs, initial_epoch=phase1_epochs,
-            class_weight=inputs.class_weight,
             callbacks=[stopper, checkpoint.callback()], shuffle=False, verbose=verbose,
         )
         _append_history(history, fitted.history, phase, 2)

@@ -44,6 +44,16 @@ def synthetic_image(seed: int, size: int = 40) -> np.ndarray:
     return rng.integers(0, 256, size=(size, size), dtype=np.uint8)  # grayscale, like X-rays
 
 
+def tiny_examples(count: int = 6, size: int = 40) -> data.Examples:
+    """``count`` random grey JPEGs, NORMAL and PNEUMONIA alternating (labels 0, 1, 0, ...)."""
+    rng = np.random.default_rng(0)
+    paths = np.array([f"chest_xray/train/{data.CLASS_NAMES[index % 2]}/IM-{index:04d}-0001.jpeg"
+                      for index in range(count)])
+    image_bytes = np.empty(count, dtype=object)
+    image_bytes[:] = [encode_image(rng.integers(0, 256, (size, size), dtype=np.uint8)) for _ in range(count)]
+    return data.Examples(paths, np.arange(count) % 2, image_bytes)
+
+
 @pytest.fixture
 def synthetic_folder(tmp_path) -> Path:
     """A Kaggle-layout ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}`` tree of tiny images."""

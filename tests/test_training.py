@@ -16,7 +16,7 @@ import pytest
 
 from helpers import data, imbalance, training
 from helpers import model as model_lib
-from tests.conftest import encode_image
+from tests.conftest import tiny_examples
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = 64  # image size for fast random-weight models (MobileNetV2 accepts >= 32)
@@ -133,18 +133,6 @@ def small_model():
     return model_lib.build_model(weights=None, image_size=SMALL)
 
 
-def _tiny_examples(count: int = 6) -> data.Examples:
-    rng = np.random.default_rng(0)
-    paths, images = [], []
-    for index in range(count):
-        class_name = data.CLASS_NAMES[index % 2]
-        paths.append(f"chest_xray/train/{class_name}/IM-{index:04d}-0001.jpeg")
-        images.append(encode_image(rng.integers(0, 256, (40, 40), dtype=np.uint8)))
-    image_bytes = np.empty(count, dtype=object)
-    image_bytes[:] = images
-    return data.Examples(np.array(paths), np.array([index % 2 for index in range(count)]), image_bytes)
-
-
 def test_top_model_on_activations_equals_the_full_model(small_model):
     images = np.random.default_rng(2).uniform(0, 255, (3, SMALL, SMALL, 3)).astype(np.float32)
     cut = "block_14_expand"
@@ -162,7 +150,7 @@ def test_top_model_on_activations_equals_the_full_model(small_model):
 
 def test_cached_activations_are_written_once_and_reused(small_model, tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
-    examples = _tiny_examples()
+    examples = tiny_examples()
     first = training.cached_activations(small_model, examples, "block_13_expand", progress=False)
     assert first.shape == (6, 4, 4, 96) and first.dtype == np.float32
     files = sorted((tmp_path / "cache").glob("activations-block_13_expand-6-*.npy"))

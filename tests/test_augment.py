@@ -1,0 +1,196 @@
+"""Acquisition-style augmentation and the cached-views training batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import augment, training
+
+NO_CHANGE = augment.AugmentConfig(min_crop=1.0, max_aspect_change=0.0, brightness=0.0, contrast=0.0,
+                                  gamma=0.0, erase_probability=0.0)
+
+
+def _left_bright_images(count: int = 3, size: int = 32) -> np.ndarray:
+    """(count, size, size, 3) uint8: left half 200, right half 40 (an orientation cue)."""
+    images = np.full((count, size, size, 3), 40, np.uint8)
+    images[:, :, : size // 2] = 200
+    return images
+
+
+def test_augment_returns_float_pixels_of_the_same_shape():
+    images = np.random.default_rng(0).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    views = augment.augment_images(images, np.random.default_rng(1))
+    assert views.shape == (5, 48, 48, 3) and views.dtype == np.float32
+    assert views.min() >= 0.0 and views.max() <= 255.0
+    assert not np.allclose(views, images)  # something changed
+
+
+def test_augment_is_reproducible_from_the_seed():
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    first = augment.augment_images(images, np.random.default_rng(7))
+    second = augment.augment_images(images, np.random.default_rng(7))
+    other = augment.augment_images(images, np.random.default_rng(8))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_no_change_settings_give_back_the_image():
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(augment.augment_images(images, np.random.default_rng(0), NO_CHANGE),
+                               images.astype(np.float32), atol=1e-3)
+
+
+def test_augment_never_flips_the_film():
+    """Crops move and zoom but keep left on the left: no flips, no rotations."""
+    images = _left_bright_images(count=50)
+    framing_only = augment.AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, erase_probability=0.0)
+    views = augment.augment_images(images, np.random.default_rng(3), framing_only)
+    left, right = views[:, :, :4].mean(axis=(1, 2, 3)), views[:, :, -4:].mean(axis=(1, 2, 3))
+    assert np.all(left > 150) and np.all(right < 90)
+
+
+def test_crop_boxes_stay_inside_the_image_and_respect_min_crop():
+    boxes = augment.random_crop_boxes(1000, np.random.default_rng(0), augment.AugmentConfig(min_crop=0.8))
+    assert boxes.shape == (1000, 4)
+    assert boxes.min() >= 0.0 and boxes.max() <= 1.0
+    heights, widths = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert np.sqrt(heights * widths).min() >= 0.8 - 1e-6
+
+
+def test_erasing_fills_one_patch_near_an_edge_with_the_median_grey():
+    images = np.zeros((20, 40, 40, 3), np.float32)
+    images[:, :, :20] = 100.0  # median 50 of a half-0, half-100 image
+    always = augment.AugmentConfig(erase_probability=1.0, erase_size=(0.2, 0.2))
+    erased = augment.erase_near_edges(images.copy(), np.random.default_rng(0), always)
+    for original, view in zip(images, erased):
+        changed = np.argwhere(np.any(original != view, axis=-1))
+        assert len(changed) > 0
+        assert np.all(view[tuple(changed.T)] == 50.0)
+        top, left = changed.min(axis=0)
+        bottom, right = changed.max(axis=0)
+        centre = ((top + bottom) / 2 / 40, (left + right) / 2 / 40)
+        assert min(centre[0], 1 - centre[0], centre[1], 1 - centre[1]) <= 0.25 + 0.05
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"min_crop": 0.1}, "min_crop"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"erase_probability": 2.0}, "erase_probability"),
+    ({"erase_size": (0.3, 0.1)}, "erase_size"),
+])
+def test_augment_config_rejects_bad_ranges(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        augment.AugmentConfig(**kwargs)
+
+
+def test_augment_rejects_grey_images_without_channels():
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        augment.augment_images(np.zeros((2, 32, 32), np.uint8), np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- #
+# ViewBatches
+# --------------------------------------------------------------------------- #
+def _views(count: int = 10, view_count: int = 3) -> list[np.ndarray]:
+    """View v of sample i holds the value 100 * v + i everywhere: easy to decode."""
+    return [np.full((count, 2, 2, 1), 0, np.float32) + (100 * view + np.arange(count))[:, None, None, None]
+            for view in range(view_count)]
+
+
+def _epoch(batches: training.ViewBatches):
+    values, labels, weights = [], [], []
+    for index in range(len(batches)):
+        x, y, w = batches[index]
+        values.append(x[:, 0, 0, 0])
+        labels.append(y)
+        weights.append(w)
+    return np.concatenate(values), np.concatenate(labels), np.concatenate(weights)
+
+
+def test_view_batches_visit_every_sample_once_per_epoch_from_random_views():
+    labels = np.array([0, 1, 1, 1, 1, 0, 1, 1, 1, 1])
+    batches = training.ViewBatches(_views(), labels, batch_size=4, class_weight={0: 2.5, 1: 0.625}, seed=0)
+    assert len(batches) == 3
+    values, batch_labels, weights = _epoch(batches)
+    samples, views = values.astype(int) % 100, values.astype(int) // 100
+    assert sorted(samples) == list(range(10))  # each image once
+    np.testing.assert_array_equal(batch_labels, labels[samples])  # labels follow their image
+    np.testing.assert_array_equal(weights, np.where(labels[samples] == 0, 2.5, 0.625))
+    seen_views = set(views)
+    batches.new_epoch()
+    second, _, _ = _epoch(batches)
+    seen_views |= set(second.astype(int) // 100)
+    assert seen_views == {0, 1, 2} and not np.array_equal(values, second)
+
+
+def test_view_batches_follow_oversampled_indices_and_are_seeded():
+    labels = np.array([0, 1, 1, 1])
+    indices = np.array([0, 0, 0, 1, 2, 3])
+    first = training.ViewBatches(_views(4, 2), labels, indices, batch_size=4, seed=5)
+    second = training.ViewBatches(_views(4, 2), labels, indices, batch_size=4, seed=5)
+    values, _, weights = _epoch(first)
+    np.testing.assert_array_equal(values, _epoch(second)[0])
+    assert sorted(values.astype(int) % 100) == [0, 0, 0, 1, 2, 3]
+    assert np.all(weights == 1.0)  # no class weights
+
+
+def test_view_batches_reject_mismatched_views_and_labels():
+    with pytest.raises(ValueError, match="same shape"):
+        training.ViewBatches([np.zeros((4, 2)), np.zeros((3, 2))], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="labels"):
+        training.ViewBatches([np.zeros((4, 2))], [0, 1, 0])
+    with pytest.raises(IndexError):
+        training.ViewBatches([np.zeros((4, 2))], [0, 1, 0, 1], batch_size=4)[1]
+
+
+def test_train_two_phase_with_views_trains_and_checks_their_shape():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    cfg = training.TrainingConfig(head_epochs=1, finetune_epochs=1, unfreeze_from="block_15_expand",
+                                  batch_size=4, patience=5)
+    model = training.build_and_compile(cfg, weights=None, image_size=32)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 1, 1] * 2)
+    images = (rng.uniform(0, 100, (8, 32, 32, 3)) + 150 * labels[:, None, None, None]).astype(np.float32)
+    extractor = training.feature_extractor(model, cfg.unfreeze_from)
+    activations = extractor.predict(images, verbose=0)
+    view = extractor.predict(np.clip(images * 0.9, 0, 255), verbose=0)
+    result = training.train_two_phase(model, activations, labels, activations, labels, cfg, verbose=0,
+                                      train_views=[view])
+    assert result.phase == [1, 2]
+    with pytest.raises(ValueError, match="augmented view"):
+        training.train_two_phase(model, activations, labels, activations, labels, cfg, verbose=0,
+                                 train_views=[view[:4]])
+
+
+def test_cached_view_activations_differ_per_view_and_are_reused(tmp_path, monkeypatch):
+    import keras
+
+    from helpers import model as model_lib
+    from tests.conftest import tiny_examples
+
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_model(weights=None, image_size=32)
+    examples = tiny_examples(4)
+
+    views = training.cached_view_activations(model, examples, "block_13_expand", views=2, progress=False)
+    assert len(views) == 2 and views[0].shape == (4, 2, 2, 96)
+    assert not np.array_equal(views[0], views[1])
+    assert len(list((tmp_path / "cache").glob("views-block_13_expand-4-*.npy"))) == 2
+    again = training.cached_view_activations(model, examples, "block_13_expand", views=2, progress=False)
+    np.testing.assert_array_equal(views[1], again[1])
+    other_seed = training.cached_view_activations(model, examples, "block_13_expand", views=1, seed=1,
+                                                  progress=False)
+    assert not np.array_equal(views[0], other_seed[0])
+
+
+def test_plot_augmented_examples_has_one_row_per_image_and_a_column_per_view():
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    figure = augment.plot_augmented_examples(images, np.random.default_rng(0), views=3)
+    assert len(figure.axes) == 2 * 4
+    assert [axis.get_title() for axis in figure.axes[:4]] == ["original", "view 1", "view 2", "view 3"]
+    with pytest.raises(ValueError, match="at least one"):
+        augment.plot_augmented_examples(images[:0], np.random.default_rng(0))
