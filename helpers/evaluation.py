@@ -14,6 +14,11 @@ model's **raw output probability** (``sigmoid(logit)``, what the Keras and TFLit
 models return). Temperature scaling is monotonic, so it never changes a decision; it
 only makes the displayed probability honest (``apply_temperature``).
 
+The decisions travel to notebooks 05-07 through ``<artifacts>/metrics.json``:
+:func:`write_metrics` saves them (full schema), :func:`load_operating_point` reads
+the :class:`OperatingPoint` back (threshold, temperature, band; defaults with a
+warning before notebook 04 has run).
+
 Label 1 is PNEUMONIA (positive), 0 is NORMAL.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -425,8 +431,13 @@ def choose_threshold(validation_labels, validation_probabilities, min_recall: fl
 
 
 @dataclass(frozen=True)
-class OperatingPoint:
-    """The decision threshold and how it was chosen (always on validation)."""
+class ThresholdChoice:
+    """The decision threshold and how it was chosen (always on validation).
+
+    What :func:`choose_operating_point` returns in notebook 04; the complete
+    operating point that the other notebooks load from metrics.json (threshold,
+    temperature, band) is :class:`OperatingPoint`.
+    """
 
     threshold: float
     min_recall: float
@@ -440,12 +451,12 @@ class OperatingPoint:
                 "(PNEUMONIA when probability >= threshold)")
 
 
-def choose_operating_point(validation: ScoredSplit, min_recall: float = DEFAULT_MIN_RECALL) -> OperatingPoint:
+def choose_operating_point(validation: ScoredSplit, min_recall: float = DEFAULT_MIN_RECALL) -> ThresholdChoice:
     """Choose the threshold on the validation split (refuses the test split)."""
     validation = _decision_split(validation, "decision threshold")
     threshold = choose_threshold(validation.labels, validation.probabilities, min_recall)
     counts = metrics_from_counts(**confusion_counts(validation.labels, validation.probabilities, threshold))
-    return OperatingPoint(threshold, float(min_recall), validation.name,
+    return ThresholdChoice(threshold, float(min_recall), validation.name,
                           counts["recall"], counts["specificity"])
 
 
@@ -783,3 +794,170 @@ def load_metrics(path: str | Path | None = None) -> dict:
             "artifacts folder that holds metrics.json."
         )
     return validate_metrics(json.loads(path.read_text()))
+
+
+# --------------------------------------------------------------------------- #
+# The operating point as the other notebooks use it (threshold, temperature, band)
+# --------------------------------------------------------------------------- #
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_TEMPERATURE = 1.0
+DEFAULTS_SOURCE = "defaults"
+RERUN_NOTEBOOK_04 = ("Re-run notebooks/04_evaluation.ipynb (`python -m helpers.notebooks --only 04`) "
+                     "to rewrite it.")
+
+
+def _real_number(value, name: str) -> float:
+    """``value`` as a finite float; ValueError for None, bool, text or NaN/inf."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _band_statistics(statistics) -> dict:
+    """The band's extra entries (coverage, accuracy_outside...) kept as JSON scalars."""
+    if not isinstance(statistics, dict):
+        raise ValueError(f"band_statistics must be a dict, got {type(statistics).__name__}.")
+    reserved = {"low", "high"} & set(statistics)
+    if reserved:
+        raise ValueError(f"band_statistics must not hold {sorted(reserved)}: pass band_low / band_high.")
+    return {str(key): value for key, value in statistics.items()
+            if isinstance(value, (numbers.Real, str))}  # drops None (a NaN saved as null) and nesting
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How the model decides: threshold, temperature and referral band, chosen on validation.
+
+    Notebook 04 chooses them and saves them in metrics.json; notebooks 05-07 and the
+    TFLite metadata read them back with :func:`load_operating_point`. The threshold
+    and band apply to the model's **raw** probability; the temperature only makes the
+    displayed probability calibrated.
+
+    Attributes:
+        threshold: PNEUMONIA when the raw probability >= threshold, in [0, 1].
+        temperature: calibrated probability = sigmoid(logit / temperature), > 0.
+        band_low, band_high: referred to a radiologist when low <= raw probability < high
+            (both None: no band).
+        band_statistics: the band's other entries in metrics.json (coverage,
+            accuracy_outside, recall_outside...), numbers and strings only.
+        temperature_fitted: the temperature was fitted on validation (False: it is a
+            stand-in, 1 unless given, and the calibrated probability is the raw one).
+        source: where the values come from, shown to the reader.
+        warning: non-empty when defaults stand in for a missing metrics.json; it says
+            which notebook to run.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    temperature: float = DEFAULT_TEMPERATURE
+    band_low: float | None = None
+    band_high: float | None = None
+    band_statistics: dict = field(default_factory=dict, hash=False)
+    temperature_fitted: bool = False
+    source: str = DEFAULTS_SOURCE
+    warning: str = ""
+
+    def __post_init__(self):
+        threshold = _real_number(self.threshold, "threshold")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}.")
+        temperature = _real_number(self.temperature, "temperature")
+        if not temperature > 0.0:
+            raise ValueError(f"temperature must be a positive number, got {temperature}.")
+        if (self.band_low is None) != (self.band_high is None):
+            raise ValueError("Give both band_low and band_high, or neither.")
+        low = high = None
+        if self.band_low is not None:
+            low, high = _real_number(self.band_low, "band low"), _real_number(self.band_high, "band high")
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(f"The band needs 0 <= low <= high <= 1, got low {low}, high {high}.")
+        statistics = _band_statistics(self.band_statistics)
+        if statistics and low is None:
+            raise ValueError("band_statistics describe a band: give band_low and band_high too.")
+        for name, value in (("threshold", threshold), ("temperature", temperature), ("band_low", low),
+                            ("band_high", high), ("band_statistics", statistics)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def has_band(self) -> bool:
+        return self.band_low is not None
+
+    @property
+    def band(self) -> dict | None:
+        """``{"low", "high", **band_statistics}``, the band as metrics.json holds it, or None."""
+        if not self.has_band:
+            return None
+        return {"low": self.band_low, "high": self.band_high, **self.band_statistics}
+
+    def calibrated(self, logits) -> np.ndarray:
+        """Calibrated P(PNEUMONIA) from logits, same shape (float64)."""
+        return apply_temperature(logits, self.temperature)
+
+    def referred(self, probabilities) -> np.ndarray:
+        """(N,) bool: the raw probability lies in the referral band [low, high)."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if not self.has_band:
+            return np.zeros(probabilities.shape, dtype=bool)
+        return (probabilities >= self.band_low) & (probabilities < self.band_high)
+
+    def describe(self) -> str:
+        band = (f"referral band [{self.band_low:.3f}, {self.band_high:.3f})" if self.has_band
+                else "no referral band")
+        fitted = "" if self.temperature_fitted else " (not fitted on validation)"
+        return (f"threshold {self.threshold:.3f}, temperature {self.temperature:.3f}{fitted}, {band} "
+                f"(from {self.source})")
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}). {RERUN_NOTEBOOK_04}") from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not an object. {RERUN_NOTEBOOK_04}")
+    return saved
+
+
+def load_operating_point(path: str | Path | None = None) -> OperatingPoint:
+    """The operating point from ``<artifacts>/metrics.json``, or defaults with a warning.
+
+    The contract:
+
+    * No file (notebook 04 has not run yet): threshold 0.5, temperature 1 (not
+      fitted), no band, ``source == "defaults"`` and a ``warning`` that says to run
+      notebooks/04_evaluation.ipynb.
+    * A file needs only ``threshold``. ``temperature`` is optional (absent: 1 and
+      ``temperature_fitted`` False); ``band`` is optional (absent or null: no band;
+      present: an object with ``low`` and ``high``, its other scalar entries kept in
+      ``band_statistics``). Other keys (the metrics with CIs) are not read here;
+      :func:`load_metrics` checks the full schema for reports.
+    * A file that is not a JSON object, lacks ``threshold``, or holds a value out of
+      range (threshold or band outside [0, 1], low > high, temperature <= 0, not a
+      number) raises ValueError naming the file and saying to re-run notebook 04.
+    """
+    path = Path(path) if path else default_metrics_path()
+    if not path.is_file():
+        return OperatingPoint(warning=(
+            f"No {path.name} at {path}: run notebooks/04_evaluation.ipynb to choose the threshold, "
+            f"temperature and referral band on validation. Until then: threshold {DEFAULT_THRESHOLD}, "
+            f"temperature {DEFAULT_TEMPERATURE} (uncalibrated), no referral band."))
+    saved = _read_json_object(path)
+    if "threshold" not in saved:
+        raise ValueError(f"{path} has no 'threshold' key (keys: {sorted(saved)}). {RERUN_NOTEBOOK_04}")
+    band = saved.get("band")
+    if band is not None and not (isinstance(band, dict) and band.get("low") is not None
+                                 and band.get("high") is not None):
+        raise ValueError(f"{path}: 'band' must be null or an object with numbers 'low' and 'high', "
+                         f"got {band!r}. {RERUN_NOTEBOOK_04}")
+    band = band or {}
+    try:
+        return OperatingPoint(
+            threshold=saved["threshold"],
+            temperature=saved.get("temperature", DEFAULT_TEMPERATURE),
+            band_low=band.get("low"),
+            band_high=band.get("high"),
+            band_statistics={key: value for key, value in band.items() if key not in ("low", "high")},
+            temperature_fitted="temperature" in saved,
+            source=str(path),
+        )
+    except ValueError as error:
+        raise ValueError(f"{path}: {error} {RERUN_NOTEBOOK_04}") from error

@@ -3,10 +3,11 @@
 Everything here is plain Python/NumPy/pandas so it is tested without a browser;
 :mod:`helpers.widgets` only wires these functions to ipywidgets.
 
-* :class:`OperatingPoint` -- threshold, temperature and referral band from
-  ``metrics.json`` (notebook 04), or clearly-labelled defaults when it is missing.
-  As in :mod:`helpers.evaluation`, the threshold and band apply to the model's **raw**
-  probability; the temperature only makes the displayed probability calibrated.
+* :class:`OperatingPoint` / :func:`load_operating_point` (from :mod:`helpers.evaluation`)
+  -- threshold, temperature and referral band from ``metrics.json`` (notebook 04), or
+  clearly-labelled defaults when it is missing. The threshold and band apply to the
+  model's **raw** probability; the temperature only makes the displayed probability
+  calibrated.
 * :func:`outcome_table` / :func:`select_cases` -- every test image with its outcome
   (TP / TN / FP / FN at a threshold, and whether it falls in the referral band),
   filtered and sorted by confidence.
@@ -36,6 +37,8 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
+# The operating point has one loader, in helpers.evaluation; re-exported for notebook 07.
+from helpers.evaluation import OperatingPoint, load_operating_point  # noqa: F401
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
 OUTCOME_DESCRIPTIONS = {
@@ -51,99 +54,11 @@ MIN_IMAGE_SIDE = 64
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO")  # MPO: JPEG from some phone cameras
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_TEMPERATURE = 1.0
 EXIF_ORIENTATION_TAG = 0x0112
 
 
 class ImageRejected(ValueError):
     """An uploaded file cannot be used; the message says why and what to upload instead."""
-
-
-# --------------------------------------------------------------------------- #
-# The operating point (from notebook 04's metrics.json)
-# --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class OperatingPoint:
-    """Decision settings chosen on validation.
-
-    Attributes:
-        threshold: PNEUMONIA when the raw probability >= threshold.
-        temperature: calibrated probability = sigmoid(logit / temperature).
-        band_low, band_high: referred to a radiologist when low <= raw probability < high
-            (None: no band).
-        source: where the values come from, shown to the reader.
-        warning: non-empty when defaults are used, saying which notebook to run.
-    """
-
-    threshold: float = DEFAULT_THRESHOLD
-    temperature: float = DEFAULT_TEMPERATURE
-    band_low: float | None = None
-    band_high: float | None = None
-    source: str = "defaults"
-    warning: str = ""
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}.")
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature}.")
-        if (self.band_low is None) != (self.band_high is None):
-            raise ValueError("Give both band_low and band_high, or neither.")
-        if self.band_low is not None and not 0.0 <= self.band_low <= self.band_high <= 1.0:
-            raise ValueError(f"Need 0 <= band_low <= band_high <= 1, got {self.band_low}, {self.band_high}.")
-
-    @property
-    def has_band(self) -> bool:
-        return self.band_low is not None
-
-    def calibrated(self, logits) -> np.ndarray:
-        """Calibrated P(PNEUMONIA) from logits, same shape (float64)."""
-        from helpers.evaluation import apply_temperature
-
-        return apply_temperature(logits, self.temperature)
-
-    def referred(self, probabilities) -> np.ndarray:
-        """(N,) bool: the raw probability lies in the referral band [low, high)."""
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if not self.has_band:
-            return np.zeros(probabilities.shape, dtype=bool)
-        return (probabilities >= self.band_low) & (probabilities < self.band_high)
-
-    def describe(self) -> str:
-        band = (f"referral band [{self.band_low:.3f}, {self.band_high:.3f})" if self.has_band
-                else "no referral band")
-        return (f"threshold {self.threshold:.3f}, temperature {self.temperature:.3f}, {band} "
-                f"(from {self.source})")
-
-
-def load_operating_point(path: str | os.PathLike | None = None) -> OperatingPoint:
-    """The operating point from ``<artifacts>/metrics.json``, or defaults with a warning.
-
-    A missing file is expected before notebook 04 has run: the explorer then works
-    with threshold 0.5, temperature 1 and no band, and says so. A file that exists
-    but breaks the schema raises (``helpers.evaluation.load_metrics``).
-    """
-    from helpers.evaluation import default_metrics_path, load_metrics
-
-    path = Path(path) if path else default_metrics_path()
-    if not path.is_file():
-        return OperatingPoint(
-            source="defaults",
-            warning=(f"No {path.name} at {path}: run notebooks/04_evaluation.ipynb to choose the "
-                     f"threshold, temperature and referral band on validation. Until then the "
-                     f"explorer uses threshold {DEFAULT_THRESHOLD}, temperature "
-                     f"{DEFAULT_TEMPERATURE} (uncalibrated) and no referral band."),
-        )
-    metrics = load_metrics(path)
-    band = metrics.get("band") or {}
-    return OperatingPoint(
-        threshold=float(metrics["threshold"]),
-        temperature=float(metrics["temperature"]),
-        band_low=float(band["low"]) if band.get("low") is not None else None,
-        band_high=float(band["high"]) if band.get("high") is not None else None,
-        source=str(path),
-    )
 
 
 # --------------------------------------------------------------------------- #
@@ -699,17 +614,13 @@ def load_test_predictions(model, examples, split: str = "test", spot_checks: int
     image and agrees with ``model`` on ``spot_checks`` images (logits within
     ``tolerance``); otherwise predicts with ``model`` and says why.
     """
-    import pandas as pd
-
-    from helpers.predict import predict, predictions_path, read_predictions
+    from helpers.predict import predict, predictions_path, read_predictions_for
 
     notes = []
     path = predictions_path(split)
     if path.is_file():
-        saved = read_predictions(split).drop_duplicates("path").set_index("path")
-        wanted = pd.Index(np.asarray(examples.paths, dtype=str))
-        if wanted.isin(saved.index).all():
-            frame = saved.loc[wanted].reset_index()
+        frame = read_predictions_for(examples.paths, split)
+        if frame is not None:
             frame["label"] = np.asarray(examples.labels, dtype=np.int64)
             check = np.linspace(0, len(frame) - 1, min(spot_checks, len(frame))).astype(int)
             recomputed = predict(model, examples.subset(check), progress=False)["logit"].to_numpy()

@@ -51,7 +51,6 @@ TARGETS = ("pneumonia", "normal")  # class index 1 / 0, as in helpers.data.CLASS
 # Layers re-initialized by the model-randomization check on MobileNetV2: the
 # classifier head and the top blocks (14-16 and the final 1x1 conv).
 DEFAULT_RANDOMIZE_FROM = "block_14_expand"
-DEFAULT_THRESHOLD = 0.5
 
 # Built once per model and reused (building and tracing cost seconds each time):
 # classifier -> {(conv_layer, logit_layer): Grad-CAM model}; Grad-CAM model -> tf.function.
@@ -279,13 +278,6 @@ def compute_gradcam(
     if single:
         heatmaps = heatmaps[0]
     return (heatmaps, logits) if return_logits else heatmaps
-
-
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """(N,) float32 P(PNEUMONIA) for float (N, H, W, 3) images, in batches."""
-    images = check_images(images, model)
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)  # (N, 1)
-    return np.asarray(probabilities, dtype=np.float32).reshape(-1)
 
 
 # --------------------------------------------------------------------------- #
@@ -620,6 +612,8 @@ def deletion_curves(model, images, heatmaps, target="pneumonia", steps: int = 10
     the curves, ``auc_gradcam`` and ``auc_random`` (their means; lower = faster drop),
     ``fill``, ``grid``.
     """
+    from helpers.training import predict_in_batches
+
     images = check_images(images, model)
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     if heatmaps.shape != images.shape[:3]:
@@ -637,7 +631,7 @@ def deletion_curves(model, images, heatmaps, target="pneumonia", steps: int = 10
         columns = []
         for count in counts:
             edited = delete_patches(images, baselines, order, count, grid)  # (N, H, W, 3)
-            probability = predict_probabilities(model, edited, batch_size)  # (N,) P(pneumonia)
+            probability = predict_in_batches(model, edited, batch_size, progress=False)[:, 0]  # (N,) P(pneumonia)
             columns.append(np.where(signs > 0, probability, 1.0 - probability))
         curves[name] = np.stack(columns, axis=1)  # (N, steps + 1)
     areas = {name: np.array([curve_area(fractions, curve) for curve in curves[name]]) for name in curves}  # (N,)
@@ -776,54 +770,38 @@ def describe_regions(name: str, shares: dict) -> str:
 def load_threshold(artifacts: Path | None = None) -> tuple[float, str]:
     """The decision threshold from ``<artifacts>/metrics.json`` (notebook 04).
 
-    Returns ``(threshold, source)``; falls back to 0.5 (and says so in ``source``)
-    when the file does not exist yet.
+    Returns ``(threshold, source)``. Read with
+    :func:`helpers.evaluation.load_operating_point`, so the same rules hold: 0.5
+    (``source`` says so and to run notebook 04) when the file does not exist yet, a
+    file with only a threshold is enough, and a broken file raises ValueError.
     """
-    path = Path(artifacts or config.artifacts_dir()) / "metrics.json"
-    if not path.is_file():
-        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} ({path} not found: run notebook 04 to choose one on validation)"
-    metrics = json.loads(path.read_text())
-    if "threshold" not in metrics:
-        raise ValueError(f"{path} has no 'threshold' key; rerun notebook 04 to rewrite it.")
-    threshold = float(metrics["threshold"])
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"{path}: threshold must be in (0, 1), got {threshold}.")
-    return threshold, f"{path}"
+    from helpers.evaluation import METRICS_FILE_NAME, load_operating_point
+
+    point = load_operating_point(Path(artifacts) / METRICS_FILE_NAME if artifacts else None)
+    source = f"default {point.threshold} ({point.warning})" if point.warning else point.source
+    return point.threshold, source
 
 
-def read_predictions(paths: Sequence[str], csv_path: Path) -> np.ndarray | None:
-    """P(pneumonia) for ``paths`` from a ``path,label,probability,logit`` CSV (notebook 04).
+def probabilities_for_paths(model, paths: Sequence[str], images: np.ndarray, split: str = "test",
+                            batch_size: int = 32) -> tuple[np.ndarray, str]:
+    """P(pneumonia) for the images of ``paths``: from notebook 04's
+    ``predictions/<split>.csv`` when it covers every path, otherwise predicted here in
+    batches.
 
-    Returns (N,) float32, or None when the file is missing or lacks some of the paths.
-    """
-    import pandas as pd
-
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        return None
-    table = pd.read_csv(csv_path)
-    missing_columns = {"path", "probability"} - set(table.columns)
-    if missing_columns:
-        raise ValueError(f"{csv_path} lacks column(s) {sorted(missing_columns)}; rerun notebook 04.")
-    by_path = dict(zip(table["path"], table["probability"]))
-    if not all(path in by_path for path in paths):
-        return None
-    return np.array([by_path[path] for path in paths], dtype=np.float32)
-
-
-def probabilities_for_paths(model, paths: Sequence[str], images: np.ndarray, csv_path: Path | None = None,
-                       batch_size: int = 32) -> tuple[np.ndarray, str]:
-    """P(pneumonia) for the test images: from notebook 04's ``predictions/test.csv`` when
-    it covers every path, otherwise predicted here in batches.
+    Args:
+        images: float (N, H, W, 3) raw 0-255, the images of ``paths`` in that order.
 
     Returns ``((N,) float32, source)``.
     """
-    csv_path = Path(csv_path) if csv_path else config.artifacts_dir("predictions", create=False) / "test.csv"
-    probabilities = read_predictions(paths, csv_path)
-    if probabilities is not None:
-        return probabilities, f"{csv_path}"
-    probabilities = predict_probabilities(model, np.asarray(images, dtype=np.float32), batch_size)
-    return probabilities, f"predicted here ({csv_path} missing or not covering these images)"
+    from helpers.predict import predictions_path, read_predictions_for
+    from helpers.training import predict_in_batches
+
+    saved = read_predictions_for(paths, split)
+    if saved is not None:
+        return saved["probability"].to_numpy(dtype=np.float32), str(predictions_path(split))
+    images = check_images(images, model)
+    probabilities = predict_in_batches(model, images, batch_size, progress=False)[:, 0]  # (N,)
+    return probabilities, f"predicted here ({predictions_path(split)} missing or not covering these images)"
 
 
 def outcome_groups(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

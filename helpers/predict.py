@@ -70,7 +70,7 @@ def predictions_path(split: str) -> Path:
     """``<artifacts>/predictions/<split>.csv``."""
     if split not in PREDICTION_SPLITS:
         raise ValueError(f"split must be one of {PREDICTION_SPLITS}, got {split!r}.")
-    return config.artifacts_dir("predictions") / f"{split}.csv"
+    return config.artifacts_dir("predictions", create=False) / f"{split}.csv"
 
 
 def _check_columns(frame, source: str) -> None:
@@ -88,6 +88,7 @@ def write_predictions(frame, split: str) -> Path:
     """
     _check_columns(frame, "The predictions table")
     path = predictions_path(split)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".csv.part")
     frame.loc[:, list(PREDICTION_COLUMNS)].to_csv(temporary, index=False, float_format="%.17g")
     temporary.replace(path)
@@ -113,6 +114,24 @@ def read_predictions(split: str):
                                      "probability": np.float64, "logit": np.float64})
     _check_columns(frame, str(path))
     return frame
+
+
+def read_predictions_for(paths, split: str = "test"):
+    """The saved rows of ``split`` for ``paths``, in the order of ``paths``.
+
+    Returns a :func:`predict`-format DataFrame (index 0..N-1), or None when
+    ``<artifacts>/predictions/<split>.csv`` does not exist or lacks some of the paths
+    (e.g. it was written for another subset): the caller then predicts itself.
+    """
+    import pandas as pd
+
+    if not predictions_path(split).is_file():
+        return None
+    saved = read_predictions(split).drop_duplicates("path").set_index("path")
+    wanted = pd.Index(np.asarray(paths, dtype=str))
+    if not wanted.isin(saved.index).all():
+        return None
+    return saved.loc[wanted].reset_index()
 
 
 def read_scored_split(split: str):

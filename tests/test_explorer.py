@@ -143,20 +143,18 @@ def test_operating_point_from_metrics_json(tmp_path):
     assert point.referred([0.29, 0.3, 0.59, 0.6]).tolist() == [False, True, True, False]
 
 
-def test_a_broken_metrics_json_raises_saying_what_to_do(tmp_path):
+def test_the_explorer_uses_the_one_operating_point_loader(tmp_path):
+    # helpers.evaluation owns the loader and its contract (tests/test_evaluation.py);
+    # the explorer re-exports it for notebook 07.
+    assert explorer.load_operating_point is evaluation.load_operating_point
+    assert explorer.OperatingPoint is evaluation.OperatingPoint
     path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"threshold": 0.5}))
+    path.write_text(json.dumps({"threshold": 0.5}))  # partial: accepted, uncalibrated, no band
+    point = explorer.load_operating_point(path)
+    assert (point.temperature, point.temperature_fitted, point.has_band, point.warning) == (1.0, False, False, "")
+    path.write_text(json.dumps({"threshold": 0.5, "temperature": -1.0}))
     with pytest.raises(ValueError, match="04_evaluation"):
         explorer.load_operating_point(path)
-
-
-def test_operating_point_refuses_nonsense():
-    with pytest.raises(ValueError, match="temperature"):
-        explorer.OperatingPoint(temperature=0.0)
-    with pytest.raises(ValueError, match="band"):
-        explorer.OperatingPoint(band_low=0.2)
-    with pytest.raises(ValueError, match="threshold"):
-        explorer.OperatingPoint(threshold=1.5)
 
 
 # --------------------------------------------------------------------------- #

@@ -229,7 +229,7 @@ def test_overlay_and_side_by_side_figure():
         gradcam.plot_side_by_side(images, heatmaps, titles=["a"])
 
 
-def test_outcome_groups_choice_threshold_and_predictions(tmp_path):
+def test_outcome_groups_and_seeded_choice():
     labels = np.array([1, 1, 0, 0, 1])
     probabilities = np.array([0.9, 0.2, 0.7, 0.1, 0.6])
     groups = gradcam.outcome_groups(labels, probabilities, threshold=0.65)
@@ -238,16 +238,35 @@ def test_outcome_groups_choice_threshold_and_predictions(tmp_path):
     assert gradcam.choose(np.arange(10), 3, seed=1).tolist() == gradcam.choose(np.arange(10), 3, seed=1).tolist()
     assert len(gradcam.choose(np.arange(2), 3)) == 2
 
-    threshold, source = gradcam.load_threshold(tmp_path)
-    assert threshold == 0.5 and "not found" in source
-    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.42}))
-    assert gradcam.load_threshold(tmp_path)[0] == 0.42
 
-    csv = tmp_path / "test.csv"
-    assert gradcam.read_predictions(["a"], csv) is None
+def test_load_threshold_reads_metrics_json_through_the_evaluation_loader(tmp_path):
+    threshold, source = gradcam.load_threshold(tmp_path)
+    assert threshold == 0.5 and source.startswith("default 0.5") and "04_evaluation" in source
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"threshold": 0.42}))  # a threshold alone is enough
+    assert gradcam.load_threshold(tmp_path) == (0.42, str(path))
+    path.write_text(json.dumps({"threshold": 1.42}))
+    with pytest.raises(ValueError, match="04_evaluation"):
+        gradcam.load_threshold(tmp_path)
+
+
+def test_probabilities_for_paths_reads_saved_predictions_or_predicts(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    model = small_conv_model()
+    images = random_images(2, seed=3)
+    predicted = model.predict(images, verbose=0)[:, 0]  # (2,)
+    probabilities, source = gradcam.probabilities_for_paths(model, ["a", "b"], images, batch_size=1)
+    assert "predicted here" in source and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, predicted, rtol=1e-5)
+
+    csv = tmp_path / "predictions" / "test.csv"
+    csv.parent.mkdir()
     csv.write_text("path,label,probability,logit\na,1,0.8,1.4\nb,0,0.1,-2.2\n")
-    np.testing.assert_allclose(gradcam.read_predictions(["b", "a"], csv), [0.1, 0.8])
-    assert gradcam.read_predictions(["a", "c"], csv) is None
+    probabilities, source = gradcam.probabilities_for_paths(model, ["b", "a"], images[::-1])
+    np.testing.assert_allclose(probabilities, [0.1, 0.8])
+    assert source == str(csv)
+    _, source = gradcam.probabilities_for_paths(model, ["a", "c"], images)  # "c" not saved
+    assert "predicted here" in source
 
 
 def test_write_report(tmp_path):

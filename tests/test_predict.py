@@ -90,6 +90,19 @@ def test_read_scored_split_names_the_split_from_the_file(predictions, examples, 
         evaluation.choose_operating_point(test)  # the test table cannot choose a threshold
 
 
+def test_read_predictions_for_paths_in_their_order_or_none(predictions, artifacts):
+    paths = list(predictions["path"])
+    assert predict.read_predictions_for(paths, "test") is None  # no file yet
+    assert not (artifacts / "predictions").exists()  # reading creates no folder
+    predict.write_predictions(predictions, "test")
+    wanted = [paths[3], paths[0]]
+    rows = predict.read_predictions_for(wanted, "test")
+    assert rows["path"].tolist() == wanted and rows.index.tolist() == [0, 1]
+    assert rows["logit"].tolist() == predictions["logit"].iloc[[3, 0]].tolist()
+    assert predict.read_predictions_for(wanted, "validation") is None  # another split
+    assert predict.read_predictions_for(wanted + ["chest_xray/elsewhere.jpeg"], "test") is None
+
+
 def test_missing_predictions_say_to_run_notebook_04(artifacts):
     with pytest.raises(FileNotFoundError, match="04_evaluation"):
         predict.read_predictions("test")
