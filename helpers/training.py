@@ -70,7 +70,7 @@ class TrainingConfig:
     batch_size: int = 32
     dropout: float = 0.2
     patience: int = 3
-    monitor: str = "val_auc"
+    monitor: str = "val_loss"
     imbalance: str = "class_weights"
     seed: int = config.DEFAULT_SEED
 

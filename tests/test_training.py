@@ -203,8 +203,10 @@ def test_train_two_phase_runs_both_phases_and_keeps_the_best(tmp_path):
                                       checkpoint_path=checkpoint, verbose=0)
     assert result.phase == [1, 1, 2, 2] and result.epochs == [1, 2, 3, 4]
     assert len(result.history["val_auc"]) == 4 and set(training.METRIC_NAMES) <= set(result.history)
-    assert result.best_value == pytest.approx(max(result.history["val_auc"]))
-    assert result.best_epoch == int(np.argmax(result.history["val_auc"])) + 1
+    # The default monitor is validation loss (lower is better).
+    assert cfg.monitor == "val_loss" and cfg.monitor_mode == "min"
+    assert result.best_value == pytest.approx(min(result.history["val_loss"]))
+    assert result.best_epoch == int(np.argmin(result.history["val_loss"])) + 1
     assert checkpoint.is_file() and "block_15_expand" in result.trainable_layers_phase2
     record = training.training_record(cfg, result, {"roc_auc": 1.0})
     path = training.save_json(record, tmp_path / "record.json")
