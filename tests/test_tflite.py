@@ -2,7 +2,9 @@
 
 Every variant is converted once per module (a few seconds each). Stated tolerances:
 max |P(TFLite) - P(Keras)| <= ``tflite.PROBABILITY_TOLERANCE[variant]`` on random
-raw 0-255 images (float32 1e-4, float16 5e-3, dynamic range 3e-2, int8 5e-2).
+raw 0-255 images (float32 1e-4, float16 5e-3, dynamic range 3e-2, int8 5e-2). The
+selective int8 path (float stem) is checked on a second tiny model that carries
+MobileNetV2's stem layer names, with the int8 tolerance.
 """
 
 from __future__ import annotations
@@ -84,15 +86,45 @@ def test_file_names_and_sizes_shrink_with_quantization(converted):
 def test_int8_takes_raw_uint8_pixels_and_returns_float(converted):
     classifier = tflite.TFLiteClassifier(converted["int8"])
     assert classifier.input.dtype == np.uint8
-    assert (classifier.input.scale, classifier.input.zero_point) == (1.0, 0)  # pixel value = uint8 value
+    # A plain uint8 tensor (no quantization parameters) that the model casts to float32
+    # first: pixel value = uint8 value, as scale 1 and zero point 0 would give.
+    assert (classifier.input.scale, classifier.input.zero_point) == (0.0, 0)
+    cast = [t for t in classifier.interpreter.get_tensor_details()
+            if t["dtype"] == np.float32 and tuple(t["shape"]) == classifier.input.shape]
+    assert cast, "no float32 copy of the uint8 input (the cast) in the int8 model"
     assert classifier.output.dtype == np.float32
     for variant in ("float32", "float16", "dynamic_range"):
         assert tflite.TFLiteClassifier(converted[variant]).input.dtype == np.float32
 
 
+def test_unquantized_uint8_input_gets_rounded_clipped_pixels(converted):
+    classifier = tflite.TFLiteClassifier(converted["int8"])
+    images = np.full((1, SIZE, SIZE, 3), 254.6, dtype=np.float32)
+    images[0, 0, 0] = (-3.0, 0.4, 300.0)
+    prepared = classifier.prepare_input(images)
+    assert prepared.dtype == np.uint8 and prepared[0, 1, 1, 0] == 255
+    assert list(prepared[0, 0, 0]) == [0, 0, 255]
+
+
 def test_int8_needs_calibration_images():
     with pytest.raises(ValueError, match="needs calibration_images"):
         tflite.converter_options("int8")
+
+
+def test_evenly_spaced_keeps_both_ends_of_a_class_sorted_array():
+    labels = np.array([0] * 6 + [1] * 4)  # stored class by class, like the splits
+    assert list(labels[:3]) == [0, 0, 0]
+    assert list(tflite.evenly_spaced(labels, 3)) == [0, 0, 1]  # rows 0, 4 (rounded 4.5), 9
+    assert len(tflite.evenly_spaced(labels, None)) == 10 and len(tflite.evenly_spaced(labels, 99)) == 10
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        tflite.evenly_spaced(labels, 0)
+
+
+def test_uint8_calibration_rounds_pixels():
+    images = np.full((2, SIZE, SIZE, 3), 254.6, dtype=np.float32)
+    batches = list(tflite.representative_dataset(images, dtype=np.uint8)())
+    assert len(batches) == 2 and batches[0][0].dtype == np.uint8 and batches[0][0].shape == (1, SIZE, SIZE, 3)
+    assert int(batches[0][0].max()) == 255
 
 
 def test_calibration_rejects_normalized_pixels():
@@ -145,6 +177,102 @@ def test_classifier_handles_int8_input_and_int8_output(model, tmp_path, test_ima
     assert classifier.input.quantized and classifier.output.quantized
     probabilities = classifier.predict(test_images)
     assert np.abs(probabilities - keras_probabilities).max() <= tflite.PROBABILITY_TOLERANCE["int8"]
+
+
+# --------------------------------------------------------------------------- #
+# Selective int8: MobileNetV2's stem kept in float
+# --------------------------------------------------------------------------- #
+STEM_LAYERS = ("to_minus1_plus1", "Conv1", "bn_Conv1", "Conv1_relu", "expanded_conv_depthwise",
+               "expanded_conv_depthwise_BN", "expanded_conv_depthwise_relu", "expanded_conv_project",
+               "expanded_conv_project_BN")
+
+
+def stem_model(seed: int = 0):
+    """A tiny model with MobileNetV2's stem layer names (Rescaling, Conv1, expanded_conv), then one int8 block."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    inputs = keras.Input(shape=(SIZE, SIZE, 3), name="image")  # (B, 16, 16, 3) 0-255
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)  # (B, 8, 8, 8)
+    x = layers.BatchNormalization(name="bn_Conv1")(x)
+    x = layers.ReLU(6.0, name="Conv1_relu")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="expanded_conv_depthwise")(x)
+    x = layers.BatchNormalization(name="expanded_conv_depthwise_BN")(x)
+    x = layers.ReLU(6.0, name="expanded_conv_depthwise_relu")(x)
+    x = layers.Conv2D(4, 1, use_bias=False, name="expanded_conv_project")(x)  # (B, 8, 8, 4)
+    x = layers.BatchNormalization(name="expanded_conv_project_BN")(x)
+    x = layers.Conv2D(8, 1, activation="relu6", name="block_1_expand")(x)  # (B, 8, 8, 8)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 8)
+    logit = layers.Dense(1, name="logit")(x)  # (B, 1)
+    return keras.Model(inputs, layers.Activation("sigmoid", name="probability")(logit), name="stem")
+
+
+@pytest.fixture(scope="module")
+def selective(tmp_path_factory):
+    """(model, Int8Quantization, path) of the stem model, float stem by default."""
+    model = stem_model()
+    quantization = tflite.quantize_int8(model, random_images(64, seed=1), debug_images=16)
+    path = quantization.save(tmp_path_factory.mktemp("selective") / "stem_int8.tflite")
+    return model, quantization, path
+
+
+def test_float_stem_is_every_layer_through_the_first_block():
+    assert tflite.float_stem_layers(stem_model()) == STEM_LAYERS
+    assert tflite.float_stem_layers(tiny_model()) == ()  # no MobileNetV2 stem: fully int8
+
+
+def test_selective_int8_loads_with_uint8_pixels_in_and_float_out(selective, test_images):
+    model, _, path = selective
+    classifier = tflite.TFLiteClassifier(path)
+    assert classifier.input.dtype == np.uint8 and (classifier.input.scale, classifier.input.zero_point) == (0.0, 0)
+    assert classifier.output.dtype == np.float32
+    keras_probabilities = model.predict(test_images.astype(np.float32), verbose=0)[:, 0]  # (24,)
+    difference = np.abs(classifier.predict(test_images) - keras_probabilities).max()
+    assert difference <= tflite.PROBABILITY_TOLERANCE["int8"], f"max |diff| {difference:.2e}"
+
+
+def test_selective_int8_keeps_the_stem_float_and_the_rest_int8(selective):
+    _, quantization, path = selective
+    assert quantization.float_layers == STEM_LAYERS and quantization.float_nodes
+    details = tflite.TFLiteClassifier(path).interpreter.get_tensor_details()  # every tensor of the flatbuffer
+    for node in quantization.float_nodes:  # denylisted op outputs (flatbuffer names may add a digit)
+        dtypes = {t["dtype"] for t in details if t["name"].startswith(node)}
+        assert dtypes == {np.float32}, f"{node}: {dtypes}"
+    for layer in ("Conv1", "expanded_conv_depthwise", "expanded_conv_project"):  # weights too
+        assert {t["dtype"] for t in details if f"/{layer}_1/" in t["name"]} == {np.float32}, layer
+    assert np.int8 in {t["dtype"] for t in details if "/block_1_expand_1/" in t["name"]}
+    assert np.int8 in {t["dtype"] for t in details if "/global_pool_1/" in t["name"]}
+
+
+def test_layer_errors_cover_every_op_and_flag_the_float_ones(selective):
+    _, quantization, _ = selective
+    errors = quantization.layer_errors
+    assert quantization.debug_images == 16 and len(errors) >= 6
+    assert sum(e["float"] for e in errors) == len(quantization.float_nodes)
+    assert all(np.isfinite(e["rmse_over_scale"]) and e["rmse_over_scale"] >= 0 for e in errors)
+    suspects = quantization.suspects(threshold=0.0)
+    assert all(not e["float"] for e in suspects)
+    assert [e["rmse_over_scale"] for e in suspects] == sorted((e["rmse_over_scale"] for e in suspects), reverse=True)
+    summary = json.loads(json.dumps(quantization.summary()))
+    assert summary["float_layers"] == list(STEM_LAYERS) and summary["float_ops"] == len(quantization.float_nodes)
+
+
+def test_no_float_layers_gives_a_fully_int8_model(tmp_path):
+    quantization = tflite.quantize_int8(stem_model(), random_images(16, seed=1), float_layers=(), debug_images=4)
+    path = quantization.save(tmp_path / "all_int8.tflite")
+    details = tflite.TFLiteClassifier(path).interpreter.get_tensor_details()
+    assert quantization.float_nodes == () and not any(e["float"] for e in quantization.layer_errors)
+    assert np.int8 in {t["dtype"] for t in details if "/Conv1_1/" in t["name"]}
+
+
+def test_float_layers_must_exist_and_match_an_op():
+    with pytest.raises(ValueError, match="not layers of"):
+        tflite.quantize_int8(tiny_model(), random_images(4, seed=1), float_layers=("Conv1",))
+    # the tiny model's Rescaling is folded into its conv: no op of its own to keep float
+    with pytest.raises(ValueError, match="match no TFLite op"):
+        tflite.quantize_int8(tiny_model(), random_images(4, seed=1), float_layers=("to_minus1_plus1",))
 
 
 def test_classifier_rejects_wrong_image_shape(converted):
@@ -226,7 +354,7 @@ def test_operating_point_falls_back_to_uncalibrated_defaults(tmp_path):
 def test_operating_point_rejects_a_broken_metrics_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text('{"temperature": 1.0}')
-    with pytest.raises(tflite.TFLiteModelError, match="no 'threshold'"):
+    with pytest.raises(tflite.TFLiteModelError, match="threshold"):
         tflite.load_operating_point(path)
 
 
