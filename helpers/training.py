@@ -425,7 +425,7 @@ class BestWeightsCheckpoint:
     phase 1's weights in place after :meth:`restore`.
     """
 
-    def __init__(self, full_model, monitor: str = "val_auc", path: str | Path | None = None):
+    def __init__(self, full_model, monitor: str = "val_loss", path: str | Path | None = None):
         self.full_model = full_model
         self.monitor = monitor
         self.sign = -1.0 if monitor_mode(monitor) == "min" else 1.0  # compare sign * value, higher wins
