@@ -54,6 +54,23 @@ def tiny_examples(count: int = 6, size: int = 40) -> data.Examples:
     return data.Examples(paths, np.arange(count) % 2, image_bytes)
 
 
+def tiny_training_setup(head_epochs: int, finetune_epochs: int, count: int):
+    """A random-weight 32x32 classifier cut at ``block_15_expand`` and ``count`` images whose
+    brightness gives the label away (labels 0, 1, 1, 1, ...): ``(config, model, images, labels)``."""
+    import keras
+
+    from helpers import training
+
+    keras.utils.set_random_seed(0)
+    cfg = training.TrainingConfig(head_epochs=head_epochs, finetune_epochs=finetune_epochs,
+                                  unfreeze_from="block_15_expand", batch_size=4, patience=5)
+    model = training.build_and_compile(cfg, weights=None, image_size=32)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 1, 1] * (count // 4))
+    images = (rng.uniform(0, 100, (len(labels), 32, 32, 3)) + 150 * labels[:, None, None, None]).astype(np.float32)
+    return cfg, model, images, labels
+
+
 @pytest.fixture
 def synthetic_folder(tmp_path) -> Path:
     """A Kaggle-layout ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}`` tree of tiny images."""

@@ -145,15 +145,9 @@ def test_view_batches_reject_mismatched_views_and_labels():
 
 
 def test_train_two_phase_with_views_trains_and_checks_their_shape():
-    import keras
+    from tests.conftest import tiny_training_setup
 
-    keras.utils.set_random_seed(0)
-    cfg = training.TrainingConfig(head_epochs=1, finetune_epochs=1, unfreeze_from="block_15_expand",
-                                  batch_size=4, patience=5)
-    model = training.build_and_compile(cfg, weights=None, image_size=32)
-    rng = np.random.default_rng(0)
-    labels = np.array([0, 1, 1, 1] * 2)
-    images = (rng.uniform(0, 100, (8, 32, 32, 3)) + 150 * labels[:, None, None, None]).astype(np.float32)
+    cfg, model, images, labels = tiny_training_setup(head_epochs=1, finetune_epochs=1, count=8)
     extractor = training.feature_extractor(model, cfg.unfreeze_from)
     activations = extractor.predict(images, verbose=0)
     view = extractor.predict(np.clip(images * 0.9, 0, 255), verbose=0)

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import data, imbalance, training
 from helpers import model as model_lib
-from tests.conftest import tiny_examples
+from tests.conftest import tiny_examples, tiny_training_setup
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL = 64  # image size for fast random-weight models (MobileNetV2 accepts >= 32)
@@ -188,15 +188,7 @@ def test_one_training_step_lowers_the_loss():
 
 
 def test_train_two_phase_runs_both_phases_and_keeps_the_best(tmp_path):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    cfg = training.TrainingConfig(head_epochs=2, finetune_epochs=2, unfreeze_from="block_15_expand",
-                                  batch_size=4, patience=5)
-    model = training.build_and_compile(cfg, weights=None, image_size=32)
-    rng = np.random.default_rng(0)
-    labels = np.array([0, 1, 1, 1] * 4)
-    images = (rng.uniform(0, 100, (16, 32, 32, 3)) + 150 * labels[:, None, None, None]).astype(np.float32)
+    cfg, model, images, labels = tiny_training_setup(head_epochs=2, finetune_epochs=2, count=16)
     activations = training.feature_extractor(model, cfg.unfreeze_from).predict(images, verbose=0)
     checkpoint = tmp_path / "best.keras"
     result = training.train_two_phase(model, activations, labels, activations[:8], labels[:8], cfg,
