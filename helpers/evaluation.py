@@ -793,7 +793,7 @@ def load_metrics(path: str | Path | None = None) -> dict:
             "e.g. `python -m helpers.notebooks --only 04`, or set CXR_ARTIFACTS_DIR to the "
             "artifacts folder that holds metrics.json."
         )
-    return validate_metrics(json.loads(path.read_text()))
+    return validate_metrics(_read_json_object(path))
 
 
 # --------------------------------------------------------------------------- #

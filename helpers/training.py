@@ -217,6 +217,19 @@ def predict_in_batches(model, inputs: np.ndarray, batch_size: int = 64, chunk_si
     return np.concatenate(outputs)
 
 
+def _activation_key_text(model, extractor, examples, cut_layer: str) -> str:
+    """What a cached activation depends on: the images' content, the cut, the frozen weights."""
+    from helpers.cache import weights_fingerprint
+
+    return "|".join([
+        "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor), str(model.input_shape),
+    ])
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
 def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batch_size: int = 64,
                        strategy=None, progress: bool = True) -> np.ndarray:
     """The frozen network's output at ``cut_layer`` for ``examples``, cached on disk.
@@ -230,14 +243,10 @@ def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batc
         float32 (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
     """
     from helpers import data
-    from helpers.cache import load_or_compute, weights_fingerprint
+    from helpers.cache import load_or_compute
 
     extractor = feature_extractor(model, cut_layer)
-    key_text = "|".join([
-        "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor),
-        str(model.input_shape),
-    ])
-    key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
+    key = _short_hash(_activation_key_text(model, extractor, examples, cut_layer))
 
     def compute() -> np.ndarray:
         images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
@@ -261,35 +270,34 @@ def cached_view_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER,
         ``views`` float32 arrays (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
     """
     from helpers import augment, data
-    from helpers.cache import load_or_compute, weights_fingerprint
+    from helpers.cache import load_or_compute
     from helpers.progress import progress_bar
 
     if views < 0:
         raise ValueError(f"views must be >= 0, got {views}.")
     augment_config = augment_config or augment.AugmentConfig()
     extractor = feature_extractor(model, cut_layer)
-    base_key = "|".join([
-        "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor),
-        str(model.input_shape), json.dumps(augment_config.to_dict(), sort_keys=True), str(seed),
-    ])
-    strategy = resolve_strategy(strategy)
+    key_prefix = "|".join([_activation_key_text(model, extractor, examples, cut_layer),
+                           json.dumps(augment_config.to_dict(), sort_keys=True), str(seed)])
+    decoded = []  # the decoded images, read once for all the views that need computing
     chunk = 256
     arrays = []
     for view in range(views):
-        key = hashlib.sha1(f"{base_key}|view{view}".encode()).hexdigest()[:16]
+        key = _short_hash(f"{key_prefix}|view{view}")
 
         def compute(view=view) -> np.ndarray:
-            images = data.decode_images_cached(examples, image_size=model.input_shape[1])  # (N, S, S, 3) uint8
+            if not decoded:
+                decoded.append(data.decode_images_cached(examples, image_size=model.input_shape[1]))
+            images = decoded[0]  # (N, S, S, 3) uint8
             rng = np.random.default_rng([seed, view])
-            outputs = []
             starts = range(0, len(images), chunk)
-            with strategy.scope():
+            return np.concatenate([
+                predict_in_batches(extractor, augment.augment_images(images[start:start + chunk], rng,
+                                                                     augment_config),
+                                   batch_size, progress=False, strategy=strategy)
                 for start in progress_bar(starts, desc=f"view {view + 1}/{views} -> {cut_layer}",
-                                          disable=not progress, total=len(starts)):
-                    augmented = augment.augment_images(images[start:start + chunk], rng, augment_config)
-                    outputs.append(np.asarray(extractor.predict(augmented, batch_size=batch_size, verbose=0),
-                                              dtype=np.float32))
-            return np.concatenate(outputs)
+                                          disable=not progress, total=len(starts))
+            ])
 
         arrays.append(load_or_compute(f"views-{cut_layer}-{len(examples)}-{key}.npy", compute))
     return arrays
