@@ -415,6 +415,44 @@ def probability_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     return metrics
 
 
+def stress_test(model, images: np.ndarray, labels, threshold: float, seed: int = config.DEFAULT_SEED,
+                perturbations: dict | None = None, progress: bool = True):
+    """Metrics of ``model`` on changed copies of (validation) images, one row per change.
+
+    Args:
+        images: (N, S, S, 3) pixels 0-255; labels: (N,) 0/1.
+        threshold: the decision threshold the recall/specificity/accuracy columns use.
+        perturbations: ``{name: f(images, rng)}``, default
+            :func:`helpers.augment.stress_perturbations`.
+
+    Returns:
+        A DataFrame indexed by change: ``roc_auc``, ``recall``, ``specificity``,
+        ``accuracy`` at ``threshold``, and ``normal_p90`` (90th percentile of
+        P(PNEUMONIA) on the NORMAL films: how close the normals drift to the threshold).
+    """
+    import pandas as pd
+
+    from helpers import augment, evaluation
+
+    labels = np.asarray(labels).astype(int)
+    if len(images) != len(labels):
+        raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}.")
+    perturbations = augment.stress_perturbations() if perturbations is None else perturbations
+    rows = {}
+    for index, (name, change) in enumerate(perturbations.items()):
+        rng = np.random.default_rng([seed, index])
+        changed = np.concatenate([change(images[start:start + 256], rng) for start in range(0, len(images), 256)])
+        probabilities = predict_in_batches(model, changed, progress=False).reshape(-1)  # (N,)
+        metrics = evaluation.binary_metrics(labels, probabilities, threshold)
+        normal = probabilities[labels == 0]
+        rows[name] = {"roc_auc": metrics["roc_auc"], "recall": metrics["recall"],
+                      "specificity": metrics["specificity"], "accuracy": metrics["accuracy"],
+                      "normal_p90": float(np.percentile(normal, 90)) if len(normal) else float("nan")}
+        if progress:
+            print(f"{name:>22}: specificity {metrics['specificity']:.3f}, recall {metrics['recall']:.3f}")
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def recall_threshold(labels, probabilities, min_recall: float = 0.98) -> float:
     """The highest threshold keeping recall >= ``min_recall`` (``evaluation.choose_threshold``)."""
     from helpers.evaluation import choose_threshold

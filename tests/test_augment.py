@@ -7,8 +7,9 @@ import pytest
 
 from helpers import augment, training
 
+NO_SENSOR = {"sharpness": 0.0, "noise_std": 0.0, "jpeg_probability": 0.0}
 NO_CHANGE = augment.AugmentConfig(min_crop=1.0, max_aspect_change=0.0, brightness=0.0, contrast=0.0,
-                                  gamma=0.0, erase_probability=0.0)
+                                  gamma=0.0, erase_probability=0.0, **NO_SENSOR)
 
 
 def _left_bright_images(count: int = 3, size: int = 32) -> np.ndarray:
@@ -44,7 +45,8 @@ def test_no_change_settings_give_back_the_image():
 def test_augment_never_flips_the_film():
     """Crops move and zoom but keep left on the left: no flips, no rotations."""
     images = _left_bright_images(count=50)
-    framing_only = augment.AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, erase_probability=0.0)
+    framing_only = augment.AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, erase_probability=0.0,
+                                         **NO_SENSOR)
     views = augment.augment_images(images, np.random.default_rng(3), framing_only)
     left, right = views[:, :, :4].mean(axis=(1, 2, 3)), views[:, :, -4:].mean(axis=(1, 2, 3))
     assert np.all(left > 150) and np.all(right < 90)
@@ -78,10 +80,49 @@ def test_erasing_fills_one_patch_near_an_edge_with_the_median_grey():
     ({"gamma": 1.5}, "gamma"),
     ({"erase_probability": 2.0}, "erase_probability"),
     ({"erase_size": (0.3, 0.1)}, "erase_size"),
+    ({"sharpness": -0.5}, "sharpness"),
+    ({"noise_std": 100.0}, "noise_std"),
+    ({"jpeg_probability": 1.5}, "jpeg_probability"),
+    ({"jpeg_quality": (0, 90)}, "jpeg_quality"),
 ])
 def test_augment_config_rejects_bad_ranges(kwargs, message):
     with pytest.raises(ValueError, match=message):
         augment.AugmentConfig(**kwargs)
+
+
+def test_sharpness_minus_one_is_the_gaussian_blur_and_zero_the_image():
+    from scipy import ndimage
+
+    images = np.random.default_rng(0).uniform(50, 200, (2, 24, 24, 3)).astype(np.float32)
+    blurred = augment.change_sharpness(images, np.array([-1.0, 0.0]))
+    np.testing.assert_allclose(blurred[0], ndimage.gaussian_filter(images[0], (1, 1, 0)), atol=1e-3)
+    np.testing.assert_allclose(blurred[1], images[1], atol=1e-5)
+    sharpened = augment.change_sharpness(images, np.array([1.0, 1.0]))
+    assert np.abs(np.diff(sharpened, axis=2)).mean() > np.abs(np.diff(images, axis=2)).mean()
+    with pytest.raises(ValueError, match="one sharpness amount per image"):
+        augment.change_sharpness(images, np.array([0.5]))
+
+
+def test_noise_has_the_asked_std_and_keeps_the_film_grey():
+    images = np.full((2, 64, 64, 3), 128.0, np.float32)
+    noisy = augment.add_grey_noise(images, np.random.default_rng(0), np.array([0.0, 10.0]))
+    np.testing.assert_array_equal(noisy[0], images[0])
+    assert 9.0 < noisy[1].std() < 11.0
+    np.testing.assert_array_equal(noisy[..., 0], noisy[..., 2])
+
+
+def test_jpeg_recompression_changes_only_the_chosen_images():
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).round().astype(np.float32)
+    out = augment.recompress_jpeg(images, [0, 30])
+    np.testing.assert_array_equal(out[0], images[0])
+    assert np.abs(out[1] - images[1]).mean() > 5.0  # quality 30 smooths random pixels a lot
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 255
+
+
+def test_default_views_carry_sensor_noise():
+    flat = np.full((8, 48, 48, 3), 120, np.uint8)
+    views = augment.augment_images(flat, np.random.default_rng(0))
+    assert views.std(axis=(1, 2, 3)).max() > 2.0  # noise, blur and JPEG show up on a flat film
 
 
 def test_augment_rejects_grey_images_without_channels():
@@ -188,3 +229,55 @@ def test_plot_augmented_examples_has_one_row_per_image_and_a_column_per_view():
     assert [axis.get_title() for axis in figure.axes[:4]] == ["original", "view 1", "view 2", "view 3"]
     with pytest.raises(ValueError, match="at least one"):
         augment.plot_augmented_examples(images[:0], np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------- #
+# Stress tests on fixed acquisition changes
+# --------------------------------------------------------------------------- #
+def test_zoom_centre_crops_in_and_shrinks_onto_black():
+    images = np.full((1, 40, 40, 3), 200.0, np.float32)
+    images[:, 18:22, 18:22] = 0.0  # a dark centre square, 4 px
+    zoomed_in = augment.zoom_centre(images, 2.0)
+    assert zoomed_in[0, 20, 20, 0] < 50 and (zoomed_in[0, :, :, 0] < 100).sum() > 4 * 4 * 2
+    zoomed_out = augment.zoom_centre(images, 0.5)
+    assert zoomed_out[0, 0, 0, 0] == 0.0 and zoomed_out[0, 12, 12, 0] == pytest.approx(200.0)
+    with pytest.raises(ValueError, match="zoom factor"):
+        augment.zoom_centre(images, 10.0)
+
+
+def test_stress_perturbations_keep_shape_and_range():
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    perturbations = augment.stress_perturbations()
+    assert list(perturbations)[0] == "clean"
+    for name, change in perturbations.items():
+        out = change(images, np.random.default_rng(0))
+        assert out.shape == images.shape and out.dtype == np.float32, name
+        assert out.min() >= 0.0 and out.max() <= 255.0, name
+    np.testing.assert_array_equal(perturbations["clean"](images, None), images.astype(np.float32))
+
+
+def _brightness_model():
+    """P(PNEUMONIA) = sigmoid(20 * (mean pixel / 255 - 0.5)): bright films are 'pneumonia'."""
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    dense = keras.layers.Dense(1, activation="sigmoid")
+    model = keras.Model(inputs, dense(pooled))
+    dense.set_weights([np.full((3, 1), 20.0 / 3, np.float32), np.array([-10.0], np.float32)])
+    return model
+
+
+def test_stress_test_reports_one_row_per_change_at_the_threshold():
+    labels = np.array([0, 0, 1, 1])
+    images = np.stack([np.full((16, 16, 3), value, np.float32) for value in (50, 60, 200, 210)])
+    perturbations = {"clean": augment.stress_perturbations()["clean"],
+                     "white film": lambda batch, rng: np.full(batch.shape, 255.0, np.float32)}
+    table = training.stress_test(_brightness_model(), images, labels, 0.5, perturbations=perturbations,
+                                 progress=False)
+    assert list(table.index) == ["clean", "white film"]
+    assert table.loc["clean", "specificity"] == 1.0 and table.loc["clean", "recall"] == 1.0
+    assert table.loc["white film", "specificity"] == 0.0 and table.loc["white film", "accuracy"] == 0.5
+    assert table.loc["white film", "normal_p90"] > 0.99
+    with pytest.raises(ValueError, match="differ in length"):
+        training.stress_test(_brightness_model(), images, labels[:3], 0.5, progress=False)
