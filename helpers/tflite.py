@@ -242,19 +242,27 @@ def convert(
     """
     import tensorflow as tf
 
-    path = Path(path) if path is not None else tflite_path(variant)
-    if path.suffix != ".tflite":
-        raise ValueError(f"A TFLite model path must end with .tflite, got {path}.")
+    path, temporary = _model_target(path if path is not None else tflite_path(variant))
     if variant == "int8":
         return quantize_int8(model, calibration_images, float_layers).save(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     options = converter_options(variant, calibration_images)
     _, height, width, channels = model.input_shape
     signature = [tf.TensorSpec((1, height, width, channels), tf.float32, name=_input_name(model))]
-    temporary = path.with_suffix(".part.tflite")
     model.export(str(temporary), format="litert", input_signature=signature, verbose=False, **options)
     temporary.replace(path)  # never leave a half-written model under the real name
     return path
+
+
+def _model_target(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(path, temporary)`` for writing a model atomically: write ``temporary``, then rename it.
+
+    Checks the ``.tflite`` suffix and creates the folder.
+    """
+    path = Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"A TFLite model path must end with .tflite, got {path}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, path.with_suffix(".part.tflite")
 
 
 def _input_name(model) -> str:
@@ -376,11 +384,7 @@ class Int8Quantization:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model (atomically) and check its uint8 input takes raw pixels."""
-        path = Path(path)
-        if path.suffix != ".tflite":
-            raise ValueError(f"A TFLite model path must end with .tflite, got {path}.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".part.tflite")
+        path, temporary = _model_target(path)
         temporary.write_bytes(self.content)
         temporary.replace(path)  # never leave a half-written model under the real name
         _check_uint8_input_is_raw_pixels(path)
