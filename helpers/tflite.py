@@ -40,7 +40,10 @@ the final conversion (bias correction).
 
 Beside each ``.tflite`` a JSON file (same stem) holds what an app needs: labels,
 input size and range, the operating point (threshold, temperature, abstention band)
-from ``<artifacts>/metrics.json``, model version and data provenance.
+from ``<artifacts>/metrics.json``, model version and data provenance. The same JSON
+is also embedded in the model file itself, in the flatbuffer's ``metadata`` table
+under :data:`EMBEDDED_METADATA_NAME` (:func:`publish_metadata`), so a model copied
+without its JSON still carries its threshold and labels.
 """
 
 from __future__ import annotations
@@ -614,8 +617,8 @@ def _interpreter_class():
     return Interpreter
 
 
-def _load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
-    path = Path(path)
+def _read_model_bytes(path: Path) -> bytes:
+    """The bytes of a ``.tflite``, with a clear error when it is missing or not a TFLite flatbuffer."""
     if not path.is_file():
         raise FileNotFoundError(
             f"No TFLite model at {path}. Create it with notebooks/06_tflite_conversion.ipynb "
@@ -629,6 +632,12 @@ def _load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
             "it is empty, truncated or another kind of file. Delete it and convert again "
             "(notebooks/06_tflite_conversion.ipynb)."
         )
+    return content
+
+
+def _load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
+    path = Path(path)
+    content = _read_model_bytes(path)
     try:
         interpreter = _interpreter_class()(model_content=content, num_threads=num_threads)
         interpreter.allocate_tensors()
@@ -970,6 +979,96 @@ def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     temporary.write_text(json.dumps(metadata, indent=2, sort_keys=False, default=_json_default) + "\n")
     temporary.replace(path)
     return path
+
+
+EMBEDDED_METADATA_NAME = "cxr_pneumonia_metadata"  # the entry in the .tflite flatbuffer's metadata table
+_FILE_IDENTITY_KEYS = ("model_sha256", "size_bytes")  # a file cannot contain its own hash
+
+
+def _read_flatbuffer(path: Path):
+    """The model as LiteRT's generated schema object (``ModelT``), with clear errors."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    content = bytearray(_read_model_bytes(path))
+    try:
+        return schema.ModelT.InitFromPackedBuf(content, 0)
+    except Exception as error:  # flatbuffers raises assorted low-level errors on bad offsets
+        raise TFLiteModelError(f"{path} could not be parsed as a TFLite model ({type(error).__name__}). "
+                               "Re-run notebook 06 to convert it again.") from error
+
+
+def embed_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
+    """Store ``metadata`` as JSON inside the ``.tflite`` (replacing an earlier copy), atomically.
+
+    Uses the flatbuffer's own ``metadata`` table (name -> buffer), read and written
+    with the schema classes that ship with ``ai_edge_litert``: the graph and weights
+    are untouched, so the model gives the same outputs. ``model_sha256`` and
+    ``size_bytes`` are left out (a file cannot contain its own hash); the JSON beside
+    the model has them.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    path, temporary = _model_target(model_path)
+    model = _read_flatbuffer(path)
+    if any(getattr(buffer, "offset", 0) > 1 for buffer in model.buffers or []):
+        raise TFLiteModelError(f"{path} keeps its weights outside the flatbuffer (a model over 2 GB); "
+                               "embedding metadata is not supported for it.")
+    payload = {key: value for key, value in metadata.items() if key not in _FILE_IDENTITY_KEYS}
+    data = np.frombuffer(json.dumps(payload, default=_json_default).encode("utf-8"), np.uint8)
+    entries = [entry for entry in (model.metadata or []) if _entry_name(entry) == EMBEDDED_METADATA_NAME]
+    if entries:
+        model.buffers[entries[0].buffer].data = data  # replace the earlier copy in place
+    else:
+        buffer = schema.BufferT()
+        buffer.data = data
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = EMBEDDED_METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = list(model.metadata or []) + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    temporary.write_bytes(bytes(builder.Output()))
+    temporary.replace(path)  # never leave a half-written model under the real name
+    return path
+
+
+def _entry_name(entry) -> str:
+    name = entry.name
+    return name.decode("utf-8") if isinstance(name, bytes) else str(name)
+
+
+def read_embedded_metadata(model_path: str | os.PathLike) -> dict:
+    """The metadata JSON stored inside a ``.tflite`` by :func:`embed_metadata`.
+
+    Raises:
+        FileNotFoundError / TFLiteModelError: no model, or not a TFLite model.
+        TFLiteModelError: the model has no embedded metadata, or it is not JSON.
+    """
+    path = Path(model_path)
+    model = _read_flatbuffer(path)
+    for entry in model.metadata or []:
+        if _entry_name(entry) == EMBEDDED_METADATA_NAME:
+            raw = model.buffers[entry.buffer].data
+            try:
+                return json.loads(bytes(np.asarray(raw, np.uint8)).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise TFLiteModelError(f"The metadata embedded in {path} is not valid JSON ({error}). "
+                                       "Re-run notebook 06.") from error
+    raise TFLiteModelError(f"{path} has no embedded metadata ({EMBEDDED_METADATA_NAME!r}). Embed it with "
+                           "helpers.tflite.publish_metadata (notebook 06 does it for every variant).")
+
+
+def publish_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
+    """Embed ``metadata`` in the model, then write the JSON beside it with the final file's hash and size.
+
+    Returns the JSON path. Record anything that hashes the model file (e.g.
+    :func:`write_parity`) after this call.
+    """
+    embed_metadata(model_path, metadata)
+    final = {**metadata, "model_sha256": file_sha256(model_path), "size_bytes": Path(model_path).stat().st_size}
+    return write_metadata(model_path, final)
 
 
 def _json_default(value):

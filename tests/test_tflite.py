@@ -373,6 +373,56 @@ def test_metadata_round_trips(converted, tmp_path):
     assert metadata["decision"]["threshold"] == 0.62 and metadata["decision"]["band"]["high"] == 0.9
 
 
+def test_published_metadata_is_embedded_in_the_model_and_outputs_are_unchanged(
+        converted, tmp_path, test_images):
+    original = converted["int8"]
+    model_path = tmp_path / original.name
+    model_path.write_bytes(original.read_bytes())
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(METRICS))
+    before = tflite.TFLiteClassifier(model_path).predict(test_images)
+    metadata = tflite.build_metadata(model_path, "int8", tflite.load_operating_point(metrics))
+    written = tflite.publish_metadata(model_path, metadata)
+
+    embedded = tflite.read_embedded_metadata(model_path)
+    assert embedded["decision"]["threshold"] == 0.62 and embedded["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert "model_sha256" not in embedded and "size_bytes" not in embedded  # a file can't hold its own hash
+    sidecar = tflite.read_metadata(written)
+    assert sidecar["model_sha256"] == tflite.file_sha256(model_path)
+    assert sidecar["size_bytes"] == model_path.stat().st_size
+    assert {k: v for k, v in sidecar.items() if k not in ("model_sha256", "size_bytes")} == embedded
+    np.testing.assert_array_equal(tflite.TFLiteClassifier(model_path).predict(test_images), before)
+
+
+def test_embedding_twice_replaces_the_earlier_copy(converted, tmp_path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model_path = tmp_path / "model.tflite"
+    model_path.write_bytes(converted["float32"].read_bytes())
+    tflite.embed_metadata(model_path, {"schema_version": 1, "note": "first"})
+    size_after_first = model_path.stat().st_size
+    tflite.embed_metadata(model_path, {"schema_version": 1, "note": "second"})
+    assert tflite.read_embedded_metadata(model_path)["note"] == "second"
+    assert abs(model_path.stat().st_size - size_after_first) < 16
+    flatbuffer = schema.ModelT.InitFromPackedBuf(bytearray(model_path.read_bytes()), 0)
+    names = [entry.name.decode() for entry in flatbuffer.metadata]
+    assert names.count(tflite.EMBEDDED_METADATA_NAME) == 1
+    assert "min_runtime_version" in names  # the converter's own entries survive
+
+
+def test_embedded_metadata_errors_say_what_to_do(converted, tmp_path):
+    with pytest.raises(tflite.TFLiteModelError, match="no embedded metadata.*publish_metadata"):
+        tflite.read_embedded_metadata(converted["float16"])
+    with pytest.raises(FileNotFoundError, match="06_tflite_conversion"):
+        tflite.read_embedded_metadata(tmp_path / "missing.tflite")
+    not_a_model = tmp_path / "photo.tflite"
+    not_a_model.write_bytes(b"\xff\xd8\xff\xe0 not a model at all")
+    with pytest.raises(tflite.TFLiteModelError, match="not a TFLite model"):
+        tflite.embed_metadata(not_a_model, {"schema_version": 1})
+    with pytest.raises(ValueError, match=".tflite"):
+        tflite.embed_metadata(tmp_path / "model.bin", {"schema_version": 1})
+
+
 def test_metadata_reader_gives_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="write_metadata"):
         tflite.read_metadata(tmp_path / "model.tflite")
