@@ -173,18 +173,13 @@ def augment_images(images: np.ndarray, rng: np.random.Generator,
     Returns:
         float32 (B, H, W, 3) in [0, 255], same size as the input.
     """
-    import tensorflow as tf
-
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape (B, H, W, 3), got {images.shape}.")
-    count, height, width = images.shape[:3]
+    count = len(images)
     if count == 0:
         return np.zeros(images.shape, np.float32)
-    boxes = random_crop_boxes(count, rng, config)
-    views = tf.image.crop_and_resize(
-        tf.constant(images, tf.float32), boxes, tf.range(count), (height, width), method="bilinear",
-    ).numpy()  # (B, H, W, 3) float32
+    views = crop_and_resize(images, random_crop_boxes(count, rng, config))  # (B, H, W, 3) float32
 
     # Exposure: gamma on [0, 1], then contrast around the image mean, then brightness.
     shape = (count, 1, 1, 1)
@@ -218,15 +213,28 @@ def zoom_centre(images: np.ndarray, factor: float) -> np.ndarray:
     Returns:
         float32 (B, H, W, 3).
     """
-    import tensorflow as tf
-
     if not 0.3 <= factor <= 3.0:
         raise ValueError(f"zoom factor must be in [0.3, 3], got {factor}.")
+    half = 0.5 / factor  # half the box side, normalized
+    box = np.array([[0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half]], np.float32)
+    return crop_and_resize(images, np.repeat(box, len(images), axis=0))
+
+
+def crop_and_resize(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each image cut to its box ``[y1, x1, y2, x2]`` (normalized; outside the image is black)
+    and resized back to the image size, bilinear.
+
+    Args:
+        images: (B, H, W, 3) pixels 0-255; boxes: (B, 4).
+
+    Returns:
+        float32 (B, H, W, 3).
+    """
+    import tensorflow as tf
+
     images = np.asarray(images, np.float32)
     height, width = images.shape[1:3]
-    half_h, half_w = 0.5 / factor, 0.5 / factor  # half the box side, normalized
-    box = np.array([[0.5 - half_h, 0.5 - half_w, 0.5 + half_h, 0.5 + half_w]], np.float32)
-    return tf.image.crop_and_resize(images, np.repeat(box, len(images), axis=0), tf.range(len(images)),
+    return tf.image.crop_and_resize(images, np.asarray(boxes, np.float32), tf.range(len(images)),
                                     (height, width), method="bilinear", extrapolation_value=0.0).numpy()
 
 
