@@ -441,8 +441,10 @@ def stress_test(model, images: np.ndarray, labels, threshold: float, seed: int =
     rows = {}
     for index, (name, change) in enumerate(perturbations.items()):
         rng = np.random.default_rng([seed, index])
-        changed = np.concatenate([change(images[start:start + 256], rng) for start in range(0, len(images), 256)])
-        probabilities = predict_in_batches(model, changed, progress=False).reshape(-1)  # (N,)
+        # Change and predict chunk by chunk: no float copy of the whole split in memory.
+        probabilities = np.concatenate([
+            predict_in_batches(model, change(images[start:start + 256], rng), progress=False).reshape(-1)
+            for start in range(0, len(images), 256)])  # (N,)
         metrics = evaluation.binary_metrics(labels, probabilities, threshold)
         normal = probabilities[labels == 0]
         rows[name] = {"roc_auc": metrics["roc_auc"], "recall": metrics["recall"],
