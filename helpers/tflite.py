@@ -268,6 +268,14 @@ def _model_target(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, path.with_suffix(".part.tflite")
 
 
+def _write_model_bytes(path: str | os.PathLike, content: bytes) -> Path:
+    """Write a ``.tflite`` flatbuffer atomically (see :func:`_model_target`); returns the path."""
+    path, temporary = _model_target(path)
+    temporary.write_bytes(content)
+    temporary.replace(path)  # never leave a half-written model under the real name
+    return path
+
+
 def _input_name(model) -> str:
     name = getattr(model.inputs[0], "name", None) or "image"
     return name.split(":")[0]
@@ -387,9 +395,7 @@ class Int8Quantization:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model (atomically) and check its uint8 input takes raw pixels."""
-        path, temporary = _model_target(path)
-        temporary.write_bytes(self.content)
-        temporary.replace(path)  # never leave a half-written model under the real name
+        path = _write_model_bytes(path, self.content)
         _check_uint8_input_is_raw_pixels(path)
         return path
 
@@ -982,7 +988,7 @@ def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
 
 
 EMBEDDED_METADATA_NAME = "cxr_pneumonia_metadata"  # the entry in the .tflite flatbuffer's metadata table
-_FILE_IDENTITY_KEYS = ("model_sha256", "size_bytes")  # a file cannot contain its own hash
+FILE_IDENTITY_KEYS = ("model_sha256", "size_bytes")  # in the JSON beside the model only: a file cannot hold its own hash
 
 
 def _read_flatbuffer(path: Path):
@@ -1009,16 +1015,16 @@ def embed_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    path, temporary = _model_target(model_path)
+    path = _model_target(model_path)[0]  # a .tflite path, checked before reading
     model = _read_flatbuffer(path)
     if any(getattr(buffer, "offset", 0) > 1 for buffer in model.buffers or []):
         raise TFLiteModelError(f"{path} keeps its weights outside the flatbuffer (a model over 2 GB); "
                                "embedding metadata is not supported for it.")
-    payload = {key: value for key, value in metadata.items() if key not in _FILE_IDENTITY_KEYS}
+    payload = {key: value for key, value in metadata.items() if key not in FILE_IDENTITY_KEYS}
     data = np.frombuffer(json.dumps(payload, default=_json_default).encode("utf-8"), np.uint8)
-    entries = [entry for entry in (model.metadata or []) if _entry_name(entry) == EMBEDDED_METADATA_NAME]
-    if entries:
-        model.buffers[entries[0].buffer].data = data  # replace the earlier copy in place
+    entry = _embedded_entry(model)
+    if entry is not None:
+        model.buffers[entry.buffer].data = data  # replace the earlier copy in place
     else:
         buffer = schema.BufferT()
         buffer.data = data
@@ -1028,15 +1034,17 @@ def embed_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
         entry.buffer = len(model.buffers) - 1
         model.metadata = list(model.metadata or []) + [entry]
     builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    temporary.write_bytes(bytes(builder.Output()))
-    temporary.replace(path)  # never leave a half-written model under the real name
-    return path
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
+    return _write_model_bytes(path, bytes(builder.Output()))
 
 
-def _entry_name(entry) -> str:
-    name = entry.name
-    return name.decode("utf-8") if isinstance(name, bytes) else str(name)
+def _embedded_entry(model):
+    """The ``metadata`` table entry named :data:`EMBEDDED_METADATA_NAME` of a ``ModelT``, or None."""
+    for entry in model.metadata or []:
+        name = entry.name.decode("utf-8") if isinstance(entry.name, bytes) else str(entry.name)
+        if name == EMBEDDED_METADATA_NAME:
+            return entry
+    return None
 
 
 def read_embedded_metadata(model_path: str | os.PathLike) -> dict:
@@ -1048,16 +1056,16 @@ def read_embedded_metadata(model_path: str | os.PathLike) -> dict:
     """
     path = Path(model_path)
     model = _read_flatbuffer(path)
-    for entry in model.metadata or []:
-        if _entry_name(entry) == EMBEDDED_METADATA_NAME:
-            raw = model.buffers[entry.buffer].data
-            try:
-                return json.loads(bytes(np.asarray(raw, np.uint8)).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise TFLiteModelError(f"The metadata embedded in {path} is not valid JSON ({error}). "
-                                       "Re-run notebook 06.") from error
-    raise TFLiteModelError(f"{path} has no embedded metadata ({EMBEDDED_METADATA_NAME!r}). Embed it with "
-                           "helpers.tflite.publish_metadata (notebook 06 does it for every variant).")
+    entry = _embedded_entry(model)
+    if entry is None:
+        raise TFLiteModelError(f"{path} has no embedded metadata ({EMBEDDED_METADATA_NAME!r}). Embed it with "
+                               "helpers.tflite.publish_metadata (notebook 06 does it for every variant).")
+    raw = model.buffers[entry.buffer].data
+    try:
+        return json.loads(bytes(np.asarray(raw, np.uint8)).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TFLiteModelError(f"The metadata embedded in {path} is not valid JSON ({error}). "
+                               "Re-run notebook 06.") from error
 
 
 def publish_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
