@@ -26,18 +26,19 @@ threshold, temperature or weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from helpers import config
-from helpers.data import CLASS_NAMES
+from helpers.data import CLASS_NAMES, IMAGE_SIZE
 
 DEFAULT_FOLDS = 5
 DEFAULT_REGULARIZATION = 0.01  # inverse L2 strength C of the logistic regression
 SAME_POPULATION_AUC = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class ShiftComparison:
     """One two-sample test: ``reference`` vs ``other`` images of one class.
 
@@ -181,17 +182,17 @@ def shift_record(comparisons: list[ShiftComparison]) -> dict[str, float]:
     return {f"{c.reference}_vs_{c.other}_{c.class_name}": c.auc for c in comparisons}
 
 
-def imagenet_feature_model(image_size: int | None = None):
+@lru_cache(maxsize=2)
+def imagenet_feature_model(image_size: int = IMAGE_SIZE):
     """MobileNetV2 with its ImageNet weights only: pixels (B, S, S, 3) 0-255 -> (B, 1280).
 
     The same preprocessing and ``global_pool`` layer as the classifier (its head is never
-    used), so no fine-tuned weight enters the shift check.
+    used), so no fine-tuned weight enters the shift check. Built once per image size.
     """
     from helpers import model as model_lib
     from helpers import ood
 
-    size = image_size or model_lib.IMAGE_SIZE
-    return ood.feature_model(model_lib.build_model(weights="imagenet", image_size=size))
+    return ood.feature_model(model_lib.build_model(weights="imagenet", image_size=image_size))
 
 
 def imagenet_features(images: np.ndarray, batch_size: int = 64, extractor=None) -> np.ndarray:
