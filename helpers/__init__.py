@@ -13,7 +13,9 @@ Modules (import the one you need; importing ``helpers`` itself does nothing heav
 * ``helpers.predict``    -- batched predictions and the predictions CSVs
 * ``helpers.evaluation`` -- metrics, bootstrap CIs, threshold, calibration, band (04)
 * ``helpers.gradcam``    -- Grad-CAM, sanity and faithfulness checks (05)
+* ``helpers.shift``      -- within-class two-sample test: does test look like train? (04)
 * ``helpers.tflite``     -- TFLite conversion, interpreter wrapper, parity, metadata (06)
+* ``helpers.quantization_noise`` -- decision flips an int8 logit error predicts (06)
 * ``helpers.explorer``   -- pure logic of the prediction explorer (07)
 * ``helpers.ood``        -- out-of-distribution check for uploaded images (07)
 * ``helpers.widgets``    -- the thin ipywidgets layer over ``helpers.explorer`` (07)
