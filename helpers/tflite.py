@@ -48,6 +48,7 @@ without its JSON still carries its threshold and labels.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -56,6 +57,9 @@ import json
 import math
 import os
 import re
+import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -439,8 +443,6 @@ def quantize_int8(
         ValueError: no calibration images, an unknown layer name, or float layers
             that match no TFLite op.
     """
-    import tempfile
-
     import tensorflow as tf
 
     options = converter_options("int8", calibration_images)  # validates the images
@@ -461,9 +463,10 @@ def quantize_int8(
         converter.experimental_enable_resource_variables = True  # as Keras' exporter
         _set_converter_options(converter, options)
         converter.representative_dataset = representative_dataset(images, dtype=np.uint8)
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative_dataset(debug_set, dtype=np.uint8))
-        debugger.run()  # per-op errors of the fully int8 model
+        with quiet_quantizer():
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative_dataset(debug_set, dtype=np.uint8))
+            debugger.run()  # per-op errors of the fully int8 model
         statistics = io.StringIO()
         debugger.layer_statistics_dump(statistics)
         rows = list(csv.DictReader(io.StringIO(statistics.getvalue())))
@@ -472,11 +475,12 @@ def quantize_int8(
         if float_layers and not float_nodes:
             raise ValueError(f"float_layers {list(float_layers)} match no TFLite op of {model.name!r} "
                              "(were they fused away?): choose other layers.")
-        all_int8_content = debugger.get_nondebug_quantized_model()  # nothing denylisted yet
-        content = all_int8_content
-        if float_nodes:
-            debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_nodes))
-            content = debugger.get_nondebug_quantized_model()
+        with quiet_quantizer():
+            all_int8_content = debugger.get_nondebug_quantized_model()  # nothing denylisted yet
+            content = all_int8_content
+            if float_nodes:
+                debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(float_nodes))
+                content = debugger.get_nondebug_quantized_model()
 
     layer_errors = []
     for row in rows:
@@ -488,6 +492,41 @@ def quantize_int8(
             "scale": scale, "float": row["tensor_name"] in float_nodes})
     return Int8Quantization(bytes(content), float_layers, float_nodes, layer_errors, len(debug_set),
                             bytes(all_int8_content))
+
+
+# The quantizer's C++ code writes one "fully_quantize: 0, inference_type: 6, ..." line
+# to standard error per call, and the debugger builds its float reference with the
+# deprecated tf.lite.Interpreter (TensorFlow's code, not ours; we run models with
+# LiteRT). Both are noise in a notebook: quiet_quantizer drops exactly these.
+QUANTIZER_NOISE_LINE = re.compile(r"^fully_quantize: \d+, inference_type: ")
+INTERPRETER_DEPRECATION_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_quantizer(noise: re.Pattern = QUANTIZER_NOISE_LINE):
+    """Hide the quantizer's known log lines; every other line written to standard error is kept.
+
+    Native code writes to file descriptor 2, below Python's ``sys.stderr``, so the
+    descriptor is pointed at a temporary file for the duration and its lines are
+    written back to ``sys.stderr`` afterwards, less those matching ``noise``, also
+    when the block raises. The deprecation warning of ``tf.lite.Interpreter`` raised
+    inside TensorFlow's debugger is ignored (only that message).
+    """
+    sys.stderr.flush()
+    saved_descriptor = os.dup(2)
+    with tempfile.TemporaryFile() as captured, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=INTERPRETER_DEPRECATION_WARNING, category=UserWarning)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved_descriptor, 2)
+            os.close(saved_descriptor)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", errors="replace").splitlines()
+                    if not noise.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def _write_uint8_saved_model(model, directory: str | os.PathLike) -> None:

@@ -457,3 +457,30 @@ def test_interleaved_latency_gives_runs_samples_per_model(converted, test_images
     assert {k: len(v) for k, v in samples.items()} == {"float32": 7, "int8": 7}
     summary = tflite.latency_summary(samples["int8"])
     assert summary["runs"] == 7 and 0 < summary["min"] <= summary["median"] <= summary["p90"]
+
+
+def test_quiet_quantizer_drops_only_the_quantizer_lines(capfd):
+    import os
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with tflite.quiet_quantizer():
+            os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n"
+                        b"a real native error line\n")
+            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion", UserWarning)
+            warnings.warn("another warning", UserWarning)
+    err = capfd.readouterr().err
+    assert "a real native error line" in err
+    assert "fully_quantize" not in err
+    assert [str(w.message) for w in caught] == ["another warning"]
+
+
+def test_quiet_quantizer_keeps_lines_when_the_block_raises(capfd):
+    import os
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with tflite.quiet_quantizer():
+            os.write(2, b"why it failed\n")
+            raise RuntimeError("conversion failed")
+    assert "why it failed" in capfd.readouterr().err
