@@ -29,19 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers import evaluation
+
 # The int8 model's output is a uint8 probability (steps of 1/256): its logit means
 # little near 0 or 1, so errors are measured where Keras is between these.
 ERROR_BAND = (0.05, 0.95)
 DEFAULT_DRAWS = 20_000
+# An int8 output can be exactly 0 or 1; its logit is clipped to about +-16.
+PROBABILITY_EPSILON = 1e-7
 
 
-def logit(probabilities: np.ndarray, epsilon: float = 1e-7) -> np.ndarray:
-    """``log(p / (1 - p))`` as float64, with p clipped to ``[epsilon, 1 - epsilon]``."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if np.any(~np.isfinite(probabilities)) or np.any((probabilities < 0) | (probabilities > 1)):
-        raise ValueError("Probabilities must be finite and within [0, 1]: pass P(PNEUMONIA), not logits.")
-    clipped = np.clip(probabilities, epsilon, 1 - epsilon)
-    return np.log(clipped / (1 - clipped))
+def logit(probabilities: np.ndarray) -> np.ndarray:
+    """(N,) probabilities, checked (finite, in [0, 1]) -> float64 logits, p clipped to [1e-7, 1 - 1e-7]."""
+    return evaluation.logit(evaluation._as_probabilities(probabilities), PROBABILITY_EPSILON)
 
 
 def _as_probability_vectors(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -103,7 +103,7 @@ def flip_probabilities(reference_probabilities: np.ndarray, threshold: float, er
         raise ValueError("errors must be a non-empty array of finite logit errors (helpers.quantization_noise.logit_errors).")
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)  # (N,)
     reference_logits = logit(reference)  # (N,)
-    threshold_logit = float(logit(np.array(threshold)))
+    threshold_logit = float(evaluation.logit(threshold, PROBABILITY_EPSILON))
     positive = reference >= threshold  # (N,) Keras decisions
     sorted_errors = np.sort(errors)
     margin = threshold_logit - reference_logits  # (N,) logit change needed to reach the threshold
@@ -126,7 +126,8 @@ def simulate_parity(
 
     Returns:
         ``disagreements`` (draws,) int: decisions that differ from Keras;
-        ``accuracy_delta_points`` (draws,) float: quantized minus Keras accuracy, points.
+        ``accuracy_delta_points`` (draws,) float: quantized minus Keras accuracy, points;
+        ``flip_probabilities`` (N,) float: each image's chance to flip (:func:`flip_probabilities`).
     """
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
@@ -142,7 +143,8 @@ def simulate_parity(
     # A flip turns a right answer wrong (-1) or a wrong one right (+1).
     change = np.where(correct[at_risk], -1, 1)  # (R,)
     return {"disagreements": flips.sum(axis=1),
-            "accuracy_delta_points": 100.0 * (flips * change).sum(axis=1) / len(reference)}
+            "accuracy_delta_points": 100.0 * (flips * change).sum(axis=1) / len(reference),
+            "flip_probabilities": chance}
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def chance_of_targets(
     within = np.abs(delta) <= max_accuracy_delta_points + 1e-9
     return ParityChance(
         n_images=n_images,
-        expected_disagreements=float(flip_probabilities(reference_probabilities, threshold, errors).sum()),
+        expected_disagreements=float(simulated["flip_probabilities"].sum()),
         max_disagreements=max_disagreements,
         p_agreement=float(agreement_met.mean()),
         p_accuracy_within=float(within.mean()),

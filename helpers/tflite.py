@@ -467,15 +467,14 @@ def quantize_int8(
             debugger = tf.lite.experimental.QuantizationDebugger(
                 converter=converter, debug_dataset=representative_dataset(debug_set, dtype=np.uint8))
             debugger.run()  # per-op errors of the fully int8 model
-        statistics = io.StringIO()
-        debugger.layer_statistics_dump(statistics)
-        rows = list(csv.DictReader(io.StringIO(statistics.getvalue())))
-        float_nodes = tuple(row["tensor_name"] for row in rows
-                            if any(_mentions_layer(row["tensor_name"], layer) for layer in float_layers))
-        if float_layers and not float_nodes:
-            raise ValueError(f"float_layers {list(float_layers)} match no TFLite op of {model.name!r} "
-                             "(were they fused away?): choose other layers.")
-        with quiet_quantizer():
+            statistics = io.StringIO()
+            debugger.layer_statistics_dump(statistics)
+            rows = list(csv.DictReader(io.StringIO(statistics.getvalue())))
+            float_nodes = tuple(row["tensor_name"] for row in rows
+                                if any(_mentions_layer(row["tensor_name"], layer) for layer in float_layers))
+            if float_layers and not float_nodes:
+                raise ValueError(f"float_layers {list(float_layers)} match no TFLite op of {model.name!r} "
+                                 "(were they fused away?): choose other layers.")
             all_int8_content = debugger.get_nondebug_quantized_model()  # nothing denylisted yet
             content = all_int8_content
             if float_nodes:

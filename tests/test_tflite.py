@@ -10,6 +10,8 @@ MobileNetV2's stem layer names, with the int8 tolerance.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -460,9 +462,6 @@ def test_interleaved_latency_gives_runs_samples_per_model(converted, test_images
 
 
 def test_quiet_quantizer_drops_only_the_quantizer_lines(capfd):
-    import os
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with tflite.quiet_quantizer():
@@ -477,8 +476,6 @@ def test_quiet_quantizer_drops_only_the_quantizer_lines(capfd):
 
 
 def test_quiet_quantizer_keeps_lines_when_the_block_raises(capfd):
-    import os
-
     with pytest.raises(RuntimeError, match="conversion failed"):
         with tflite.quiet_quantizer():
             os.write(2, b"why it failed\n")
