@@ -170,6 +170,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    **tflite.cpu_description(),  # int8 / float32 ratios depend on these
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "settings": {"runs": args.runs, "warmup": args.warmup, "thread_counts": thread_counts,
                      "interleaved_block": 10, "parity_source": parity_source,
@@ -180,8 +181,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def summary_lines(report: dict) -> list[str]:
     multi = report["settings"]["thread_counts"][-1]
-    lines = [f"{'variant':>13} {'MB':>6} {'1t med':>7} {'1t p90':>7} {f'{multi}t med':>7} {'speedup':>7} "
-             f"{'peak MB':>7} {'agree':>7} {'acc':>6}"]
+    machine = report["machine"]
+    lines = [f"CPU: {machine.get('cpu_model') or machine['processor']} "
+             f"({' '.join(machine.get('cpu_flags') or []) or 'flags unknown'}), {machine['cpu_count']} cores"]
+    lines += [f"{'variant':>13} {'MB':>6} {'1t med':>7} {'1t p90':>7} {f'{multi}t med':>7} {'speedup':>7} "
+              f"{'peak MB':>7} {'agree':>7} {'acc':>6}"]
     for variant, e in report["variants"].items():
         lines.append(f"{variant:>13} {e['size_mb']:6.2f} {e['latency_ms_1thread_median']:7.2f} "
                      f"{e['latency_ms_1thread_p90']:7.2f} {e['latency_ms_multithread_median']:7.2f} "

@@ -1186,6 +1186,45 @@ def interpret(probability: float, metadata: dict) -> dict:
 # --------------------------------------------------------------------------- #
 # Latency and memory (used by benchmarks/tflite_benchmark.py)
 # --------------------------------------------------------------------------- #
+# Instruction-set extensions that decide which XNNPACK kernels run, so how int8 and
+# float32 compare: the same files gave int8 1.93-1.97x float32's single-thread speed
+# on one x86 CPU and 1.64-1.73x on an AVX-512 Xeon (float32 gains more from AVX-512).
+SPEED_RELEVANT_CPU_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+    "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16",  # x86
+    "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16",  # Arm (Features line)
+)
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """The CPU's name and its speed-relevant flags, from the text of Linux ``/proc/cpuinfo``.
+
+    Returns:
+        ``{"cpu_model": str | None, "cpu_flags": [...]}``: the first ``model name`` (x86)
+        or ``Model`` / ``Hardware`` line (Arm), and those of
+        :data:`SPEED_RELEVANT_CPU_FLAGS` on the first ``flags`` / ``Features`` line, in
+        that tuple's order. Missing lines give ``None`` and ``[]``.
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, separator, value = line.partition(":")
+        if separator:
+            fields.setdefault(key.strip().lower(), value.strip())
+    model = fields.get("model name") or fields.get("model") or fields.get("hardware") or None
+    present = set((fields.get("flags") or fields.get("features") or "").split())
+    return {"cpu_model": model, "cpu_flags": [flag for flag in SPEED_RELEVANT_CPU_FLAGS if flag in present]}
+
+
+def cpu_description(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo") -> dict:
+    """:func:`parse_cpuinfo` of this machine; ``platform.processor()`` where there is no cpuinfo (macOS, Windows)."""
+    import platform
+
+    try:
+        return parse_cpuinfo(Path(cpuinfo_path).read_text(errors="replace"))
+    except OSError:
+        return {"cpu_model": platform.processor() or platform.machine() or None, "cpu_flags": []}
+
+
 def time_invocations(classifier: TFLiteClassifier, runs: int) -> np.ndarray:
     """Milliseconds of ``runs`` back-to-back ``invoke()`` calls on the current input."""
     import time

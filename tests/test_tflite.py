@@ -481,3 +481,42 @@ def test_quiet_quantizer_keeps_lines_when_the_block_raises(capfd):
             os.write(2, b"why it failed\n")
             raise RuntimeError("conversion failed")
     assert "why it failed" in capfd.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# Which CPU a benchmark ran on (int8 / float32 ratios depend on it)
+# --------------------------------------------------------------------------- #
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu vme sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni amx_int8 amx_tile
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu vme
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp i8mm
+CPU part\t: 0xd0b
+
+Model\t\t: Raspberry Pi 5 Model B Rev 1.0
+"""
+
+
+def test_parse_cpuinfo_x86_takes_the_first_processor_and_the_speed_flags():
+    description = tflite.parse_cpuinfo(X86_CPUINFO)
+    assert description == {"cpu_model": "Intel(R) Xeon(R) Processor",
+                           "cpu_flags": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"]}
+
+
+def test_parse_cpuinfo_arm_reads_features_and_model():
+    assert tflite.parse_cpuinfo(ARM_CPUINFO) == {"cpu_model": "Raspberry Pi 5 Model B Rev 1.0",
+                                                 "cpu_flags": ["asimd", "asimddp", "i8mm"]}
+
+
+def test_cpu_description_without_cpuinfo_falls_back(tmp_path):
+    assert tflite.parse_cpuinfo("") == {"cpu_model": None, "cpu_flags": []}
+    description = tflite.cpu_description(tmp_path / "no-cpuinfo")
+    assert description["cpu_flags"] == [] and set(description) == {"cpu_model", "cpu_flags"}
