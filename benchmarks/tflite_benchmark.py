@@ -182,8 +182,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 def summary_lines(report: dict) -> list[str]:
     multi = report["settings"]["thread_counts"][-1]
     machine = report["machine"]
-    lines = [f"CPU: {machine.get('cpu_model') or machine['processor']} "
-             f"({' '.join(machine.get('cpu_flags') or []) or 'flags unknown'}), {machine['cpu_count']} cores"]
+    lines = [f"CPU: {machine['cpu_model'] or machine['processor']} "
+             f"({' '.join(machine['cpu_flags']) or 'flags unknown'}), {machine['cpu_count']} cores"]
     lines += [f"{'variant':>13} {'MB':>6} {'1t med':>7} {'1t p90':>7} {f'{multi}t med':>7} {'speedup':>7} "
               f"{'peak MB':>7} {'agree':>7} {'acc':>6}"]
     for variant, e in report["variants"].items():
