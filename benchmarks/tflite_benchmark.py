@@ -107,16 +107,17 @@ def benchmark_image() -> np.ndarray:
 def compute_parity(paths: dict[str, Path], image_count: int | None) -> dict[str, dict]:
     """Agreement and test metrics of each variant vs the Keras model (when parity.json is stale)."""
     from helpers import data, model as model_lib
+    from helpers.operating_point import load_operating_point
 
-    operating_point = tflite.load_operating_point()
+    threshold = load_operating_point().threshold
     test = data.load_examples("test").head(image_count)
     images = data.decode_images_cached(test)  # (N, 224, 224, 3) uint8
     keras_probabilities = model_lib.load_model().predict(images.astype(np.float32), batch_size=32, verbose=0)[:, 0]
     results = {}
     for variant, path in paths.items():
         probabilities = tflite.TFLiteClassifier(path, num_threads=os.cpu_count()).predict(images)
-        results[variant] = tflite.parity(keras_probabilities, probabilities, test.labels, operating_point["threshold"])
-        results[variant]["threshold"] = operating_point["threshold"]
+        results[variant] = tflite.parity(keras_probabilities, probabilities, test.labels, threshold)
+        results[variant]["threshold"] = threshold
     return results
 
 

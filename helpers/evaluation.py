@@ -1,4 +1,4 @@
-"""Evaluation: metrics with bootstrap CIs, the operating point, calibration, abstention.
+"""Evaluation: metrics with bootstrap CIs, choosing the operating point, calibration, abstention.
 
 The rule of this module: **decisions are made on validation, test is only reported.**
 Every decision (threshold, temperature, abstention band) is taken by a function that
@@ -15,18 +15,16 @@ models return). Temperature scaling is monotonic, so it never changes a decision
 only makes the displayed probability honest (``apply_temperature``).
 
 The decisions travel to notebooks 05-07 through ``<artifacts>/metrics.json``:
-:func:`write_metrics` saves them (full schema), :func:`load_operating_point` reads
-the :class:`OperatingPoint` back (threshold, temperature, band; defaults with a
-warning before notebook 04 has run).
+:func:`write_metrics` saves them (full schema), and
+:func:`helpers.operating_point.load_operating_point` reads the
+:class:`~helpers.operating_point.OperatingPoint` back, which holds the one decision rule.
 
 Label 1 is PNEUMONIA (positive), 0 is NORMAL.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +32,9 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.jsonio import read_json_object, write_json
+from helpers.operating_point import (REFER, RERUN_NOTEBOOK_04, called_pneumonia, default_metrics_path,
+                                     in_band, logit, outcomes, sigmoid)
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 COUNT_NAMES = ("tp", "fp", "tn", "fn")
@@ -41,7 +42,6 @@ SPLIT_NAMES = ("train", "validation", "test")
 DECISION_SPLITS = ("validation",)  # the only split a decision may be fitted on
 DEFAULT_MIN_RECALL = 0.98
 DEFAULT_ECE_BINS = 15
-METRICS_FILE_NAME = "metrics.json"
 METRICS_SCHEMA_VERSION = 1
 
 # Published results this project is compared against (test set, threshold 0.5).
@@ -84,18 +84,6 @@ def _as_probabilities(probabilities, expected_length: int | None = None) -> np.n
         raise ValueError("probabilities must be finite and in [0, 1]; pass the model's "
                          "sigmoid output (or apply_temperature(logits, T)), not logits.")
     return probabilities
-
-
-def sigmoid(logits) -> np.ndarray:
-    """Numerically stable logistic function, float64."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(-np.logaddexp(0.0, -logits))
-
-
-def logit(probabilities, epsilon: float = 1e-12) -> np.ndarray:
-    """Inverse of :func:`sigmoid` (probabilities clipped to [eps, 1 - eps])."""
-    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64), epsilon, 1 - epsilon)
-    return np.log(probabilities) - np.log1p(-probabilities)
 
 
 @dataclass(frozen=True)
@@ -181,7 +169,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 def confusion_counts(labels, probabilities, threshold: float) -> dict[str, int]:
     """{tp, fp, tn, fn}: an image is called PNEUMONIA when probability >= threshold."""
     labels = _as_labels(labels)
-    predicted = _as_probabilities(probabilities, len(labels)) >= threshold  # (N,) bool
+    predicted = called_pneumonia(_as_probabilities(probabilities, len(labels)), threshold)  # (N,) bool
     positive = labels == 1
     return {
         "tp": int(np.sum(predicted & positive)),
@@ -291,7 +279,7 @@ class _WeightedScores:
         scores = probabilities[order]
         self.order = order
         self.positive = labels[order].astype(np.float64)  # (N,) 1.0 for PNEUMONIA
-        self.called_positive = scores >= threshold  # (N,) bool
+        self.called_positive = called_pneumonia(scores, threshold)  # (N,) bool
         # last index of each run of equal scores (distinct thresholds, descending)
         self.group_last = np.append(np.flatnonzero(np.diff(scores) != 0), len(scores) - 1)
 
@@ -576,7 +564,8 @@ class Band:
     def decide(self, probabilities) -> np.ndarray:
         """(N,) int: 0 NORMAL, 1 PNEUMONIA, -1 referred to a radiologist."""
         probabilities = _as_probabilities(probabilities)
-        return np.where(probabilities >= self.high, 1, np.where(probabilities < self.low, 0, -1))
+        return np.where(in_band(probabilities, self.low, self.high), REFER,
+                        called_pneumonia(probabilities, self.high).astype(np.int64))
 
 
 def band_outcome(labels, probabilities, band: Band) -> dict[str, float]:
@@ -715,11 +704,12 @@ def most_confident_errors(predictions, threshold: float, kind: str, count: int =
         kind: ``"false_negative"`` (PNEUMONIA called NORMAL, lowest probability first)
             or ``"false_positive"`` (NORMAL called PNEUMONIA, highest first).
     """
+    outcome = outcomes(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
     if kind == "false_negative":
-        mistakes = predictions[(predictions["label"] == 1) & (predictions["probability"] < threshold)]
+        mistakes = predictions[outcome == "FN"]
         return mistakes.sort_values("probability", ascending=True, kind="stable").head(count)
     if kind == "false_positive":
-        mistakes = predictions[(predictions["label"] == 0) & (predictions["probability"] >= threshold)]
+        mistakes = predictions[outcome == "FP"]
         return mistakes.sort_values("probability", ascending=False, kind="stable").head(count)
     raise ValueError(f"kind must be 'false_negative' or 'false_positive', got {kind!r}.")
 
@@ -729,10 +719,6 @@ def most_confident_errors(predictions, threshold: float, kind: str, count: int =
 # --------------------------------------------------------------------------- #
 REQUIRED_KEYS = ("threshold", "temperature", "band", "ece_before", "ece_after", "test", "validation")
 BAND_KEYS = ("low", "high", "coverage", "accuracy_outside", "recall_outside")
-
-
-def default_metrics_path() -> Path:
-    return config.artifacts_dir() / METRICS_FILE_NAME
 
 
 def validate_metrics(report: dict) -> dict:
@@ -751,32 +737,10 @@ def validate_metrics(report: dict) -> dict:
     return report
 
 
-def _json_ready(value):
-    """NaN/inf -> None and NumPy scalars -> Python numbers, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    return value
-
-
 def write_metrics(report: dict, path: str | Path | None = None) -> Path:
     """Validate and write ``report`` as strict JSON (NaN -> null), atomically."""
     validate_metrics(report)
-    path = Path(path) if path else default_metrics_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.part")
-    temporary.write_text(json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n")
-    temporary.replace(path)
-    return path
+    return write_json(report, Path(path) if path else default_metrics_path())
 
 
 def load_metrics(path: str | Path | None = None) -> dict:
@@ -793,171 +757,4 @@ def load_metrics(path: str | Path | None = None) -> dict:
             "e.g. `python -m helpers.notebooks --only 04`, or set CXR_ARTIFACTS_DIR to the "
             "artifacts folder that holds metrics.json."
         )
-    return validate_metrics(_read_json_object(path))
-
-
-# --------------------------------------------------------------------------- #
-# The operating point as the other notebooks use it (threshold, temperature, band)
-# --------------------------------------------------------------------------- #
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_TEMPERATURE = 1.0
-DEFAULTS_SOURCE = "defaults"
-RERUN_NOTEBOOK_04 = ("Re-run notebooks/04_evaluation.ipynb (`python -m helpers.notebooks --only 04`) "
-                     "to rewrite it.")
-
-
-def _real_number(value, name: str) -> float:
-    """``value`` as a finite float; ValueError for None, bool, text or NaN/inf."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    return float(value)
-
-
-def _band_statistics(statistics) -> dict:
-    """The band's extra entries (coverage, accuracy_outside...) kept as JSON scalars."""
-    if not isinstance(statistics, dict):
-        raise ValueError(f"band_statistics must be a dict, got {type(statistics).__name__}.")
-    reserved = {"low", "high"} & set(statistics)
-    if reserved:
-        raise ValueError(f"band_statistics must not hold {sorted(reserved)}: pass band_low / band_high.")
-    return {str(key): value for key, value in statistics.items()
-            if isinstance(value, (numbers.Real, str))}  # drops None (a NaN saved as null) and nesting
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """How the model decides: threshold, temperature and referral band, chosen on validation.
-
-    Notebook 04 chooses them and saves them in metrics.json; notebooks 05-07 and the
-    TFLite metadata read them back with :func:`load_operating_point`. The threshold
-    and band apply to the model's **raw** probability; the temperature only makes the
-    displayed probability calibrated.
-
-    Attributes:
-        threshold: PNEUMONIA when the raw probability >= threshold, in [0, 1].
-        temperature: calibrated probability = sigmoid(logit / temperature), > 0.
-        band_low, band_high: referred to a radiologist when low <= raw probability < high
-            (both None: no band).
-        band_statistics: the band's other entries in metrics.json (coverage,
-            accuracy_outside, recall_outside...), numbers and strings only.
-        temperature_fitted: the temperature was fitted on validation (False: it is a
-            stand-in, 1 unless given, and the calibrated probability is the raw one).
-        source: where the values come from, shown to the reader.
-        warning: non-empty when defaults stand in for a missing metrics.json; it says
-            which notebook to run.
-    """
-
-    threshold: float = DEFAULT_THRESHOLD
-    temperature: float = DEFAULT_TEMPERATURE
-    band_low: float | None = None
-    band_high: float | None = None
-    band_statistics: dict = field(default_factory=dict, hash=False)
-    temperature_fitted: bool = False
-    source: str = DEFAULTS_SOURCE
-    warning: str = ""
-
-    def __post_init__(self):
-        threshold = _real_number(self.threshold, "threshold")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}.")
-        temperature = _real_number(self.temperature, "temperature")
-        if not temperature > 0.0:
-            raise ValueError(f"temperature must be a positive number, got {temperature}.")
-        if (self.band_low is None) != (self.band_high is None):
-            raise ValueError("Give both band_low and band_high, or neither.")
-        low = high = None
-        if self.band_low is not None:
-            low, high = _real_number(self.band_low, "band low"), _real_number(self.band_high, "band high")
-            if not 0.0 <= low <= high <= 1.0:
-                raise ValueError(f"The band needs 0 <= low <= high <= 1, got low {low}, high {high}.")
-        statistics = _band_statistics(self.band_statistics)
-        if statistics and low is None:
-            raise ValueError("band_statistics describe a band: give band_low and band_high too.")
-        for name, value in (("threshold", threshold), ("temperature", temperature), ("band_low", low),
-                            ("band_high", high), ("band_statistics", statistics)):
-            object.__setattr__(self, name, value)
-
-    @property
-    def has_band(self) -> bool:
-        return self.band_low is not None
-
-    @property
-    def band(self) -> dict | None:
-        """``{"low", "high", **band_statistics}``, the band as metrics.json holds it, or None."""
-        if not self.has_band:
-            return None
-        return {"low": self.band_low, "high": self.band_high, **self.band_statistics}
-
-    def calibrated(self, logits) -> np.ndarray:
-        """Calibrated P(PNEUMONIA) from logits, same shape (float64)."""
-        return apply_temperature(logits, self.temperature)
-
-    def referred(self, probabilities) -> np.ndarray:
-        """(N,) bool: the raw probability lies in the referral band [low, high)."""
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if not self.has_band:
-            return np.zeros(probabilities.shape, dtype=bool)
-        return (probabilities >= self.band_low) & (probabilities < self.band_high)
-
-    def describe(self) -> str:
-        band = (f"referral band [{self.band_low:.3f}, {self.band_high:.3f})" if self.has_band
-                else "no referral band")
-        fitted = "" if self.temperature_fitted else " (not fitted on validation)"
-        return (f"threshold {self.threshold:.3f}, temperature {self.temperature:.3f}{fitted}, {band} "
-                f"(from {self.source})")
-
-
-def _read_json_object(path: Path) -> dict:
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not readable JSON ({error}). {RERUN_NOTEBOOK_04}") from error
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not an object. {RERUN_NOTEBOOK_04}")
-    return saved
-
-
-def load_operating_point(path: str | Path | None = None) -> OperatingPoint:
-    """The operating point from ``<artifacts>/metrics.json``, or defaults with a warning.
-
-    The contract:
-
-    * No file (notebook 04 has not run yet): threshold 0.5, temperature 1 (not
-      fitted), no band, ``source == "defaults"`` and a ``warning`` that says to run
-      notebooks/04_evaluation.ipynb.
-    * A file needs only ``threshold``. ``temperature`` is optional (absent: 1 and
-      ``temperature_fitted`` False); ``band`` is optional (absent or null: no band;
-      present: an object with ``low`` and ``high``, its other scalar entries kept in
-      ``band_statistics``). Other keys (the metrics with CIs) are not read here;
-      :func:`load_metrics` checks the full schema for reports.
-    * A file that is not a JSON object, lacks ``threshold``, or holds a value out of
-      range (threshold or band outside [0, 1], low > high, temperature <= 0, not a
-      number) raises ValueError naming the file and saying to re-run notebook 04.
-    """
-    path = Path(path) if path else default_metrics_path()
-    if not path.is_file():
-        return OperatingPoint(warning=(
-            f"No {path.name} at {path}: run notebooks/04_evaluation.ipynb to choose the threshold, "
-            f"temperature and referral band on validation. Until then: threshold {DEFAULT_THRESHOLD}, "
-            f"temperature {DEFAULT_TEMPERATURE} (uncalibrated), no referral band."))
-    saved = _read_json_object(path)
-    if "threshold" not in saved:
-        raise ValueError(f"{path} has no 'threshold' key (keys: {sorted(saved)}). {RERUN_NOTEBOOK_04}")
-    band = saved.get("band")
-    if band is not None and not (isinstance(band, dict) and band.get("low") is not None
-                                 and band.get("high") is not None):
-        raise ValueError(f"{path}: 'band' must be null or an object with numbers 'low' and 'high', "
-                         f"got {band!r}. {RERUN_NOTEBOOK_04}")
-    band = band or {}
-    try:
-        return OperatingPoint(
-            threshold=saved["threshold"],
-            temperature=saved.get("temperature", DEFAULT_TEMPERATURE),
-            band_low=band.get("low"),
-            band_high=band.get("high"),
-            band_statistics={key: value for key, value in band.items() if key not in ("low", "high")},
-            temperature_fitted="temperature" in saved,
-            source=str(path),
-        )
-    except ValueError as error:
-        raise ValueError(f"{path}: {error} {RERUN_NOTEBOOK_04}") from error
+    return validate_metrics(read_json_object(path, RERUN_NOTEBOOK_04))

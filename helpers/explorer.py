@@ -3,11 +3,11 @@
 Everything here is plain Python/NumPy/pandas so it is tested without a browser;
 :mod:`helpers.widgets` only wires these functions to ipywidgets.
 
-* :class:`OperatingPoint` / :func:`load_operating_point` (from :mod:`helpers.evaluation`)
-  -- threshold, temperature and referral band from ``metrics.json`` (notebook 04), or
-  clearly-labelled defaults when it is missing. The threshold and band apply to the
-  model's **raw** probability; the temperature only makes the displayed probability
-  calibrated.
+* :class:`~helpers.operating_point.OperatingPoint` (from
+  :func:`helpers.operating_point.load_operating_point`) -- threshold, temperature and
+  referral band from ``metrics.json`` (notebook 04) or a site calibration file, or
+  clearly-labelled defaults when it is missing. It holds the decision rule; the
+  explorer only asks it.
 * :func:`outcome_table` / :func:`select_cases` -- every test image with its outcome
   (TP / TN / FP / FN at a threshold, and whether it falls in the referral band),
   filtered and sorted by confidence.
@@ -37,8 +37,7 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
-# The operating point has one loader, in helpers.evaluation; re-exported for notebook 07.
-from helpers.evaluation import OperatingPoint, load_operating_point  # noqa: F401
+from helpers.operating_point import OperatingPoint, outcomes
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
 OUTCOME_DESCRIPTIONS = {
@@ -64,14 +63,6 @@ class ImageRejected(ValueError):
 # --------------------------------------------------------------------------- #
 # Cases by outcome
 # --------------------------------------------------------------------------- #
-def outcomes(labels, probabilities, threshold: float) -> np.ndarray:
-    """(N,) str "TP"/"TN"/"FP"/"FN": PNEUMONIA called when probability >= threshold."""
-    labels = np.asarray(labels)
-    predicted = np.asarray(probabilities, dtype=np.float64) >= threshold
-    positive = labels == 1
-    return np.where(predicted, np.where(positive, "TP", "FP"), np.where(positive, "FN", "TN"))
-
-
 def outcome_table(predictions, point: OperatingPoint, threshold: float | None = None):
     """Each image's outcome at ``threshold`` (default: the operating point's).
 
@@ -90,15 +81,16 @@ def outcome_table(predictions, point: OperatingPoint, threshold: float | None = 
     if missing:
         raise ValueError(f"The predictions table lacks column(s) {sorted(missing)}; make it "
                          "with helpers.predict.predict(model, examples).")
-    threshold = point.threshold if threshold is None else float(threshold)
+    if threshold is not None:
+        point = point.with_threshold(threshold)
     table = predictions.copy()
     probabilities = table["probability"].to_numpy(dtype=np.float64)  # (N,)
     calibrated = point.calibrated(table["logit"].to_numpy(dtype=np.float64))  # (N,)
-    predicted = (probabilities >= threshold).astype(np.int64)
+    predicted = point.predicted(probabilities)  # (N,) 0/1
     table["calibrated_probability"] = calibrated
     table["predicted"] = predicted
     table["decision"] = np.array(CLASS_NAMES)[predicted]
-    table["outcome"] = outcomes(table["label"].to_numpy(), probabilities, threshold)
+    table["outcome"] = point.outcomes(table["label"].to_numpy(), probabilities)
     table["referred"] = point.referred(probabilities)
     table["confidence"] = np.where(predicted == 1, calibrated, 1.0 - calibrated)
     return table
@@ -480,7 +472,8 @@ class Explainer:
         if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"Expected one ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) image, got {image.shape}; "
                              "decode it with helpers.data.load_image.")
-        threshold = self.point.threshold if threshold is None else float(threshold)
+        point = self.point if threshold is None else self.point.with_threshold(threshold)
+        threshold = point.threshold
         chosen = self.engine(engine)
         verdict = self.check_ood(image) if check_ood else None
         notes = []
@@ -494,17 +487,17 @@ class Explainer:
                                ood=verdict, info=info, threshold=threshold, notes=tuple(notes))
         probabilities, logits = chosen.predict(image[np.newaxis])
         probability, logit_value = float(probabilities[0]), float(logits[0])
-        decided_class = int(probability >= threshold)
+        decided_class = int(point.predicted([probability])[0])
         heatmap = compute_gradcam(self.model, image, target=[decided_class])  # (224, 224)
         if chosen.name != KERAS_ENGINE_NAME:
             notes.append("Grad-CAM is computed on the Keras model (TFLite models have no gradients).")
-        calibrated = float(self.point.calibrated(logit_value))
+        calibrated = float(point.calibrated(logit_value))
         return Explanation(
             name=name, accepted=True,
             message=verdict.message if verdict is not None else "No OOD check.",
             engine=chosen.name, image=image, probability=probability,
             calibrated_probability=calibrated, logit=logit_value, threshold=threshold,
-            decision=CLASS_NAMES[decided_class], referred=bool(self.point.referred([probability])[0]),
+            decision=CLASS_NAMES[decided_class], referred=bool(point.referred([probability])[0]),
             heatmap=heatmap, label=label, ood=verdict, info=info, notes=tuple(notes),
         )
 
@@ -705,15 +698,17 @@ def compare_engines(explainer: Explainer, images: np.ndarray, names, threshold: 
     """
     import pandas as pd
 
-    threshold = explainer.point.threshold if threshold is None else float(threshold)
+    point = explainer.point if threshold is None else explainer.point.with_threshold(threshold)
     images = np.asarray(images, dtype=np.float32)
     rows = []
     for engine in explainer.engines.values():
         probabilities, logits = engine.predict(images)
-        calibrated = explainer.point.calibrated(logits)
-        referred = explainer.point.referred(probabilities)
-        for name, probability, calibrated_value, refer in zip(names, probabilities, calibrated, referred):
+        calibrated = point.calibrated(logits)
+        referred = point.referred(probabilities)
+        predicted = point.predicted(probabilities)
+        for name, probability, calibrated_value, refer, decided in zip(
+                names, probabilities, calibrated, referred, predicted):
             rows.append({"image": name, "engine": engine.name, "probability": float(probability),
                          "calibrated": float(calibrated_value),
-                         "decision": CLASS_NAMES[int(probability >= threshold)], "refer": bool(refer)})
+                         "decision": CLASS_NAMES[int(decided)], "refer": bool(refer)})
     return pd.DataFrame(rows)

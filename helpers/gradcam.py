@@ -36,7 +36,6 @@ Everything works on the flat functional graph of :mod:`helpers.model` (layers
 from __future__ import annotations
 
 import difflib
-import json
 import weakref
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +43,8 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.jsonio import write_json
+from helpers.operating_point import outcomes
 
 CONV_LAYER = "out_relu"
 LOGIT_LAYER = "logit"
@@ -767,21 +768,6 @@ def describe_regions(name: str, shares: dict) -> str:
 # --------------------------------------------------------------------------- #
 # Predictions, threshold and galleries
 # --------------------------------------------------------------------------- #
-def load_threshold(artifacts: Path | None = None) -> tuple[float, str]:
-    """The decision threshold from ``<artifacts>/metrics.json`` (notebook 04).
-
-    Returns ``(threshold, source)``. Read with
-    :func:`helpers.evaluation.load_operating_point`, so the same rules hold: 0.5
-    (``source`` says so and to run notebook 04) when the file does not exist yet, a
-    file with only a threshold is enough, and a broken file raises ValueError.
-    """
-    from helpers.evaluation import METRICS_FILE_NAME, load_operating_point
-
-    point = load_operating_point(Path(artifacts) / METRICS_FILE_NAME if artifacts else None)
-    source = f"default {point.threshold} ({point.warning})" if point.warning else point.source
-    return point.threshold, source
-
-
 def probabilities_for_paths(model, paths: Sequence[str], images: np.ndarray, split: str = "test",
                             batch_size: int = 32) -> tuple[np.ndarray, str]:
     """P(pneumonia) for the images of ``paths``: from notebook 04's
@@ -806,14 +792,8 @@ def probabilities_for_paths(model, paths: Sequence[str], images: np.ndarray, spl
 
 def outcome_groups(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """Indices of true/false positives/negatives: {"TP", "TN", "FP", "FN"} -> (k,) int."""
-    labels = np.asarray(labels).astype(int)
-    predicted = (np.asarray(probabilities) >= threshold).astype(int)
-    return {
-        "TP": np.flatnonzero((labels == 1) & (predicted == 1)),
-        "TN": np.flatnonzero((labels == 0) & (predicted == 0)),
-        "FP": np.flatnonzero((labels == 0) & (predicted == 1)),
-        "FN": np.flatnonzero((labels == 1) & (predicted == 0)),
-    }
+    outcome = outcomes(labels, probabilities, threshold)  # (N,) "TP"/"TN"/"FP"/"FN"
+    return {name: np.flatnonzero(outcome == name) for name in ("TP", "TN", "FP", "FN")}
 
 
 def choose(indices: np.ndarray, count: int, seed: int = config.DEFAULT_SEED) -> np.ndarray:
@@ -832,19 +812,6 @@ def example_index(labels, probabilities, threshold: float, seed: int = config.DE
     return int(np.argmax(probabilities))
 
 
-def _json_ready(value):
-    """NumPy scalars/arrays to Python; NaN/inf to None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def write_report(results: dict, artifacts: Path | None = None) -> Path:
     """Write ``results`` as ``<artifacts>/gradcam.json`` (atomically); returns the path.
 
@@ -854,7 +821,4 @@ def write_report(results: dict, artifacts: Path | None = None) -> Path:
     for key in ("randomization_rank_correlation", "deletion_auc_gradcam", "deletion_auc_random", "n_images"):
         if key not in results:
             raise ValueError(f"gradcam.json needs the key {key!r}.")
-    temporary = path.with_suffix(".json.part")
-    temporary.write_text(json.dumps(_json_ready(results), indent=2, sort_keys=True, allow_nan=False) + "\n")
-    temporary.replace(path)
-    return path
+    return write_json(results, path, sort_keys=True)

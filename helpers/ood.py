@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import config
+from helpers.jsonio import write_json
 
 DEFAULT_QUANTILE = 0.995
 DEFAULT_MAX_COLOURFULNESS = 25.0
@@ -327,9 +328,7 @@ def evaluate_detector(
 
 def write_report(report: dict, path: str | Path | None = None) -> Path:
     """Write ``report`` as ``<artifacts>/ood.json`` (or ``path``)."""
-    path = Path(path) if path else config.artifacts_dir() / REPORT_FILE_NAME
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return write_json(report, Path(path) if path else config.artifacts_dir() / REPORT_FILE_NAME)
 
 
 # --------------------------------------------------------------------------- #

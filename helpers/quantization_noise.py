@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helpers import evaluation
+from helpers.operating_point import called_pneumonia
 
 # The int8 model's output is a uint8 probability (steps of 1/256): its logit means
 # little near 0 or 1, so errors are measured where Keras is between these.
@@ -104,7 +105,7 @@ def flip_probabilities(reference_probabilities: np.ndarray, threshold: float, er
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)  # (N,)
     reference_logits = logit(reference)  # (N,)
     threshold_logit = float(evaluation.logit(threshold, PROBABILITY_EPSILON))
-    positive = reference >= threshold  # (N,) Keras decisions
+    positive = called_pneumonia(reference, threshold)  # (N,) Keras decisions
     sorted_errors = np.sort(errors)
     margin = threshold_logit - reference_logits  # (N,) logit change needed to reach the threshold
     # A positive decision flips when logit + error < threshold logit: error < margin.
@@ -137,7 +138,7 @@ def simulate_parity(
         raise ValueError(f"draws must be >= 1, got {draws}.")
     chance = flip_probabilities(reference, threshold, errors)  # (N,)
     at_risk = np.flatnonzero(chance > 0)  # only images that can flip matter
-    correct = (reference >= threshold) == labels.astype(bool)  # (N,) Keras right?
+    correct = called_pneumonia(reference, threshold) == labels.astype(bool)  # (N,) Keras right?
     rng = np.random.default_rng(seed)
     flips = rng.random((draws, len(at_risk))) < chance[at_risk]  # (draws, R)
     # A flip turns a right answer wrong (-1) or a wrong one right (+1).

@@ -68,6 +68,7 @@ import numpy as np
 
 from helpers import config
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
+from helpers.operating_point import OperatingPoint, called_pneumonia
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
 TFLITE_SUBDIR = "tflite"
@@ -827,22 +828,11 @@ class TFLiteClassifier:
 # --------------------------------------------------------------------------- #
 def decision_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy, recall (sensitivity), specificity and precision at ``threshold``."""
-    predicted = np.asarray(probabilities) >= threshold
-    labels = np.asarray(labels).astype(bool)
-    true_positive = int(np.sum(predicted & labels))
-    true_negative = int(np.sum(~predicted & ~labels))
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    predicted_positive = int(predicted.sum())
+    from helpers.evaluation import confusion_counts, metrics_from_counts
 
-    def ratio(numerator: int, denominator: int) -> float:
-        return numerator / denominator if denominator else float("nan")
-
-    return {
-        "accuracy": ratio(true_positive + true_negative, len(labels)),
-        "recall": ratio(true_positive, positives),
-        "specificity": ratio(true_negative, negatives),
-        "precision": ratio(true_positive, predicted_positive),
-    }
+    metrics = metrics_from_counts(**confusion_counts(np.asarray(labels).astype(np.int64),
+                                                     np.asarray(probabilities).reshape(-1), threshold))
+    return {name: metrics[name] for name in ("accuracy", "recall", "specificity", "precision")}
 
 
 def parity(
@@ -871,7 +861,7 @@ def parity(
     if not (len(reference) == len(candidate) == len(labels)) or len(labels) == 0:
         raise ValueError(f"Need as many reference probabilities ({len(reference)}) as probabilities "
                          f"({len(candidate)}) and labels ({len(labels)}), at least one.")
-    same = (reference >= threshold) == (candidate >= threshold)
+    same = called_pneumonia(reference, threshold) == called_pneumonia(candidate, threshold)
     difference = np.abs(reference - candidate)
     mine = decision_metrics(candidate, labels, threshold)
     theirs = decision_metrics(reference, labels, threshold)
@@ -910,35 +900,15 @@ def parity_table(
 # --------------------------------------------------------------------------- #
 # Metadata beside each .tflite
 # --------------------------------------------------------------------------- #
-def load_operating_point(metrics_path: str | os.PathLike | None = None) -> dict:
-    """The operating point for the metadata file, as a JSON-ready dict.
+def decision_block(point: OperatingPoint) -> dict:
+    """The metadata's ``decision`` entry: the operating point's JSON form, and where it came from.
 
-    Read by :func:`helpers.evaluation.load_operating_point` (one loader, one contract
-    for every notebook): without metrics.json, threshold 0.5, temperature 1 and no
-    band, flagged ``"calibrated": False`` so an app can show it is uncalibrated.
-
-    Returns:
-        ``{"threshold", "temperature", "band": {"low", "high", ...} | None,
-        "calibrated", "source", "applies_to"}``.
-
-    Raises:
-        TFLiteModelError: metrics.json exists but is unreadable, lacks ``threshold``
-            or holds values out of range (the message says to re-run notebook 04).
+    Without metrics.json, the defaults (threshold 0.5, temperature 1, no band) are
+    flagged ``"calibrated": False`` so an app can show it is uncalibrated.
     """
-    from helpers.evaluation import load_operating_point as load_shared
-
-    try:
-        point = load_shared(metrics_path)
-    except ValueError as error:
-        raise TFLiteModelError(str(error)) from error
     source = Path(point.source).name if point.source != "defaults" else (
         "defaults: metrics.json not found (run notebooks/04_evaluation.ipynb)")
-    return {
-        "threshold": point.threshold, "temperature": point.temperature, "band": point.band,
-        "calibrated": point.temperature_fitted, "source": source,
-        "applies_to": "raw output probability (threshold: PNEUMONIA if p >= threshold; "
-                      "band: refer if low <= p < high)",
-    }
+    return {**point.to_dict(), "source": source}
 
 
 def model_version(keras_model_path: str | os.PathLike | None = None) -> dict:
@@ -963,7 +933,7 @@ def model_version(keras_model_path: str | os.PathLike | None = None) -> dict:
 def build_metadata(
     model_path: str | os.PathLike,
     variant: str,
-    operating_point: dict,
+    operating_point: OperatingPoint,
     keras_model_path: str | os.PathLike | None = None,
     calibration: dict | None = None,
     extra: dict | None = None,
@@ -984,8 +954,8 @@ def build_metadata(
                              classifier.input.dtype == np.uint8 else " Pass them as float32.")),
     })
     output_info = classifier.output.as_dict()
-    output_info["meaning"] = ("P(PNEUMONIA) before temperature scaling; calibrated probability = "
-                              "sigmoid(logit(p) / temperature)")
+    output_info["meaning"] = ("P(PNEUMONIA) before calibration; calibrated probability = "
+                              "sigmoid(logit(p) / temperature + intercept)")
     metadata = {
         "schema_version": METADATA_SCHEMA_VERSION,
         "model_file": Path(model_path).name,
@@ -997,7 +967,7 @@ def build_metadata(
         "positive_label": CLASS_NAMES[1],
         "input": input_info,
         "output": output_info,
-        "decision": dict(operating_point),
+        "decision": decision_block(operating_point),
         "model_version": model_version(keras_model_path),
         "provenance": {
             "dataset": DATASET_PROVENANCE,
@@ -1156,31 +1126,23 @@ def read_metadata(path: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------- #
 # What the app does with the metadata (the reference implementation, tested)
 # --------------------------------------------------------------------------- #
-def calibrated_probability(probability: float | np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(p) / temperature)``; p is clipped away from 0 and 1 first."""
-    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-7, 1.0 - 1e-7)
-    logit = np.log(p) - np.log1p(-p)
-    return 1.0 / (1.0 + np.exp(-logit / temperature))
-
-
 def interpret(probability: float, metadata: dict) -> dict:
     """Turn one model output into what the app shows, following ``metadata["decision"]``.
 
-    As in ``helpers.evaluation``, the threshold and the band apply to the model's raw
-    output probability; the temperature only changes the confidence shown.
-    PNEUMONIA when ``p >= threshold``; referred to a radiologist when
-    ``band.low <= p < band.high``.
+    The decision rule is :class:`helpers.operating_point.OperatingPoint`'s, read from
+    the metadata: the threshold and the band apply to the model's raw output
+    probability; the calibration only changes the confidence shown.
     """
-    decision = metadata["decision"]
+    point = OperatingPoint.from_dict(metadata["decision"], source=str(metadata.get("model_file", "")),
+                                     remedy="Re-run notebook 06 to rewrite the metadata.")
     probability = float(probability)
-    calibrated = float(calibrated_probability(probability, decision["temperature"]))
-    band = decision.get("band")
-    refer = bool(band) and band["low"] <= probability < band["high"]
-    positive = probability >= decision["threshold"]
+    calibrated = float(point.calibrated_from_probability(probability))
+    positive = bool(point.predicted([probability])[0])
     label = metadata["labels"][1] if positive else metadata["labels"][0]
+    refer = bool(point.referred([probability])[0])
     return {"label": "REFER" if refer else label, "model_label": label, "probability": probability,
             "confidence": calibrated if positive else 1.0 - calibrated,
-            "calibrated": bool(decision.get("calibrated", False))}
+            "calibrated": point.temperature_fitted}
 
 
 # --------------------------------------------------------------------------- #

@@ -728,21 +728,3 @@ def training_record(training_config: TrainingConfig, result: TrainingResult, val
     }
     record.update(extra or {})
     return record
-
-
-def save_json(payload: dict, path: str | Path) -> Path:
-    """Write ``payload`` as indented JSON (NumPy scalars converted)."""
-
-    def convert(value):
-        if isinstance(value, (np.integer,)):
-            return int(value)
-        if isinstance(value, (np.floating,)):
-            return float(value)
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-        raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=convert) + "\n")
-    return path

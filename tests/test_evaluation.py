@@ -11,6 +11,7 @@ import pytest
 
 from helpers import evaluation
 from helpers.evaluation import ScoredSplit, TestSplitError
+from helpers.operating_point import OperatingPoint
 
 # Ten images, threshold 0.5 (PNEUMONIA when probability >= 0.5), checked by hand:
 #   label        1    1    1    1    1    1    0    0    0    0
@@ -484,98 +485,10 @@ def test_metrics_schema_is_enforced(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
-# --------------------------------------------------------------------------- #
-# The operating point loaded from metrics.json (one loader for notebooks 05-07)
-# --------------------------------------------------------------------------- #
-def write_json(path, value):
-    path.write_text(json.dumps(value))
-    return path
-
-
-def test_missing_metrics_json_gives_flagged_defaults(tmp_path):
-    point = evaluation.load_operating_point(tmp_path / "metrics.json")
-    assert (point.threshold, point.temperature, point.band, point.has_band) == (0.5, 1.0, None, False)
-    assert point.temperature_fitted is False and point.source == "defaults"
-    assert "notebooks/04_evaluation.ipynb" in point.warning and str(tmp_path) in point.warning
-    assert point == evaluation.OperatingPoint(warning=point.warning)  # exactly the documented defaults
-
-
-def test_default_path_is_the_artifacts_metrics_json(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
-    evaluation.write_metrics(minimal_report())
-    assert evaluation.load_operating_point().source == str(tmp_path / "metrics.json")
-
-
-def test_operating_point_from_a_full_metrics_json(tmp_path):
-    report = minimal_report()
-    report["band"]["recall_outside"] = float("nan")  # written as null: dropped, not a crash
-    path = evaluation.write_metrics(report, tmp_path / "metrics.json")
-    point = evaluation.load_operating_point(path)
-    assert (point.threshold, point.temperature, point.band_low, point.band_high) == (0.42, 1.7, 0.2, 0.8)
-    assert point.temperature_fitted is True and point.warning == "" and point.source == str(path)
-    assert point.band_statistics == {"coverage": 0.86, "accuracy_outside": 0.97}
-    assert point.band == {"low": 0.2, "high": 0.8, "coverage": 0.86, "accuracy_outside": 0.97}
-    np.testing.assert_allclose(point.calibrated([1.7]), evaluation.sigmoid(1.0))
-    assert point.referred([0.19, 0.2, 0.79, 0.8]).tolist() == [False, True, True, False]  # [low, high)
-    assert str(path) in point.describe() and "not fitted" not in point.describe()
-
-
-def test_a_partial_metrics_json_needs_only_the_threshold(tmp_path):
-    # The contract: only "threshold" is required; no temperature -> 1, flagged not
-    # fitted (uncalibrated); no band (absent or null) -> nobody is referred.
-    point = evaluation.load_operating_point(write_json(tmp_path / "metrics.json", {"threshold": 0.42}))
-    assert (point.threshold, point.temperature, point.band) == (0.42, 1.0, None)
-    assert point.temperature_fitted is False and point.warning == ""
-    assert "not fitted" in point.describe()
-    point = evaluation.load_operating_point(write_json(
-        tmp_path / "metrics.json", {"threshold": 0.3, "temperature": 2.0, "band": None}))
-    assert (point.temperature, point.temperature_fitted, point.has_band) == (2.0, True, False)
-    point = evaluation.load_operating_point(write_json(
-        tmp_path / "metrics.json", {"threshold": 0.3, "band": {"low": 0.1, "high": 0.6, "nested": {"a": 1}}}))
-    assert point.band == {"low": 0.1, "high": 0.6}
-
-
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not readable JSON"),
-    ("[0.5]", "not an object"),
-    ('{"temperature": 1.0}', "no 'threshold' key"),
-    ('{"threshold": null}', "threshold must be a finite number"),
-    ('{"threshold": "0.5"}', "threshold must be a finite number"),
-    ('{"threshold": 1.5}', r"threshold must be a probability in \[0, 1\]"),
-    ('{"threshold": 0.5, "temperature": 0}', "temperature must be a positive number"),
-    ('{"threshold": 0.5, "temperature": null}', "temperature must be a finite number"),
-    ('{"threshold": 0.5, "band": {"low": 0.2}}', "'band' must be null or an object"),
-    ('{"threshold": 0.5, "band": [0.2, 0.8]}', "'band' must be null or an object"),
-    ('{"threshold": 0.5, "band": {"low": 0.8, "high": 0.2}}', "low <= high"),
-    ('{"threshold": 0.5, "band": {"low": 0.2, "high": 1.2}}', "low <= high <= 1"),
-], ids=["not-json", "not-object", "no-threshold", "null-threshold", "text-threshold", "threshold-range",
-        "zero-temperature", "null-temperature", "band-without-high", "band-list", "band-reversed",
-        "band-range"])
-def test_a_broken_metrics_json_raises_naming_the_file_and_notebook_04(tmp_path, content, message):
-    path = tmp_path / "metrics.json"
-    path.write_text(content)
-    with pytest.raises(ValueError, match=message) as raised:
-        evaluation.load_operating_point(path)
-    assert str(path) in str(raised.value) and "04_evaluation" in str(raised.value)
-
-
-def test_operating_point_refuses_nonsense():
-    with pytest.raises(ValueError, match="temperature"):
-        evaluation.OperatingPoint(temperature=0.0)
-    with pytest.raises(ValueError, match="both band_low and band_high"):
-        evaluation.OperatingPoint(band_low=0.2)
-    with pytest.raises(ValueError, match="threshold"):
-        evaluation.OperatingPoint(threshold=-0.1)
-    with pytest.raises(ValueError, match="give band_low and band_high"):
-        evaluation.OperatingPoint(band_statistics={"coverage": 0.9})
-    with pytest.raises(ValueError, match="must not hold"):
-        evaluation.OperatingPoint(band_low=0.2, band_high=0.4, band_statistics={"low": 0.1})
-
-
 def test_threshold_choice_is_not_the_loaded_operating_point():
     chosen = evaluation.choose_operating_point(synthetic_split(n=200, seed=3))
     assert isinstance(chosen, evaluation.ThresholdChoice)
-    assert not isinstance(chosen, evaluation.OperatingPoint)
+    assert not isinstance(chosen, OperatingPoint)
 
 
 # --------------------------------------------------------------------------- #

@@ -16,6 +16,7 @@ import pytest
 
 from helpers import data, evaluation, explorer, ood
 from helpers.explorer import ImageRejected
+from helpers.operating_point import load_operating_point
 
 
 # --------------------------------------------------------------------------- #
@@ -127,7 +128,7 @@ def metrics_report(threshold=0.4, temperature=2.0, low=0.3, high=0.6) -> dict:
 # Operating point
 # --------------------------------------------------------------------------- #
 def test_missing_metrics_gives_defaults_and_names_notebook_04(tmp_path):
-    point = explorer.load_operating_point(tmp_path / "metrics.json")
+    point = load_operating_point(tmp_path / "metrics.json")
     assert (point.threshold, point.temperature, point.has_band) == (0.5, 1.0, False)
     assert "04_evaluation" in point.warning
     assert not point.referred([0.5]).any()
@@ -135,7 +136,7 @@ def test_missing_metrics_gives_defaults_and_names_notebook_04(tmp_path):
 
 def test_operating_point_from_metrics_json(tmp_path):
     path = evaluation.write_metrics(metrics_report(), tmp_path / "metrics.json")
-    point = explorer.load_operating_point(path)
+    point = load_operating_point(path)
     assert (point.threshold, point.temperature, point.band_low, point.band_high) == (0.4, 2.0, 0.3, 0.6)
     assert point.warning == "" and str(path) in point.describe()
     np.testing.assert_allclose(point.calibrated([2.0]), evaluation.sigmoid(1.0))
@@ -143,18 +144,11 @@ def test_operating_point_from_metrics_json(tmp_path):
     assert point.referred([0.29, 0.3, 0.59, 0.6]).tolist() == [False, True, True, False]
 
 
-def test_the_explorer_uses_the_one_operating_point_loader(tmp_path):
-    # helpers.evaluation owns the loader and its contract (tests/test_evaluation.py);
-    # the explorer re-exports it for notebook 07.
-    assert explorer.load_operating_point is evaluation.load_operating_point
-    assert explorer.OperatingPoint is evaluation.OperatingPoint
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"threshold": 0.5}))  # partial: accepted, uncalibrated, no band
-    point = explorer.load_operating_point(path)
-    assert (point.temperature, point.temperature_fitted, point.has_band, point.warning) == (1.0, False, False, "")
-    path.write_text(json.dumps({"threshold": 0.5, "temperature": -1.0}))
-    with pytest.raises(ValueError, match="04_evaluation"):
-        explorer.load_operating_point(path)
+def test_a_moved_threshold_changes_outcomes_but_not_the_band(tmp_path):
+    point = explorer.OperatingPoint(threshold=0.5, band_low=0.4, band_high=0.6)
+    table = explorer.outcome_table(predictions_frame(), point, threshold=0.04)
+    assert (table["decision"] == "PNEUMONIA").all()  # every probability >= 0.04 (the lowest is 0.047)
+    assert table["referred"].tolist() == explorer.outcome_table(predictions_frame(), point)["referred"].tolist()
 
 
 # --------------------------------------------------------------------------- #

@@ -239,17 +239,6 @@ def test_outcome_groups_and_seeded_choice():
     assert len(gradcam.choose(np.arange(2), 3)) == 2
 
 
-def test_load_threshold_reads_metrics_json_through_the_evaluation_loader(tmp_path):
-    threshold, source = gradcam.load_threshold(tmp_path)
-    assert threshold == 0.5 and source.startswith("default 0.5") and "04_evaluation" in source
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"threshold": 0.42}))  # a threshold alone is enough
-    assert gradcam.load_threshold(tmp_path) == (0.42, str(path))
-    path.write_text(json.dumps({"threshold": 1.42}))
-    with pytest.raises(ValueError, match="04_evaluation"):
-        gradcam.load_threshold(tmp_path)
-
-
 def test_probabilities_for_paths_reads_saved_predictions_or_predicts(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
     model = small_conv_model()

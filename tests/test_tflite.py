@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import tflite
+from helpers.operating_point import OperatingPoint, load_operating_point
 
 SIZE = 16  # tiny images keep conversion and calibration fast
 
@@ -339,32 +340,26 @@ METRICS = {"threshold": 0.62, "temperature": 1.7,
            "band": {"low": 0.3, "high": 0.9, "coverage": 0.86, "accuracy_outside": 0.97, "recall_outside": 0.99}}
 
 
-def test_operating_point_comes_from_metrics_json(tmp_path):
+def test_decision_block_is_the_operating_point_with_its_source(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({**METRICS, "test": {}, "validation": {}}))
-    point = tflite.load_operating_point(path)
-    assert (point["threshold"], point["temperature"], point["calibrated"]) == (0.62, 1.7, True)
-    assert point["band"]["low"] == 0.3 and point["band"]["coverage"] == 0.86
+    block = tflite.decision_block(load_operating_point(path))
+    assert (block["threshold"], block["temperature"], block["calibrated"]) == (0.62, 1.7, True)
+    assert block["band"]["low"] == 0.3 and block["band"]["coverage"] == 0.86 and block["source"] == "metrics.json"
+    assert OperatingPoint.from_dict(block).to_dict() == load_operating_point(path).to_dict()  # read back whole
 
 
-def test_operating_point_falls_back_to_uncalibrated_defaults(tmp_path):
-    point = tflite.load_operating_point(tmp_path / "metrics.json")
-    assert point["threshold"] == 0.5 and point["temperature"] == 1.0 and point["band"] is None
-    assert point["calibrated"] is False and "04_evaluation" in point["source"]
-
-
-def test_operating_point_rejects_a_broken_metrics_file(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text('{"temperature": 1.0}')
-    with pytest.raises(tflite.TFLiteModelError, match="threshold"):
-        tflite.load_operating_point(path)
+def test_decision_block_flags_uncalibrated_defaults(tmp_path):
+    block = tflite.decision_block(load_operating_point(tmp_path / "metrics.json"))
+    assert block["threshold"] == 0.5 and block["temperature"] == 1.0 and block["band"] is None
+    assert block["calibrated"] is False and "04_evaluation" in block["source"]
 
 
 def test_metadata_round_trips(converted, tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(METRICS))
     model_path = converted["int8"]
-    metadata = tflite.build_metadata(model_path, "int8", tflite.load_operating_point(path),
+    metadata = tflite.build_metadata(model_path, "int8", load_operating_point(path),
                                      calibration={"split": "train", "n_images": 64, "seed": 1})
     written = tflite.write_metadata(model_path, metadata)
     assert written == model_path.with_suffix(".json")
@@ -383,7 +378,7 @@ def test_published_metadata_is_embedded_in_the_model_and_outputs_are_unchanged(
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(METRICS))
     before = tflite.TFLiteClassifier(model_path).predict(test_images)
-    metadata = tflite.build_metadata(model_path, "int8", tflite.load_operating_point(metrics))
+    metadata = tflite.build_metadata(model_path, "int8", load_operating_point(metrics))
     written = tflite.publish_metadata(model_path, metadata)
 
     embedded = tflite.read_embedded_metadata(model_path)

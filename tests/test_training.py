@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import data, imbalance, training
+from helpers import data, imbalance, jsonio, training
 from helpers import model as model_lib
 from tests.conftest import tiny_examples, tiny_training_setup
 
@@ -201,7 +201,7 @@ def test_train_two_phase_runs_both_phases_and_keeps_the_best(tmp_path):
     assert result.best_epoch == int(np.argmin(result.history["val_loss"])) + 1
     assert checkpoint.is_file() and "block_15_expand" in result.trainable_layers_phase2
     record = training.training_record(cfg, result, {"roc_auc": 1.0})
-    path = training.save_json(record, tmp_path / "record.json")
+    path = jsonio.write_json(record, tmp_path / "record.json")
     assert json.loads(path.read_text())["best_epoch"] == result.best_epoch
     figure = training.plot_training_curves(result)
     assert len(figure.axes) == 4

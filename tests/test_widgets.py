@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import explorer, predict, widgets
+from helpers.operating_point import load_operating_point
 from helpers.widgets import upload_entry
 from tests.test_explorer import (
     checkerboard, colour_photo, encode, fake_examples, fake_xray, fit_fake_detector, tiny_model,
@@ -171,7 +172,7 @@ def test_engine_choice_reruns_the_case_and_the_upload(parts):
 
 
 def test_missing_metrics_warning_is_shown(parts):
-    app = make_app(parts, point=explorer.load_operating_point("/nonexistent/metrics.json"))
+    app = make_app(parts, point=load_operating_point("/nonexistent/metrics.json"))
     assert "04_evaluation" in app.header.value and "04_evaluation" in app.metrics_html.value
 
 
