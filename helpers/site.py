@@ -1,0 +1,996 @@
+"""Arriving at a new hospital: shift report, label-free adaptation, few-label site calibration.
+
+The model was validated on films like its training data; a new hospital's films are
+not. Three steps a hospital runs, each a function with a JSON-able result:
+
+1. :func:`shift_report` -- on **unlabelled** local films: how many the out-of-distribution
+   guard accepts, how far their features and scores sit from validation's, a
+   two-sample test against training films, and a plain verdict.
+2. :func:`adapt_batchnorm` -- **label-free** adaptation: relative (moment-matched)
+   BatchNorm statistics from unlabelled local films, returned as a new Keras model
+   (convertible to TFLite like any other). Opt-in: it can help or hurt, and without
+   labels nobody can tell which (notebook 08 shows both).
+3. :func:`calibrate_site` -- **few labels**: from ``k`` labelled local films per class,
+   refit the head (anchored on the training features), recalibrate (Platt, corrected
+   to the site's class mix), and set threshold and refer band by one cost rule fixed in
+   advance; with a one-sided Clopper-Pearson **bound on recall** from the local
+   positives, and a refusal to claim what ``k`` cannot support. The result is a
+   :class:`SiteCalibration`: a site :class:`~helpers.operating_point.OperatingPoint`
+   plus the refit head, saved to one file with its provenance.
+
+How well step 3 works is measured by :func:`run_protocol` with the protocol in
+:data:`PROTOCOL_TEXT`, written down before any number was computed on the official
+test set ("site A").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from helpers import config
+from helpers.evaluation import confusion_counts, expected_calibration_error, metrics_from_counts
+from helpers.jsonio import read_json_object, write_json
+from helpers.operating_point import OperatingPoint, logit, sigmoid
+
+SITE_FILE_NAME = "site_calibration.json"
+REPORT_FILE_NAME = "new_site.json"
+K_VALUES = (5, 10, 20, 50, 100)
+MIN_K = 5
+RECOMMENDED_MIN_K = 10
+DEFAULT_DRAWS = 200
+DEFAULT_CONFIDENCE = 0.95
+METRICS = ("accuracy", "recall", "specificity", "ece", "coverage")
+
+PROTOCOL_TEXT = """\
+Protocol for the few-label site calibration (fixed before any number on site A):
+1. The site is a set of labelled films with patient ids. Repeat n_draws times (seeded):
+   draw k films per class by patient (whole patients, until k films of the class), so no
+   patient has films in both the draw and the rest.
+2. Calibrate on the draw only: the only labels any method sees are the draw's. The
+   site's unlabelled films (draw and rest, labels unseen) may be used by label-free
+   steps (BatchNorm statistics, the class-mix estimate), as a hospital would.
+3. Score the rest: accuracy, recall and specificity of the threshold decision on every
+   rest film, ECE (15 equal-width bins) of the shown probability, and coverage (share
+   of rest films not referred). Report mean, 5th and 95th percentile over draws.
+4. Rows: zero_shot (validation operating point), label_free (relative BatchNorm
+   statistics, validation operating point; no labels, so one model for every draw,
+   scored on the same rest sets), calibrated (calibrate_site) for k in 5, 10, 20, 50, 100.
+5. Methods and settings are chosen on a simulated site built from validation patients
+   only (held out from training) through a fixed acquisition change; site A (the
+   official test set) is then run once and reported as it comes.
+"""
+
+
+# --------------------------------------------------------------------------- #
+# Draws by patient
+# --------------------------------------------------------------------------- #
+def draw_by_patient(labels, patient_ids, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``k`` films per class (whole patients) and of every film left.
+
+    Patients of each class are taken in a random order; a patient joins the draw when
+    all their films of that class still fit in ``k``. Patients with films in both
+    classes stay out of the draw's other class and out of the rest.
+
+    Returns ``(draw (2k,) int, rest (M,) int)``, both sorted.
+    """
+    labels = np.asarray(labels).astype(int)
+    patient_ids = np.asarray(patient_ids).astype(str)
+    if len(labels) != len(patient_ids):
+        raise ValueError(f"{len(labels)} labels but {len(patient_ids)} patient ids.")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 film per class, got {k}.")
+    drawn = []
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        patients = np.unique(patient_ids[members])
+        if members.size < k:
+            raise ValueError(f"The site has {members.size} films of class {label}; k = {k} needs more.")
+        chosen, room = [], k
+        for patient in rng.permutation(patients):
+            films = members[patient_ids[members] == patient]
+            if len(films) <= room:
+                chosen.extend(films.tolist())
+                room -= len(films)
+            if room == 0:
+                break
+        if room:
+            raise ValueError(f"Could not draw exactly {k} films of class {label} by whole patients.")
+        drawn.extend(chosen)
+    draw = np.sort(np.asarray(drawn, dtype=np.int64))
+    drawn_patients = set(patient_ids[draw].tolist())
+    rest = np.flatnonzero([patient not in drawn_patients for patient in patient_ids])
+    return draw, rest
+
+
+def split_patients(patient_ids, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """(N,) fold number in [0, folds) per film, whole patients per fold, sizes balanced."""
+    patient_ids = np.asarray(patient_ids).astype(str)
+    patients = rng.permutation(np.unique(patient_ids))
+    fold_of = {patient: index % folds for index, patient in enumerate(patients)}
+    return np.array([fold_of[patient] for patient in patient_ids], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- #
+# The head: a linear map of pooled features, refit anchored on training films
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class LinearHead:
+    """logit = features @ weights + bias, on the model's 1280 pooled features."""
+
+    weights: np.ndarray  # (D,)
+    bias: float
+
+    def logits(self, features) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[1] != len(self.weights):
+            raise ValueError(f"Expected pooled features (N, {len(self.weights)}), got {features.shape}.")
+        return features @ self.weights + self.bias  # (N,)
+
+    @classmethod
+    def from_model(cls, model) -> "LinearHead":
+        """The Keras model's own head (its ``logit`` Dense layer)."""
+        from helpers.model import LOGIT_LAYER
+
+        kernel, bias = model.get_layer(LOGIT_LAYER).get_weights()  # (D, 1), (1,)
+        return cls(np.asarray(kernel[:, 0], dtype=np.float64), float(bias[0]))
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.tolist(), "bias": self.bias}
+
+    @classmethod
+    def from_dict(cls, saved: dict, source: str = "") -> "LinearHead":
+        try:
+            weights = np.asarray(saved["weights"], dtype=np.float64)
+            bias = float(saved["bias"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: 'head' needs 'weights' (a list of numbers) and 'bias' ({error}).") \
+                from error
+        if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not math.isfinite(bias):
+            raise ValueError(f"{source}: the head's weights must be finite numbers, one per feature.")
+        return cls(weights, bias)
+
+
+@dataclass(frozen=True)
+class AnchoredSpace:
+    """Where the head is refit: the model's own logit plus the top principal components.
+
+    The original logit keeps what training taught (the anchor); ``dims`` whitened
+    principal components of the training features give the refit room to move.
+    """
+
+    head: LinearHead
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (dims, D), rows scaled to unit variance on training
+
+    @classmethod
+    def fit(cls, head: LinearHead, training_features, dims: int = 32) -> "AnchoredSpace":
+        features = np.asarray(training_features, dtype=np.float64)
+        mean = features.mean(axis=0)
+        _, singular, vectors = np.linalg.svd(features - mean, full_matrices=False)
+        dims = min(dims, len(singular))
+        scale = singular[:dims] / math.sqrt(max(len(features) - 1, 1))  # (dims,) std per component
+        return cls(head, mean, vectors[:dims] / scale[:, None])
+
+    def transform(self, features) -> np.ndarray:
+        """(N, D) pooled features -> (N, 1 + dims): [original logit, whitened components]."""
+        features = np.asarray(features, dtype=np.float64)
+        return np.column_stack([self.head.logits(features), (features - self.mean) @ self.components.T])
+
+    def to_head(self, coefficients: np.ndarray, intercept: float) -> LinearHead:
+        """The refit model written back as a head on the pooled features."""
+        anchor, rest = float(coefficients[0]), np.asarray(coefficients[1:])
+        weights = anchor * self.head.weights + self.components.T @ rest  # (D,)
+        bias = anchor * self.head.bias - float(self.mean @ (self.components.T @ rest)) + float(intercept)
+        return LinearHead(weights, bias)
+
+
+def refit_head(space: AnchoredSpace, training_features, training_labels, local_features, local_labels,
+               local_share: float = 0.5, regularization: float = 1.0) -> LinearHead:
+    """Logistic regression on training films plus weighted local films, in ``space``.
+
+    Each class gets equal total weight within training and within the local films
+    (a balanced fit: the site's class mix is put back later, by
+    :func:`shift_to_prevalence`); the local films together weigh ``local_share`` of
+    the total. ``regularization`` is scikit-learn's ``C`` (inverse L2 strength).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if not 0.0 < local_share < 1.0:
+        raise ValueError(f"local_share must be in (0, 1), got {local_share}.")
+    training_labels = np.asarray(training_labels).astype(int)
+    local_labels = np.asarray(local_labels).astype(int)
+    if len(np.unique(local_labels)) < 2:
+        raise ValueError("The local films need both classes (NORMAL and PNEUMONIA).")
+    x = np.vstack([space.transform(training_features), space.transform(local_features)])
+    y = np.concatenate([training_labels, local_labels])
+    weights = np.concatenate([
+        _balanced_weights(training_labels) * (1.0 - local_share),
+        _balanced_weights(local_labels) * local_share,
+    ]) * len(y)
+    fit = LogisticRegression(C=regularization, max_iter=1000).fit(x, y, sample_weight=weights)
+    return space.to_head(fit.coef_[0], float(fit.intercept_[0]))
+
+
+def _balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Weights summing to 1, half on each class."""
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return np.where(labels == 1, 0.5 / counts[1], 0.5 / counts[0])
+
+
+# --------------------------------------------------------------------------- #
+# Calibration and the site's class mix
+# --------------------------------------------------------------------------- #
+def fit_platt(logits, labels) -> tuple[float, float]:
+    """(slope, intercept) of P(PNEUMONIA) = sigmoid(slope * logit + intercept), by max likelihood.
+
+    Balanced (each class half the weight), lightly regularized so that a draw the
+    logits separate perfectly still gives a finite slope. Raises ValueError when the
+    slope is not positive (the local films contradict the model's ranking).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("Platt scaling needs films of both classes.")
+    fit = LogisticRegression(C=1.0, class_weight="balanced").fit(logits, labels)
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if slope <= 0:
+        raise ValueError(f"Platt slope {slope:.3f} <= 0: on these local films the model ranks NORMAL "
+                         "above PNEUMONIA. Do not use the model at this site; check the films and labels.")
+    return slope, intercept
+
+
+def estimate_prevalence(probabilities, prior: float = 0.5, iterations: int = 100,
+                        tolerance: float = 1e-6) -> float:
+    """The share of PNEUMONIA among unlabelled films, by EM (Saerens et al. 2002).
+
+    ``probabilities`` are calibrated for a population with PNEUMONIA share ``prior``;
+    the estimate is the prevalence under which they are self-consistent.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-9, 1 - 1e-9)
+    if p.size == 0:
+        raise ValueError("Need at least one unlabelled film to estimate the class mix.")
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {prior}.")
+    estimate = prior
+    for _ in range(iterations):
+        ratio_positive, ratio_negative = estimate / prior, (1 - estimate) / (1 - prior)
+        adjusted = ratio_positive * p / (ratio_positive * p + ratio_negative * (1 - p))
+        updated = float(adjusted.mean())
+        if abs(updated - estimate) < tolerance:
+            return updated
+        estimate = updated
+    return estimate
+
+
+def shift_to_prevalence(intercept: float, from_prior: float, to_prior: float) -> float:
+    """The calibration intercept for a population whose PNEUMONIA share is ``to_prior``."""
+    return float(intercept + logit(to_prior) - logit(from_prior))
+
+
+# --------------------------------------------------------------------------- #
+# The recall guarantee
+# --------------------------------------------------------------------------- #
+def recall_lower_bound(detected: int, positives: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson lower bound on recall from ``detected`` of ``positives`` films.
+
+    With all ``k`` detected it is ``(1 - confidence) ** (1 / k)``: 20 of 20 gives 0.861.
+    """
+    from scipy.stats import beta
+
+    if positives < 1 or not 0 <= detected <= positives:
+        raise ValueError(f"Need 0 <= detected <= positives and positives >= 1, got {detected} of {positives}.")
+    if detected == 0:
+        return 0.0
+    return float(beta.ppf(1.0 - confidence, detected, positives - detected + 1))
+
+
+def positives_needed(target_recall: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
+    """Local pneumonia films needed (all detected) before recall >= target can be claimed."""
+    if not 0.0 < target_recall < 1.0:
+        raise ValueError(f"target_recall must be in (0, 1), got {target_recall}.")
+    return int(math.ceil(math.log(1.0 - confidence) / math.log(target_recall)))
+
+
+@dataclass(frozen=True)
+class RecallGuarantee:
+    """What the local positives support: recall >= lower_bound with ``confidence``."""
+
+    positives: int
+    detected: int
+    confidence: float
+    lower_bound: float
+
+    @classmethod
+    def from_counts(cls, detected: int, positives: int, confidence: float = DEFAULT_CONFIDENCE):
+        return cls(int(positives), int(detected), float(confidence),
+                   recall_lower_bound(detected, positives, confidence))
+
+    def statement(self) -> str:
+        return (f"With {self.positives} local pneumonia films ({self.detected} detected, out of fold), "
+                f"recall >= {self.lower_bound:.2f} at {self.confidence:.0%} confidence.")
+
+    def claim(self, target_recall: float) -> str:
+        """A sentence that claims ``target_recall`` only when the local films support it."""
+        if self.lower_bound >= target_recall:
+            return f"Supported: {self.statement()}"
+        return (f"Not supported: recall >= {target_recall:g} cannot be claimed at "
+                f"{self.confidence:.0%} confidence from {self.positives} local pneumonia films "
+                f"({self.detected} detected); that needs at least "
+                f"{positives_needed(target_recall, self.confidence)}, all detected. {self.statement()}")
+
+    def to_dict(self) -> dict:
+        return {"positives": self.positives, "detected": self.detected, "confidence": self.confidence,
+                "lower_bound": self.lower_bound, "statement": self.statement()}
+
+
+# --------------------------------------------------------------------------- #
+# Step 1: the shift report (no labels)
+# --------------------------------------------------------------------------- #
+SHIFT_RULE = ("shifted when any of: two-sample AUC against training films (same estimated class mix) "
+              ">= {auc:g}; OOD guard accepts < {acceptance:.0%} of the films; median feature distance "
+              "above validation's {quantile:g}th percentile")
+
+
+@dataclass(frozen=True)
+class ShiftThresholds:
+    two_sample_auc: float = 0.75
+    min_acceptance: float = 0.97
+    distance_quantile: float = 90.0
+
+
+def shift_report(site_features, site_logits, site_accepted, validation_features, validation_logits,
+                 training_features, training_labels, detector, validation_point: OperatingPoint,
+                 thresholds: ShiftThresholds = ShiftThresholds(), seed: int = config.DEFAULT_SEED) -> dict:
+    """How a new site's **unlabelled** films compare with validation and training.
+
+    Args:
+        site_features: (N, D) pooled features of the site's films (the model's ``global_pool``).
+        site_logits: (N,) the model's logits on them.
+        site_accepted: (N,) bool, the OOD guard's verdicts on them.
+        validation_features, validation_logits: the same for validation (the reference).
+        training_features, training_labels: training films, for the two-sample test.
+        detector: the fitted ``helpers.ood.OODDetector`` (its feature distribution).
+        validation_point: the validation operating point (temperature, threshold).
+
+    Returns a JSON-able dict with ``acceptance``, ``distance`` (site and validation
+    quantiles), ``scores`` (calibrated-probability quantiles, share called PNEUMONIA,
+    Kolmogorov-Smirnov statistic against validation), ``estimated_prevalence``,
+    ``two_sample_auc``, ``verdict``, ``shifted`` and ``reasons``.
+    """
+    from scipy.stats import ks_2samp
+
+    from helpers import shift
+
+    site_features = np.asarray(site_features, dtype=np.float64)
+    site_logits = np.asarray(site_logits, dtype=np.float64).reshape(-1)
+    if len(site_features) != len(site_logits) or len(site_logits) != len(site_accepted):
+        raise ValueError("site_features, site_logits and site_accepted need one entry per film.")
+    quantiles = (5, 25, 50, 75, 95)
+    site_distance = detector.distribution.distances(site_features)
+    validation_distance = detector.distribution.distances(validation_features)
+    site_shown = validation_point.calibrated(site_logits)
+    validation_shown = validation_point.calibrated(validation_logits)
+    validation_prevalence = float(np.mean(validation_point.predicted(sigmoid(validation_logits))))
+    prevalence = estimate_prevalence(site_shown, prior=validation_prevalence)
+    # Two-sample test against training films resampled to the site's estimated class mix,
+    # so that a different mix of classes alone does not raise the AUC.
+    training_labels = np.asarray(training_labels).astype(int)
+    size = min(2 * len(site_logits), int(np.bincount(training_labels, minlength=2).min()))
+    sample = source_sample_for(training_labels, prevalence, size, seed)
+    training_scores, site_scores = shift.domain_scores(np.asarray(training_features)[sample], site_features,
+                                                       seed=seed)
+    auc = shift.domain_auc(training_scores, site_scores)
+    acceptance = float(np.mean(site_accepted))
+    distance_limit = float(np.percentile(validation_distance, thresholds.distance_quantile))
+    reasons = []
+    if auc >= thresholds.two_sample_auc:
+        reasons.append(f"a classifier tells these films from training films (two-sample AUC {auc:.2f})")
+    if acceptance < thresholds.min_acceptance:
+        reasons.append(f"the OOD guard accepts only {acceptance:.0%} of them")
+    if float(np.median(site_distance)) > distance_limit:
+        reasons.append(f"their median feature distance {np.median(site_distance):.1f} exceeds validation's "
+                       f"{thresholds.distance_quantile:g}th percentile {distance_limit:.1f}")
+    shifted = bool(reasons)
+    verdict = ("shifted: calibrate before use (label some local films: helpers.site.calibrate_site)"
+               if shifted else "looks like the training population")
+    return {
+        "n_films": int(len(site_logits)),
+        "acceptance": acceptance,
+        "distance": {"site": {f"p{q:02d}": float(np.percentile(site_distance, q)) for q in quantiles},
+                     "validation": {f"p{q:02d}": float(np.percentile(validation_distance, q)) for q in quantiles}},
+        "scores": {"site": {f"p{q:02d}": float(np.percentile(site_shown, q)) for q in quantiles},
+                   "validation": {f"p{q:02d}": float(np.percentile(validation_shown, q)) for q in quantiles},
+                   "site_called_pneumonia": float(np.mean(validation_point.predicted(sigmoid(site_logits)))),
+                   "validation_called_pneumonia": validation_prevalence,
+                   "ks_statistic": float(ks_2samp(site_shown, validation_shown).statistic)},
+        "estimated_prevalence": prevalence,
+        "two_sample_auc": auc,
+        "shifted": shifted, "verdict": verdict, "reasons": reasons,
+        "rule": SHIFT_RULE.format(auc=thresholds.two_sample_auc, acceptance=thresholds.min_acceptance,
+                                  quantile=thresholds.distance_quantile),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# Step 2: label-free adaptation (relative BatchNorm statistics)
+# --------------------------------------------------------------------------- #
+def batchnorm_layers(model) -> list:
+    """The model's BatchNormalization layers, in graph order."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def channel_moments(extractor, images, batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and variance of each output of ``extractor`` over ``images``.
+
+    Returns one ``(mean (C,), variance (C,))`` pair per output, over batch, height and width.
+    """
+    sums, squares, count = None, None, 0
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)  # (B, S, S, 3)
+        outputs = extractor.predict_on_batch(batch)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        flat = [np.asarray(output, dtype=np.float64).reshape(-1, output.shape[-1]) for output in outputs]
+        if sums is None:
+            sums = [np.zeros(f.shape[1]) for f in flat]
+            squares = [np.zeros(f.shape[1]) for f in flat]
+        for index, values in enumerate(flat):
+            sums[index] += values.sum(axis=0)
+            squares[index] += np.square(values).sum(axis=0)
+        count += flat[0].shape[0]
+    if sums is None:
+        raise ValueError("No images to measure.")
+    return [(total / count, np.maximum(square / count - np.square(total / count), 0.0))
+            for total, square in zip(sums, squares)]
+
+
+def relative_statistics(moving_mean, moving_variance, epsilon: float, source, target,
+                        min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """New BatchNorm statistics that map the target's moments onto the source's.
+
+    The layer then computes what it computed on source films for an input
+    standardized from target moments to source moments,
+    ``x' = (x - mean_t) * std_s / std_t + mean_s``. (Plain AdaBN would set the target
+    moments as the statistics; with folded statistics, as here, that collapses the model.)
+    Channels with (almost) no spread on either side keep their statistics.
+    """
+    mean_s, var_s = source
+    mean_t, var_t = target
+    std_s, std_t = np.sqrt(var_s), np.sqrt(var_t)
+    moving_mean = np.asarray(moving_mean, dtype=np.float64)
+    moving_variance = np.asarray(moving_variance, dtype=np.float64)
+    ok = (std_s > min_std) & (std_t > min_std)
+    ratio = np.where(ok, std_t / np.where(ok, std_s, 1.0), 1.0)  # (C,)
+    new_variance = np.where(ok, np.square(ratio) * (moving_variance + epsilon) - epsilon, moving_variance)
+    new_mean = np.where(ok, mean_t - (mean_s - moving_mean) * ratio, moving_mean)
+    return new_mean, np.maximum(new_variance, 0.0)
+
+
+def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 16,
+                    progress: bool = True):
+    """A copy of ``model`` whose BatchNorm layers map target moments onto source moments.
+
+    Args:
+        source_images: (N, S, S, 3) 0-255 films like the training data, **with the
+            target's class mix** (a different mix is mistaken for a change of site:
+            :func:`source_sample_for`).
+        target_images: (M, S, S, 3) unlabelled films of the new site.
+        layers_per_pass: BatchNorm layers adapted per pass; the target's moments of
+            each group are measured through the already adapted layers below it.
+
+    Returns a new Keras model (same layers and names; convertible to TFLite).
+    """
+    import keras
+
+    from helpers.progress import progress_bar
+
+    adapted = keras.models.clone_model(model)
+    adapted.set_weights(model.get_weights())
+    layers = batchnorm_layers(model)
+    if not layers:
+        raise ValueError("The model has no BatchNormalization layer to adapt.")
+    names = [layer.name for layer in layers]
+    source_extractor = keras.Model(model.inputs, [layer.input for layer in layers])
+    source = channel_moments(source_extractor, source_images, batch_size)
+    groups = [names[start:start + layers_per_pass] for start in range(0, len(names), layers_per_pass)]
+    offset = 0
+    for group in progress_bar(groups, desc="adapt BatchNorm", disable=not progress):
+        extractor = keras.Model(adapted.inputs, [adapted.get_layer(name).input for name in group])
+        target = channel_moments(extractor, target_images, batch_size)
+        for name, target_moments in zip(group, target):
+            layer = adapted.get_layer(name)
+            mean, variance = relative_statistics(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance),
+                                                 float(layer.epsilon), source[offset], target_moments)
+            layer.moving_mean.assign(mean.astype(np.float32))
+            layer.moving_variance.assign(variance.astype(np.float32))
+            offset += 1
+    return adapted
+
+
+def source_sample_for(training_labels, prevalence: float, size: int, seed: int = config.DEFAULT_SEED) -> np.ndarray:
+    """Indices of ``size`` training films with PNEUMONIA share ``prevalence`` (seeded, sorted)."""
+    labels = np.asarray(training_labels).astype(int)
+    if not 0.0 <= prevalence <= 1.0:
+        raise ValueError(f"prevalence must be in [0, 1], got {prevalence}.")
+    positives = int(round(prevalence * size))
+    pools = (np.flatnonzero(labels == 1), np.flatnonzero(labels == 0))
+    wanted = (positives, size - positives)
+    if any(count > len(pool) for count, pool in zip(wanted, pools)):
+        raise ValueError(f"Not enough training films for {wanted[0]} PNEUMONIA + {wanted[1]} NORMAL.")
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(pool, count, replace=False) for pool, count in zip(pools, wanted)]))
+
+
+# --------------------------------------------------------------------------- #
+# Few-label site calibration
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class CalibrationRule:
+    """The rule fixed in advance (chosen on the simulated site, never on site A).
+
+    Costs in units of one false alarm: a missed pneumonia costs ``miss_cost``, a
+    referral ``refer_cost``. With a calibrated probability p, calling NORMAL costs
+    ``miss_cost * p`` and calling PNEUMONIA ``1 - p``: PNEUMONIA when
+    p >= 1 / (1 + miss_cost); refer when both exceed ``refer_cost``
+    (Chow's rule), i.e. refer_cost / miss_cost <= p < 1 - refer_cost.
+    """
+
+    miss_cost: float = 3.0
+    refer_cost: float = 0.25
+    dims: int = 32
+    local_share: float = 0.5
+    regularization: float = 1.0
+    folds: int = 5
+    refit_head: bool = True
+
+    def __post_init__(self):
+        if self.miss_cost <= 0 or not 0 < self.refer_cost < 1:
+            raise ValueError("miss_cost must be > 0 and refer_cost in (0, 1).")
+        if self.refer_cost / self.miss_cost > 1 / (1 + self.miss_cost):
+            raise ValueError("refer_cost is too high for miss_cost: the band would not contain the threshold.")
+
+    @property
+    def calibrated_threshold(self) -> float:
+        return 1.0 / (1.0 + self.miss_cost)
+
+    @property
+    def calibrated_band(self) -> tuple[float, float]:
+        return self.refer_cost / self.miss_cost, 1.0 - self.refer_cost
+
+    def to_dict(self) -> dict:
+        return {"miss_cost": self.miss_cost, "refer_cost": self.refer_cost, "dims": self.dims,
+                "local_share": self.local_share, "regularization": self.regularization,
+                "folds": self.folds, "refit_head": self.refit_head,
+                "calibrated_threshold": self.calibrated_threshold,
+                "calibrated_band": list(self.calibrated_band)}
+
+
+@dataclass(frozen=True)
+class SiteCalibration:
+    """A site's operating point, the head it applies to, and what the local films support."""
+
+    point: OperatingPoint
+    head: LinearHead
+    guarantee: RecallGuarantee
+
+    def logits(self, features) -> np.ndarray:
+        return self.head.logits(features)
+
+    def probabilities(self, features) -> np.ndarray:
+        """Raw P(PNEUMONIA) of the site head: what the threshold and band apply to."""
+        return sigmoid(self.head.logits(features))
+
+    def to_dict(self) -> dict:
+        return {**self.point.to_dict(), "head": self.head.to_dict(), "guarantee": self.guarantee.to_dict()}
+
+    def save(self, path: str | Path | None = None) -> Path:
+        return write_json(self.to_dict(), Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "SiteCalibration":
+        path = Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME
+        remedy = "Write it with helpers.site.calibrate_site(...).save() (notebook 08)."
+        if not path.is_file():
+            raise FileNotFoundError(f"No site calibration at {path}. {remedy}")
+        saved = read_json_object(path, remedy)
+        for key in ("head", "guarantee"):
+            if not isinstance(saved.get(key), dict):
+                raise ValueError(f"{path}: no '{key}' object; this is not a site calibration file. {remedy}")
+        guarantee = saved["guarantee"]
+        try:
+            recall = RecallGuarantee.from_counts(guarantee["detected"], guarantee["positives"],
+                                                 guarantee["confidence"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: 'guarantee' lacks {error}. {remedy}") from error
+        return cls(OperatingPoint.from_dict(saved, source=str(path), remedy=remedy),
+                   LinearHead.from_dict(saved["head"], str(path)), recall)
+
+
+def _site_head(rule: CalibrationRule, space: AnchoredSpace, training_features, training_labels,
+               features, labels) -> LinearHead:
+    if not rule.refit_head:
+        return space.head
+    return refit_head(space, training_features, training_labels, features, labels,
+                      rule.local_share, rule.regularization)
+
+
+def cross_fitted_logits(rule: CalibrationRule, space: AnchoredSpace, training_features, training_labels,
+                        features, labels, patient_ids, rng: np.random.Generator) -> np.ndarray:
+    """Out-of-fold logits of the local films: each scored by a head refit without its patients."""
+    labels = np.asarray(labels).astype(int)
+    if not rule.refit_head:
+        return space.head.logits(features)
+    folds = split_patients(patient_ids, rule.folds, rng)
+    out_of_fold = np.empty(len(labels))
+    for fold in range(rule.folds):
+        held_out = folds == fold
+        if not held_out.any():
+            continue
+        fit_on = ~held_out
+        if len(np.unique(labels[fit_on])) < 2:  # tiny draws: fall back to the training head
+            out_of_fold[held_out] = space.head.logits(np.asarray(features)[held_out])
+            continue
+        head = _site_head(rule, space, training_features, training_labels,
+                          np.asarray(features)[fit_on], labels[fit_on])
+        out_of_fold[held_out] = head.logits(np.asarray(features)[held_out])
+    return out_of_fold
+
+
+def calibrate_site(features, labels, patient_ids, unlabelled_features, space: AnchoredSpace,
+                   training_features, training_labels, rule: CalibrationRule = CalibrationRule(),
+                   confidence: float = DEFAULT_CONFIDENCE, seed: int = config.DEFAULT_SEED,
+                   min_k: int = MIN_K, description: str = "") -> SiteCalibration:
+    """The site operating point from labelled local films (k per class, k >= ``min_k``).
+
+    Steps (the rule is fixed in advance):
+
+    1. refit the head on training films plus the local films (:func:`refit_head`);
+    2. cross-fit: out-of-fold logits of the local films, by patient;
+    3. Platt scaling on the out-of-fold logits (balanced), then shifted to the site's
+       class mix, estimated by EM on the **unlabelled** local films;
+    4. threshold and refer band from the rule's costs, in calibrated probability,
+       written back onto the raw probability of the site head;
+    5. the recall guarantee: a Clopper-Pearson bound from how many local pneumonia
+       films the threshold detects out of fold.
+
+    Args:
+        features, labels, patient_ids: the labelled local films (pooled features (N, D)).
+        unlabelled_features: (M, D) every local film, labels unseen (for the class mix).
+        space: :class:`AnchoredSpace` fitted on training features with the model's head.
+    """
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() < min_k:
+        raise ValueError(f"Site calibration needs at least {min_k} labelled films per class, got "
+                         f"{counts[0]} NORMAL and {counts[1]} PNEUMONIA. Label more local films "
+                         f"(at least {RECOMMENDED_MIN_K} per class is recommended).")
+    rng = np.random.default_rng(seed)
+    out_of_fold = cross_fitted_logits(rule, space, training_features, training_labels, features, labels,
+                                      patient_ids, rng)  # (N,)
+    slope, balanced_intercept = fit_platt(out_of_fold, labels)
+    head = _site_head(rule, space, training_features, training_labels, features, labels)
+    site_logits = head.logits(unlabelled_features)  # (M,)
+    prevalence = estimate_prevalence(sigmoid(slope * site_logits + balanced_intercept), prior=0.5)
+    intercept = shift_to_prevalence(balanced_intercept, 0.5, prevalence)
+    # calibrated p = sigmoid(slope * logit + intercept) >= c  <=>  raw p >= sigmoid((logit(c) - intercept) / slope)
+    def raw(calibrated: float) -> float:
+        return float(sigmoid((logit(calibrated) - intercept) / slope))
+
+    low, high = rule.calibrated_band
+    point = OperatingPoint(
+        threshold=raw(rule.calibrated_threshold), temperature=1.0 / slope, intercept=intercept,
+        band_low=raw(low), band_high=raw(high), temperature_fitted=True,
+        chosen_on=description or f"site: {counts[0]} NORMAL + {counts[1]} PNEUMONIA labelled local films",
+        rule=(f"cost rule: PNEUMONIA when calibrated p >= {rule.calibrated_threshold:.3f} (a miss costs "
+              f"{rule.miss_cost:g} false alarms); refer when {low:.3f} <= calibrated p < {high:.3f}"),
+        provenance={
+            "method": "anchored head refit + cross-fitted Platt + EM class mix" if rule.refit_head
+            else "cross-fitted Platt + EM class mix",
+            "k_normal": int(counts[0]), "k_pneumonia": int(counts[1]),
+            "unlabelled_films": int(len(site_logits)), "estimated_prevalence": prevalence,
+            "platt_slope": slope, "rule": rule.to_dict(), "seed": seed,
+            "date": datetime.date.today().isoformat(),
+        },
+    )
+    detected = int(point.predicted(sigmoid(out_of_fold))[labels == 1].sum())
+    guarantee = RecallGuarantee.from_counts(detected, int(counts[1]), confidence)
+    provenance = {**point.provenance, "recall_guarantee": guarantee.statement()}
+    return SiteCalibration(dataclasses.replace(point, provenance=provenance), head, guarantee)
+
+
+def with_head(model, head: LinearHead):
+    """A copy of the Keras ``model`` whose ``logit`` layer is ``head``: the site model.
+
+    Same layers and input, so the explorer, Grad-CAM and the TFLite conversion take it
+    like the original; its probability is what a site operating point applies to.
+    """
+    import keras
+
+    from helpers.model import LOGIT_LAYER
+
+    site_model = keras.models.clone_model(model)
+    site_model.set_weights(model.get_weights())
+    kernel, _ = site_model.get_layer(LOGIT_LAYER).get_weights()
+    if kernel.shape != (len(head.weights), 1):
+        raise ValueError(f"The head has {len(head.weights)} weights; the model's logit layer takes "
+                         f"{kernel.shape[0]} features.")
+    site_model.get_layer(LOGIT_LAYER).set_weights([head.weights.reshape(-1, 1).astype(np.float32),
+                                                   np.array([head.bias], dtype=np.float32)])
+    return site_model
+
+
+def load_site_model(model, path: str | Path | None = None):
+    """``(site model, site operating point)`` from a site calibration file (notebook 08)."""
+    calibration = SiteCalibration.load(path)
+    return with_head(model, calibration.head), calibration.point
+
+
+# --------------------------------------------------------------------------- #
+# A simulated site, for developing methods without touching site A
+# --------------------------------------------------------------------------- #
+SIMULATED_CHANGE = "zoom out 0.85x, gamma 1.3 (darker), blurred (sharpness -1), grey noise std 6"
+
+
+def simulate_acquisition(images, seed: int = config.DEFAULT_SEED) -> np.ndarray:
+    """The fixed acquisition change of the simulated site: (N, S, S, 3) 0-255 -> float32."""
+    from helpers import augment
+
+    rng = np.random.default_rng(seed)
+    changed = augment.zoom_centre(np.asarray(images, dtype=np.float32), 0.85)
+    changed = (255.0 * np.power(np.clip(changed, 0, 255) / 255.0, 1.3)).astype(np.float32)
+    changed = augment.change_sharpness(changed, -np.ones(len(changed)))
+    return np.clip(augment.add_grey_noise(changed, rng, np.full(len(changed), 6.0)), 0, 255).astype(np.float32)
+
+
+def simulated_site_members(labels, patient_ids, prevalence: float = 0.5,
+                           seed: int = config.DEFAULT_SEED) -> np.ndarray:
+    """Indices of a site with PNEUMONIA share about ``prevalence``: every NORMAL film and
+    whole PNEUMONIA patients drawn at random until the share is reached (sorted)."""
+    labels = np.asarray(labels).astype(int)
+    patient_ids = np.asarray(patient_ids).astype(str)
+    normals = np.flatnonzero(labels == 0)
+    wanted = int(round(len(normals) * prevalence / (1.0 - prevalence)))
+    rng = np.random.default_rng(seed)
+    positives = np.flatnonzero(labels == 1)
+    chosen = []
+    for patient in rng.permutation(np.unique(patient_ids[positives])):
+        if len(chosen) >= wanted:
+            break
+        chosen.extend(positives[patient_ids[positives] == patient].tolist())
+    return np.sort(np.concatenate([normals, np.asarray(chosen, dtype=np.int64)]))
+
+
+def choose_rule(results: dict[str, dict], k: str = "20", min_recall: float = 0.96) -> str:
+    """The development choice, stated before it is made: among candidate rules run on the
+    simulated site, the highest mean accuracy at ``k`` per class among those whose mean
+    recall there is >= ``min_recall`` (none: the highest mean recall)."""
+    if not results:
+        raise ValueError("No candidate rule results to choose from.")
+    summaries = {name: result["calibrated"][k] for name, result in results.items()}
+    eligible = [name for name, summary in summaries.items() if summary["recall"]["mean"] >= min_recall]
+    if eligible:
+        return max(eligible, key=lambda name: summaries[name]["accuracy"]["mean"])
+    return max(summaries, key=lambda name: summaries[name]["recall"]["mean"])
+
+
+# --------------------------------------------------------------------------- #
+# Scoring and the protocol
+# --------------------------------------------------------------------------- #
+def score(point: OperatingPoint, labels, probabilities, logits) -> dict[str, float]:
+    """accuracy / recall / specificity at the threshold, ECE of the shown probability, coverage."""
+    labels = np.asarray(labels).astype(int)
+    metrics = metrics_from_counts(**confusion_counts(labels, probabilities, point.threshold))
+    shown = point.calibrated(logits)
+    return {"accuracy": metrics["accuracy"], "recall": metrics["recall"],
+            "specificity": metrics["specificity"], "ece": expected_calibration_error(labels, shown),
+            "coverage": float(1.0 - point.referred(probabilities).mean())}
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{metric: {"mean", "p05", "p95"}} over draws."""
+    summary = {}
+    for name in METRICS:
+        values = np.array([row[name] for row in rows], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        summary[name] = ({"mean": float(values.mean()), "p05": float(np.percentile(values, 5)),
+                          "p95": float(np.percentile(values, 95))} if values.size else
+                         {"mean": None, "p05": None, "p95": None})
+    return summary
+
+
+@dataclass(frozen=True)
+class Site:
+    """One site's films: labels, patients, pooled features and the model's logits.
+
+    ``label_free_logits`` / ``label_free_features`` are the same films through the
+    BatchNorm-adapted model (None: no label-free row).
+    """
+
+    name: str
+    labels: np.ndarray
+    patient_ids: np.ndarray
+    features: np.ndarray
+    logits: np.ndarray
+    label_free_logits: np.ndarray | None = None
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.labels)
+        for name in ("patient_ids", "features", "logits"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Site {self.name}: {n} labels but {len(getattr(self, name))} {name}.")
+        if self.label_free_logits is not None and len(self.label_free_logits) != n:
+            raise ValueError(f"Site {self.name}: label_free_logits must have one value per film.")
+
+
+def run_protocol(site: Site, validation_point: OperatingPoint, space: AnchoredSpace,
+                 training_features, training_labels, rule: CalibrationRule = CalibrationRule(),
+                 k_values=K_VALUES, draws: int = DEFAULT_DRAWS, seed: int = config.DEFAULT_SEED,
+                 confidence: float = DEFAULT_CONFIDENCE, progress: bool = True) -> dict:
+    """The protocol of :data:`PROTOCOL_TEXT` on one site; the JSON block of ``new_site.json``.
+
+    Returns ``{"zero_shot": summary, "label_free": summary (when the site has
+    label-free logits), "calibrated": {k: summary}, "guarantee": {k: ...}, "n_rest": ...,
+    "refused_draws": {k: count}}`` where summaries map each of :data:`METRICS` to
+    mean / p05 / p95 over draws. A draw whose local films contradict the model (Platt
+    slope <= 0) is refused: the site keeps the validation point, and it is counted. The
+    zero-shot and label-free rows are scored on the same rest sets as the calibrated
+    ones, per k; the top-level ``zero_shot`` / ``label_free`` entries are those of the
+    largest k that was run.
+    """
+    from helpers.progress import progress_bar
+
+    labels = np.asarray(site.labels).astype(int)
+    rows = {"zero_shot": {}, "label_free": {}, "calibrated": {}}
+    guarantees, rest_sizes, refusals = {}, {}, {}
+    for k in k_values:
+        per_method = {name: [] for name in rows}
+        bounds, detected = [], []
+        for draw_number in progress_bar(range(draws), desc=f"{site.name} k={k}", disable=not progress):
+            rng = np.random.default_rng([seed, k, draw_number])
+            draw, rest = draw_by_patient(labels, site.patient_ids, k, rng)
+            rest_labels, rest_logits = labels[rest], site.logits[rest]
+            per_method["zero_shot"].append(score(validation_point, rest_labels, sigmoid(rest_logits), rest_logits))
+            if site.label_free_logits is not None:
+                adapted = site.label_free_logits[rest]
+                per_method["label_free"].append(score(validation_point, rest_labels, sigmoid(adapted), adapted))
+            try:
+                calibration = calibrate_site(site.features[draw], labels[draw], site.patient_ids[draw],
+                                             site.features, space, training_features, training_labels, rule,
+                                             confidence, seed=int(rng.integers(2**31)), min_k=min(k, MIN_K))
+            except ValueError:  # the local films contradict the model: the site keeps the validation point
+                refusals[str(k)] = refusals.get(str(k), 0) + 1
+                per_method["calibrated"].append(per_method["zero_shot"][-1])
+                continue
+            site_logits = calibration.logits(site.features[rest])
+            per_method["calibrated"].append(score(calibration.point, rest_labels, sigmoid(site_logits), site_logits))
+            bounds.append(calibration.guarantee.lower_bound)
+            detected.append(calibration.guarantee.detected / calibration.guarantee.positives)
+        for name, method_rows in per_method.items():
+            if method_rows:
+                rows[name][str(k)] = summarize(method_rows)
+        guarantees[str(k)] = {"lower_bound_mean": float(np.mean(bounds)) if bounds else None,
+                              "lower_bound_p05": float(np.percentile(bounds, 5)) if bounds else None,
+                              "share_of_draw_positives_detected_mean": float(np.mean(detected)) if detected else None,
+                              "all_detected_bound": recall_lower_bound(k, k, confidence),
+                              "confidence": confidence}
+        rest_sizes[str(k)] = int(len(labels) - 2 * k)
+    largest = str(max(k_values))
+    result = {"site": site.name, "n_films": int(len(labels)),
+              "n_pneumonia": int(labels.sum()), "n_normal": int((labels == 0).sum()),
+              "draws": draws, "seed": seed, "k_values": [int(k) for k in k_values],
+              "zero_shot": rows["zero_shot"][largest], "zero_shot_by_k": rows["zero_shot"],
+              "calibrated": rows["calibrated"], "guarantee": guarantees, "n_rest": rest_sizes,
+              "refused_draws": {str(k): refusals.get(str(k), 0) for k in k_values},
+              "rule": rule.to_dict(), "notes": dict(site.notes)}
+    if rows["label_free"]:
+        result["label_free"] = rows["label_free"][largest]
+        result["label_free_by_k"] = rows["label_free"]
+    return result
+
+
+def protocol_table(result: dict, metrics=METRICS):
+    """One row per method (and k), columns "<metric> mean (p05-p95)": a pandas DataFrame."""
+    import pandas as pd
+
+    def cell(entry):
+        if entry["mean"] is None:
+            return "-"
+        return f"{entry['mean']:.3f} ({entry['p05']:.3f}-{entry['p95']:.3f})"
+
+    table = {"zero-shot": result["zero_shot"]}
+    if "label_free" in result:
+        table["label-free BatchNorm"] = result["label_free"]
+    for k, summary in result["calibrated"].items():
+        table[f"calibrated, k = {k} per class"] = summary
+    return pd.DataFrame({name: {metric: cell(summary[metric]) for metric in metrics}
+                         for name, summary in table.items()}).T
+
+
+def check_targets(result: dict, targets: dict) -> dict[str, bool]:
+    """``targets`` like {"20": {"accuracy.mean": 0.92, "ece.mean<=": 0.06}} -> {label: met}."""
+    met = {}
+    for k, bars in targets.items():
+        summary = result["calibrated"].get(k)
+        for key, bar in bars.items():
+            metric, _, statistic = key.partition(".")
+            upper = statistic.endswith("<=")
+            statistic = statistic.rstrip("<=")
+            value = None if summary is None else summary[metric][statistic]
+            label = f"k={k} {metric} {statistic} {'<=' if upper else '>='} {bar}"
+            met[label] = value is not None and (value <= bar if upper else value >= bar)
+    return met
+
+
+def recommend_k(result: dict, min_accuracy: float, min_recall: float) -> dict:
+    """The smallest k per class whose mean accuracy and mean recall reach the floors, or None."""
+    for k in sorted(result["calibrated"], key=int):
+        summary = result["calibrated"][k]
+        if summary["accuracy"]["mean"] >= min_accuracy and summary["recall"]["mean"] >= min_recall:
+            return {"k": int(k), "sentence": (
+                f"Label at least {k} films per class: from there the calibrated model reaches mean "
+                f"accuracy {summary['accuracy']['mean']:.3f} (5th percentile {summary['accuracy']['p05']:.3f}) "
+                f"and mean recall {summary['recall']['mean']:.3f} on the rest of the site.")}
+    return {"k": None, "sentence": (
+        f"No k tried reaches mean accuracy >= {min_accuracy:g} with mean recall >= {min_recall:g}: "
+        "label more films, or keep the model as a second reader only.")}
+
+
+def plot_learning_curve(result: dict, metrics=("accuracy", "recall", "specificity", "ece", "coverage")):
+    """Each metric against k (log scale): calibrated mean with its 5-95% band, zero-shot and
+    label-free as lines. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    ks = sorted(result["calibrated"], key=int)
+    x = [int(k) for k in ks]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0))
+    for axis, metric in zip(np.atleast_1d(axes), metrics):
+        mean = [result["calibrated"][k][metric]["mean"] for k in ks]
+        low = [result["calibrated"][k][metric]["p05"] for k in ks]
+        high = [result["calibrated"][k][metric]["p95"] for k in ks]
+        axis.fill_between(x, low, high, alpha=0.25, label="calibrated, 5-95%")
+        axis.plot(x, mean, marker="o", label="calibrated, mean")
+        axis.axhline(result["zero_shot"][metric]["mean"], color="grey", linestyle="--", label="zero-shot")
+        if "label_free" in result:
+            axis.axhline(result["label_free"][metric]["mean"], color="tab:red", linestyle=":", label="label-free")
+        axis.set_xscale("log")
+        axis.set_xticks(x, [str(value) for value in x])
+        axis.set_xlabel("labelled local films per class (k)")
+        axis.set_title(metric)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    figure.suptitle(f"{result['site']}: {result['draws']} draws per k", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_site_comparison(distances: dict, scores: dict):
+    """Histograms of feature distance and shown probability, one line per named set."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for name, values in distances.items():
+        axes[0].hist(values, bins=40, histtype="step", density=True, label=name)
+    for name, values in scores.items():
+        axes[1].hist(values, bins=np.linspace(0, 1, 41), histtype="step", density=True, label=name)
+    axes[0].set(title="feature distance to training (Mahalanobis)", xlabel="distance")
+    axes[1].set(title="shown P(pneumonia), validation calibration", xlabel="probability", yscale="log")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def write_report(report: dict, path: str | Path | None = None) -> Path:
+    """``<artifacts>/new_site.json`` (strict JSON, atomic)."""
+    for key in ("zero_shot", "calibrated"):
+        if key not in report:
+            raise ValueError(f"new_site.json needs the key {key!r}.")
+    return write_json(report, Path(path) if path else config.artifacts_dir() / REPORT_FILE_NAME)

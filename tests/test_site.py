@@ -1,0 +1,229 @@
+"""A new site: draws by patient, recall guarantee, class-mix estimate, site calibration,
+the protocol, relative BatchNorm statistics and the site model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import site
+from helpers.operating_point import OperatingPoint, sigmoid
+
+DIMENSIONS = 12
+
+
+def gaussian_films(rng, normals: int, pneumonias: int, normal_shift: float = 0.0):
+    """Pooled-feature stand-ins: PNEUMONIA films sit +1 along every dimension."""
+    labels = np.array([0] * normals + [1] * pneumonias)
+    features = rng.normal(size=(len(labels), DIMENSIONS)) + labels[:, None] * 1.0
+    features[labels == 0] += normal_shift  # the site's normals look different
+    return features, labels
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    training_features, training_labels = gaussian_films(rng, 300, 800)
+    head = site.LinearHead(np.full(DIMENSIONS, 1.2), -0.6 * DIMENSIONS)  # the "model": sum of features
+    space = site.AnchoredSpace.fit(head, training_features, dims=4)
+    site_features, site_labels = gaussian_films(rng, 150, 250, normal_shift=0.45)
+    # patients with one film and patients with two
+    patients = np.array([("q" if label else "") + (f"p{index // 2}" if index % 4 < 2 else f"s{index}")
+                         for index, label in enumerate(site_labels)])
+    return {"training_features": training_features, "training_labels": training_labels, "head": head,
+            "space": space, "features": site_features, "labels": site_labels, "patients": patients}
+
+
+# --------------------------------------------------------------------------- #
+# Draws
+# --------------------------------------------------------------------------- #
+def test_draws_take_k_films_per_class_by_whole_patients(world):
+    draw, rest = site.draw_by_patient(world["labels"], world["patients"], 10, np.random.default_rng(1))
+    assert np.bincount(world["labels"][draw]).tolist() == [10, 10]
+    assert not set(world["patients"][draw]) & set(world["patients"][rest])
+    assert len(draw) + len(rest) == len(world["labels"])
+    again, _ = site.draw_by_patient(world["labels"], world["patients"], 10, np.random.default_rng(1))
+    assert again.tolist() == draw.tolist()  # seeded
+
+
+def test_draw_refuses_what_the_site_cannot_give():
+    with pytest.raises(ValueError, match="has 2 films of class 0"):
+        site.draw_by_patient([0, 0, 1, 1, 1], ["a", "b", "c", "d", "e"], 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="exactly 1 films of class 0 by whole patients"):
+        site.draw_by_patient([0, 0, 1], ["a", "a", "c"], 1, np.random.default_rng(0))
+
+
+def test_patient_folds_keep_patients_together():
+    patients = np.array(["a", "a", "b", "c", "c", "d", "e"])
+    folds = site.split_patients(patients, 3, np.random.default_rng(0))
+    for patient in np.unique(patients):
+        assert len(set(folds[patients == patient])) == 1
+    assert set(folds) == {0, 1, 2}
+
+
+# --------------------------------------------------------------------------- #
+# The guarantee
+# --------------------------------------------------------------------------- #
+def test_clopper_pearson_bound_known_values():
+    assert site.recall_lower_bound(20, 20) == pytest.approx(0.05 ** (1 / 20))  # 0.861
+    assert round(site.recall_lower_bound(20, 20), 3) == 0.861
+    assert site.recall_lower_bound(0, 5) == 0.0
+    assert site.recall_lower_bound(19, 20) < site.recall_lower_bound(20, 20)
+    assert site.positives_needed(0.95) == 59 and site.positives_needed(0.86) == 20
+    with pytest.raises(ValueError, match="detected <= positives"):
+        site.recall_lower_bound(6, 5)
+
+
+def test_the_guarantee_refuses_to_claim_what_k_cannot_support():
+    guarantee = site.RecallGuarantee.from_counts(20, 20)
+    assert guarantee.claim(0.85).startswith("Supported: With 20 local pneumonia films")
+    refusal = guarantee.claim(0.95)
+    assert refusal.startswith("Not supported") and "at least 59" in refusal and "recall >= 0.86" in refusal
+
+
+# --------------------------------------------------------------------------- #
+# Calibration pieces
+# --------------------------------------------------------------------------- #
+def test_em_recovers_a_known_class_mix():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(4000) < 0.3).astype(int)
+    logits = rng.normal(loc=np.where(labels == 1, 1.5, -1.5))  # calibrated for a 50/50 mix
+    probabilities = sigmoid(3.0 * logits)  # exact posterior at prior 0.5: the log-likelihood ratio is 3x
+    assert site.estimate_prevalence(probabilities, prior=0.5) == pytest.approx(0.3, abs=0.03)
+    assert site.shift_to_prevalence(0.2, 0.5, 0.5) == pytest.approx(0.2)
+    assert site.shift_to_prevalence(0.0, 0.5, 0.75) == pytest.approx(np.log(3))
+
+
+def test_platt_refuses_a_reversed_ranking():
+    with pytest.raises(ValueError, match="ranks NORMAL above PNEUMONIA"):
+        site.fit_platt([3.0, 2.0, -2.0, -3.0], [0, 0, 1, 1])
+    slope, _ = site.fit_platt([-3.0, -2.0, 2.0, 3.0, -1.0, 1.0], [0, 0, 1, 1, 1, 0])
+    assert slope > 0
+
+
+def test_anchored_space_writes_the_refit_back_as_a_head(world):
+    space = world["space"]
+    coefficients, intercept = np.array([0.7, 0.3, -0.2, 0.1, 0.05]), 0.4
+    expected = space.transform(world["features"]) @ coefficients + intercept
+    head = space.to_head(coefficients, intercept)
+    np.testing.assert_allclose(head.logits(world["features"]), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(space.transform(world["features"])[:, 0], world["head"].logits(world["features"]))
+
+
+def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world, tmp_path):
+    draw, rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(4))
+    calibration = site.calibrate_site(world["features"][draw], world["labels"][draw], world["patients"][draw],
+                                      world["features"], world["space"], world["training_features"],
+                                      world["training_labels"])
+    point = calibration.point
+    assert point.band_low < point.threshold < point.band_high and point.temperature_fitted
+    # the cost rule: the threshold is where the shown probability is 1 / (1 + miss_cost) = 0.25
+    np.testing.assert_allclose(point.calibrated_from_probability(point.threshold), 0.25, rtol=1e-6)
+    assert point.provenance["k_normal"] == 20 and 0.4 < point.provenance["estimated_prevalence"] < 0.8
+    assert calibration.guarantee.positives == 20 and "recall >=" in point.provenance["recall_guarantee"]
+    path = calibration.save(tmp_path / "site_calibration.json")
+    loaded = site.SiteCalibration.load(path)
+    assert loaded.point.to_dict() == point.to_dict()
+    np.testing.assert_allclose(loaded.logits(world["features"]), calibration.logits(world["features"]))
+    assert json.loads(path.read_text())["guarantee"]["lower_bound"] == calibration.guarantee.lower_bound
+
+
+def test_site_calibration_needs_enough_films_and_a_real_file(world, tmp_path):
+    features, labels = world["features"][:8], np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="at least 5 labelled films per class, got 4 NORMAL"):
+        site.calibrate_site(features, labels, np.arange(8).astype(str), features, world["space"],
+                            world["training_features"], world["training_labels"])
+    with pytest.raises(FileNotFoundError, match="notebook 08"):
+        site.SiteCalibration.load(tmp_path / "missing.json")
+    OperatingPoint().save(tmp_path / "point.json")
+    with pytest.raises(ValueError, match="not a site calibration file"):
+        site.SiteCalibration.load(tmp_path / "point.json")
+
+
+def test_the_protocol_reports_every_row_and_calibration_beats_zero_shot_on_a_shifted_site(world):
+    logits = world["head"].logits(world["features"])
+    shifted = site.Site("synthetic", world["labels"], world["patients"], world["features"], logits,
+                        label_free_logits=logits - 0.5)
+    validation_point = OperatingPoint(threshold=0.5, temperature=1.0, band_low=0.3, band_high=0.8)
+    result = site.run_protocol(shifted, validation_point, world["space"], world["training_features"],
+                               world["training_labels"], k_values=(5, 20), draws=4, progress=False)
+    assert {"zero_shot", "label_free", "calibrated"} <= set(result)
+    assert set(result["calibrated"]) == {"5", "20"}
+    for entry in (result["zero_shot"], result["label_free"], *result["calibrated"].values()):
+        assert set(entry) == set(site.METRICS)
+        assert all(set(value) == {"mean", "p05", "p95"} for value in entry.values())
+        assert entry["accuracy"]["p05"] <= entry["accuracy"]["mean"] <= entry["accuracy"]["p95"]
+    # shifted normals: the validation calibration is off; 20 local films per class recalibrate it
+    assert result["calibrated"]["20"]["ece"]["mean"] < result["zero_shot"]["ece"]["mean"]
+    assert result["guarantee"]["20"]["all_detected_bound"] == pytest.approx(0.05 ** (1 / 20))
+    table = site.protocol_table(result)
+    assert list(table.index) == ["zero-shot", "label-free BatchNorm", "calibrated, k = 5 per class",
+                                 "calibrated, k = 20 per class"]
+    met = site.check_targets(result, {"20": {"accuracy.mean": 0.0, "ece.mean<=": -1.0}})
+    assert list(met.values()) == [True, False]
+
+
+def test_choose_rule_prefers_accuracy_among_rules_that_keep_recall():
+    def result(accuracy, recall):
+        return {"calibrated": {"20": {"accuracy": {"mean": accuracy}, "recall": {"mean": recall}}}}
+    assert site.choose_rule({"a": result(0.95, 0.90), "b": result(0.92, 0.97), "c": result(0.91, 0.99)}) == "b"
+    assert site.choose_rule({"a": result(0.95, 0.90), "b": result(0.92, 0.93)}) == "b"
+
+
+def test_simulated_site_members_reach_the_class_mix_by_whole_patients():
+    labels = np.array([0] * 10 + [1] * 40)
+    patients = np.array([f"n{i}" for i in range(10)] + [f"p{i // 2}" for i in range(40)])
+    members = site.simulated_site_members(labels, patients, prevalence=0.5)
+    assert (labels[members] == 0).sum() == 10 and (labels[members] == 1).sum() == 10
+    changed = site.simulate_acquisition(np.full((2, 32, 32, 3), 128, np.float32))
+    assert changed.shape == (2, 32, 32, 3) and changed.dtype == np.float32 and changed.max() <= 255
+
+
+# --------------------------------------------------------------------------- #
+# Label-free adaptation and the site model (tiny Keras model)
+# --------------------------------------------------------------------------- #
+def test_relative_statistics_map_target_moments_onto_source_moments():
+    rng = np.random.default_rng(5)
+    epsilon, mean, variance = 1e-3, np.array([0.2, -0.1]), np.array([1.5, 0.7])
+    source = rng.normal([1.0, 2.0], [2.0, 0.5], size=(5000, 2))
+    target = rng.normal([3.0, 1.0], [1.0, 1.5], size=(5000, 2))
+
+    def layer(x, m, v):
+        return (x - m) / np.sqrt(v + epsilon)
+
+    new_mean, new_variance = site.relative_statistics(
+        mean, variance, epsilon, (source.mean(0), source.var(0)), (target.mean(0), target.var(0)))
+    np.testing.assert_allclose(layer(target, new_mean, new_variance).mean(0), layer(source, mean, variance).mean(0),
+                               atol=1e-9)
+    np.testing.assert_allclose(layer(target, new_mean, new_variance).std(0), layer(source, mean, variance).std(0),
+                               rtol=1e-9)
+
+
+def test_adapt_batchnorm_and_with_head_on_a_tiny_model():
+    from helpers import model as model_lib
+    from helpers.ood import compute_features, feature_model
+
+    model = model_lib.build_model(weights=None, image_size=32)
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 255, size=(8, 32, 32, 3)).astype(np.float32)
+    target = np.clip(source * 0.5 + 60, 0, 255)  # a darker, low-contrast machine
+    adapted = site.adapt_batchnorm(model, source, target, layers_per_pass=20, batch_size=4, progress=False)
+    assert [layer.name for layer in adapted.layers] == [layer.name for layer in model.layers]
+    first = site.batchnorm_layers(model)[0].name
+    moved = adapted.get_layer(first).moving_mean.numpy()
+    assert not np.allclose(moved, model.get_layer(first).moving_mean.numpy())
+    # after adaptation the first BatchNorm layer outputs on target what the original did on source
+    import keras
+    original_out = keras.Model(model.inputs, model.get_layer(first).output).predict(source, verbose=0)
+    adapted_out = keras.Model(adapted.inputs, adapted.get_layer(first).output).predict(target, verbose=0)
+    np.testing.assert_allclose(adapted_out.mean((0, 1, 2)), original_out.mean((0, 1, 2)), atol=2e-3)
+
+    head = site.LinearHead(np.linspace(-1, 1, 1280), 0.25)
+    site_model = site.with_head(model, head)
+    features = compute_features(feature_model(model), source)  # (8, 1280)
+    np.testing.assert_allclose(site_model.predict(source, verbose=0)[:, 0], sigmoid(head.logits(features)),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="takes 1280 features"):
+        site.with_head(model, site.LinearHead(np.ones(3), 0.0))
