@@ -12,7 +12,7 @@ TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 .PHONY: help venv run smoke test test-fast benchmark quality lab clean-test
 
 help:
-	@echo "make run        run notebooks 01-07 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
+	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
 	@echo "make test       unit + integration tests and the notebooks in the smoke profile"
 	@echo "make test-fast  unit + integration tests only (no notebooks)"
 	@echo "make smoke      run the notebooks in the smoke profile (a few minutes)"

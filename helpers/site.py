@@ -348,7 +348,8 @@ class ShiftThresholds:
 
 def shift_report(site_features, site_logits, site_accepted, validation_features, validation_logits,
                  training_features, training_labels, detector, validation_point: OperatingPoint,
-                 thresholds: ShiftThresholds = ShiftThresholds(), seed: int = config.DEFAULT_SEED) -> dict:
+                 validation_prevalence: float, thresholds: ShiftThresholds = ShiftThresholds(),
+                 seed: int = config.DEFAULT_SEED) -> dict:
     """How a new site's **unlabelled** films compare with validation and training.
 
     Args:
@@ -359,6 +360,8 @@ def shift_report(site_features, site_logits, site_accepted, validation_features,
         training_features, training_labels: training films, for the two-sample test.
         detector: the fitted ``helpers.ood.OODDetector`` (its feature distribution).
         validation_point: the validation operating point (temperature, threshold).
+        validation_prevalence: PNEUMONIA share of validation, the class mix its
+            temperature was fitted at (the prior of the class-mix estimate).
 
     Returns a JSON-able dict with ``acceptance``, ``distance`` (site and validation
     quantiles), ``scores`` (calibrated-probability quantiles, share called PNEUMONIA,
@@ -378,7 +381,6 @@ def shift_report(site_features, site_logits, site_accepted, validation_features,
     validation_distance = detector.distribution.distances(validation_features)
     site_shown = validation_point.calibrated(site_logits)
     validation_shown = validation_point.calibrated(validation_logits)
-    validation_prevalence = float(np.mean(validation_point.predicted(sigmoid(validation_logits))))
     prevalence = estimate_prevalence(site_shown, prior=validation_prevalence)
     # Two-sample test against training films resampled to the site's estimated class mix,
     # so that a different mix of classes alone does not raise the AUC.
@@ -409,7 +411,8 @@ def shift_report(site_features, site_logits, site_accepted, validation_features,
         "scores": {"site": {f"p{q:02d}": float(np.percentile(site_shown, q)) for q in quantiles},
                    "validation": {f"p{q:02d}": float(np.percentile(validation_shown, q)) for q in quantiles},
                    "site_called_pneumonia": float(np.mean(validation_point.predicted(sigmoid(site_logits)))),
-                   "validation_called_pneumonia": validation_prevalence,
+                   "validation_called_pneumonia": float(np.mean(validation_point.predicted(
+                       sigmoid(np.asarray(validation_logits, dtype=np.float64))))),
                    "ks_statistic": float(ks_2samp(site_shown, validation_shown).statistic)},
         "estimated_prevalence": prevalence,
         "two_sample_auc": auc,
@@ -514,6 +517,16 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
             layer.moving_variance.assign(variance.astype(np.float32))
             offset += 1
     return adapted
+
+
+def label_free_logits(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 32,
+                      progress: bool = False):
+    """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model."""
+    from helpers.ood import compute_features, feature_model
+
+    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress)
+    features = compute_features(feature_model(adapted), target_images, batch_size)  # (M, 1280)
+    return LinearHead.from_model(adapted).logits(features), adapted
 
 
 def source_sample_for(training_labels, prevalence: float, size: int, seed: int = config.DEFAULT_SEED) -> np.ndarray:
@@ -769,10 +782,12 @@ def simulated_site_members(labels, patient_ids, prevalence: float = 0.5,
     return np.sort(np.concatenate([normals, np.asarray(chosen, dtype=np.int64)]))
 
 
+CHOICE_RULE_TEXT = ("among candidate rules run on the simulated site, the highest mean accuracy at k per "
+                    "class among those whose mean recall there is >= min_recall (none: the highest mean recall)")
+
+
 def choose_rule(results: dict[str, dict], k: str = "20", min_recall: float = 0.96) -> str:
-    """The development choice, stated before it is made: among candidate rules run on the
-    simulated site, the highest mean accuracy at ``k`` per class among those whose mean
-    recall there is >= ``min_recall`` (none: the highest mean recall)."""
+    """The development choice, stated before it is made: :data:`CHOICE_RULE_TEXT`."""
     if not results:
         raise ValueError("No candidate rule results to choose from.")
     summaries = {name: result["calibrated"][k] for name, result in results.items()}

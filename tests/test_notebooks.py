@@ -25,6 +25,7 @@ EXPECTED_NOTEBOOKS = [
     "05_gradcam.ipynb",
     "06_tflite_conversion.ipynb",
     "07_prediction_explorer.ipynb",
+    "08_new_site.ipynb",
 ]
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
@@ -87,6 +88,7 @@ ARTIFACT_CHECKS = {
     "06_tflite_conversion.ipynb": lambda: _check_tflite(),
     "07_prediction_explorer.ipynb": lambda: _check_keys(_json("ood.json"), (
         "false_rejection_rate_test", "rejection_rate_non_xray", "n_non_xray")),
+    "08_new_site.ipynb": lambda: (_check_new_site(_json("new_site.json")), _json("site_calibration.json")),
 }
 
 
@@ -104,6 +106,15 @@ def _check_metrics(metrics: dict) -> None:
             _check_keys(entry, ("value", "ci_low", "ci_high"))
             assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert 0.0 < metrics["threshold"] < 1.0 and metrics["temperature"] > 0.0
+
+
+def _check_new_site(report: dict) -> None:
+    _check_keys(report, ("zero_shot", "label_free", "calibrated", "protocol", "shift_reports"))
+    assert set(report["calibrated"]) == {"5", "10"}  # the smoke profile's k values, as strings
+    for entry in (report["zero_shot"], report["label_free"], *report["calibrated"].values()):
+        _check_keys(entry, ("accuracy", "recall", "specificity", "ece", "coverage"))
+        for summary in entry.values():
+            _check_keys(summary, ("mean", "p05", "p95"))
 
 
 def _check_tflite() -> None:
