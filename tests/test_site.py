@@ -201,7 +201,7 @@ def test_relative_statistics_map_target_moments_onto_source_moments():
                                rtol=1e-9)
 
 
-def test_adapt_batchnorm_and_with_head_on_a_tiny_model():
+def test_adapt_batchnorm_and_with_head_on_a_tiny_model(tmp_path):
     from helpers import model as model_lib
     from helpers.ood import compute_features, feature_model
 
@@ -219,6 +219,12 @@ def test_adapt_batchnorm_and_with_head_on_a_tiny_model():
     original_out = keras.Model(model.inputs, model.get_layer(first).output).predict(source, verbose=0)
     adapted_out = keras.Model(adapted.inputs, adapted.get_layer(first).output).predict(target, verbose=0)
     np.testing.assert_allclose(adapted_out.mean((0, 1, 2)), original_out.mean((0, 1, 2)), atol=2e-3)
+
+    # the adapted model is an ordinary Keras model: it converts to TFLite and agrees with itself there
+    from helpers import tflite
+    path = tflite.convert(adapted, "float32", tmp_path / "adapted_float32.tflite")
+    np.testing.assert_allclose(tflite.TFLiteClassifier(path).predict(target),
+                               adapted.predict(target, verbose=0)[:, 0], atol=1e-4)
 
     head = site.LinearHead(np.linspace(-1, 1, 1280), 0.25)
     site_model = site.with_head(model, head)
