@@ -28,16 +28,13 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.download import download_public_tfrecords
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
 IMAGE_SIZE = 224
 SPLITS = ("train", "test")
 SOURCES = ("auto", "shards", "tfrecord", "folder")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-PUBLIC_TFRECORD_URL = (
-    "https://storage.googleapis.com/download.tensorflow.org/data/ChestXRay2017/"
-    "{split}/{kind}.tfrec"
-)
 
 
 class DataError(ValueError):
@@ -355,8 +352,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, download: bool =
         return path
     if not download:
         raise DataError("No data configured: set CXR_DATA_DIR (or pass data_dir).")
-    from helpers.download import download_public_tfrecords
-
     return download_public_tfrecords(config.project_data_dir())
 
 

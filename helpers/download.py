@@ -15,6 +15,11 @@ from pathlib import Path
 
 from helpers.progress import progress_bar
 
+PUBLIC_TFRECORD_URL = (
+    "https://storage.googleapis.com/download.tensorflow.org/data/ChestXRay2017/"
+    "{split}/{kind}.tfrec"
+)
+
 CHUNK_BYTES = 1 << 20
 
 
@@ -85,8 +90,6 @@ def download_public_tfrecords(data_dir: Path) -> Path:
     Returns ``data_dir``, which then holds ``ChestXRay2017/{train,test}/{images,paths}.tfrec``.
     The public train pair has 5,232 images (the official train split plus its 16 val images).
     """
-    from helpers.data import PUBLIC_TFRECORD_URL
-
     for split in ("train", "test"):
         for kind in ("images", "paths"):
             url = PUBLIC_TFRECORD_URL.format(split=split, kind=kind)
