@@ -27,13 +27,13 @@ def world():
     rng = np.random.default_rng(0)
     training_features, training_labels = gaussian_films(rng, 300, 800)
     head = site.LinearHead(np.full(DIMENSIONS, 1.2), -0.6 * DIMENSIONS)  # the "model": sum of features
-    space = site.AnchoredSpace.fit(head, training_features, dims=4)
+    anchor = site.Anchor.build(head, training_features, training_labels, dims=4)
     site_features, site_labels = gaussian_films(rng, 150, 250, normal_shift=0.45)
     # patients with one film and patients with two
     patients = np.array([("q" if label else "") + (f"p{index // 2}" if index % 4 < 2 else f"s{index}")
                          for index, label in enumerate(site_labels)])
     return {"training_features": training_features, "training_labels": training_labels, "head": head,
-            "space": space, "features": site_features, "labels": site_labels, "patients": patients}
+            "anchor": anchor, "space": anchor.space, "features": site_features, "labels": site_labels, "patients": patients}
 
 
 # --------------------------------------------------------------------------- #
@@ -96,6 +96,19 @@ def test_em_recovers_a_known_class_mix():
     assert site.shift_to_prevalence(0.0, 0.5, 0.75) == pytest.approx(np.log(3))
 
 
+def test_weighted_logistic_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(300, 4)) * [1.0, 10.0, 0.1, 1.0]  # badly scaled columns on purpose
+    y = (x @ [1.0, 0.2, 5.0, 0.0] + rng.normal(size=300) > 0).astype(int)
+    weights = rng.uniform(0.5, 2.0, size=300)
+    coefficients, intercept = site.weighted_logistic(x, y, weights, regularization=0.5)
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(x, y, sample_weight=weights)
+    np.testing.assert_allclose(coefficients, reference.coef_[0], rtol=1e-4, atol=1e-5)
+    assert intercept == pytest.approx(reference.intercept_[0], abs=1e-5)
+
+
 def test_platt_refuses_a_reversed_ranking():
     with pytest.raises(ValueError, match="ranks NORMAL above PNEUMONIA"):
         site.fit_platt([3.0, 2.0, -2.0, -3.0], [0, 0, 1, 1])
@@ -115,8 +128,7 @@ def test_anchored_space_writes_the_refit_back_as_a_head(world):
 def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world, tmp_path):
     draw, rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(4))
     calibration = site.calibrate_site(world["features"][draw], world["labels"][draw], world["patients"][draw],
-                                      world["features"], world["space"], world["training_features"],
-                                      world["training_labels"])
+                                      world["features"], world["anchor"])
     point = calibration.point
     assert point.band_low < point.threshold < point.band_high and point.temperature_fitted
     # the cost rule: the threshold is where the shown probability is 1 / (1 + miss_cost) = 0.25
@@ -133,8 +145,7 @@ def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world
 def test_site_calibration_needs_enough_films_and_a_real_file(world, tmp_path):
     features, labels = world["features"][:8], np.array([0, 0, 0, 0, 1, 1, 1, 1])
     with pytest.raises(ValueError, match="at least 5 labelled films per class, got 4 NORMAL"):
-        site.calibrate_site(features, labels, np.arange(8).astype(str), features, world["space"],
-                            world["training_features"], world["training_labels"])
+        site.calibrate_site(features, labels, np.arange(8).astype(str), features, world["anchor"])
     with pytest.raises(FileNotFoundError, match="notebook 08"):
         site.SiteCalibration.load(tmp_path / "missing.json")
     OperatingPoint().save(tmp_path / "point.json")
@@ -147,8 +158,8 @@ def test_the_protocol_reports_every_row_and_calibration_beats_zero_shot_on_a_shi
     shifted = site.Site("synthetic", world["labels"], world["patients"], world["features"], logits,
                         label_free_logits=logits - 0.5)
     validation_point = OperatingPoint(threshold=0.5, temperature=1.0, band_low=0.3, band_high=0.8)
-    result = site.run_protocol(shifted, validation_point, world["space"], world["training_features"],
-                               world["training_labels"], k_values=(5, 20), draws=4, progress=False)
+    result = site.run_protocol(shifted, validation_point, world["anchor"], k_values=(5, 20), draws=4,
+                               progress=False)
     assert {"zero_shot", "label_free", "calibrated"} <= set(result)
     assert set(result["calibrated"]) == {"5", "20"}
     for entry in (result["zero_shot"], result["label_free"], *result["calibrated"].values()):
@@ -165,11 +176,14 @@ def test_the_protocol_reports_every_row_and_calibration_beats_zero_shot_on_a_shi
     assert list(met.values()) == [True, False]
 
 
-def test_choose_rule_prefers_accuracy_among_rules_that_keep_recall():
+def test_choose_rule_prefers_accuracy_among_rules_that_keep_recall_on_every_simulated_site():
     def result(accuracy, recall):
         return {"calibrated": {"20": {"accuracy": {"mean": accuracy}, "recall": {"mean": recall}}}}
-    assert site.choose_rule({"a": result(0.95, 0.90), "b": result(0.92, 0.97), "c": result(0.91, 0.99)}) == "b"
-    assert site.choose_rule({"a": result(0.95, 0.90), "b": result(0.92, 0.93)}) == "b"
+    rules = {"a": {"s1": result(0.95, 0.90), "s2": result(0.95, 0.99)},
+             "b": {"s1": result(0.92, 0.97), "s2": result(0.90, 0.97)},
+             "c": {"s1": result(0.91, 0.99), "s2": result(0.90, 0.99)}}
+    assert site.choose_rule(rules) == "b"  # a misses recall on s1; b beats c on mean accuracy
+    assert site.choose_rule({"a": rules["a"], "d": {"s1": result(0.9, 0.93), "s2": result(0.9, 0.93)}}) == "d"
 
 
 def test_simulated_site_members_reach_the_class_mix_by_whole_patients():
@@ -177,8 +191,15 @@ def test_simulated_site_members_reach_the_class_mix_by_whole_patients():
     patients = np.array([f"n{i}" for i in range(10)] + [f"p{i // 2}" for i in range(40)])
     members = site.simulated_site_members(labels, patients, prevalence=0.5)
     assert (labels[members] == 0).sum() == 10 and (labels[members] == 1).sum() == 10
-    changed = site.simulate_acquisition(np.full((2, 32, 32, 3), 128, np.float32))
-    assert changed.shape == (2, 32, 32, 3) and changed.dtype == np.float32 and changed.max() <= 255
+    flat = np.full((2, 32, 32, 3), 128, np.float32)
+    for change in site.SIMULATED_CHANGES:
+        changed = site.simulate_acquisition(flat, change)
+        assert changed.shape == (2, 32, 32, 3) and changed.dtype == np.float32 and 0 <= changed.min()
+        assert changed.max() <= 255
+    darker, brighter = (site.simulate_acquisition(flat, change).mean() for change in site.SIMULATED_CHANGES)
+    assert darker < 128 < brighter
+    with pytest.raises(ValueError, match="change must be one of"):
+        site.simulate_acquisition(flat, "x-ray machine from 1950")
 
 
 # --------------------------------------------------------------------------- #
