@@ -491,23 +491,25 @@ def channel_moments(extractor, images, batch_size: int = 16) -> list[tuple[np.nd
 
     Returns one ``(mean (C,), variance (C,))`` pair per output, over batch, height and width.
     """
-    sums, squares, count = None, None, 0
+    sums, squares, counts = None, None, None
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size], dtype=np.float32)  # (B, S, S, 3)
         outputs = extractor.predict_on_batch(batch)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        # each output has its own spatial size: (B * H_l * W_l, C_l) values per layer
         flat = [np.asarray(output, dtype=np.float64).reshape(-1, output.shape[-1]) for output in outputs]
         if sums is None:
             sums = [np.zeros(f.shape[1]) for f in flat]
             squares = [np.zeros(f.shape[1]) for f in flat]
+            counts = [0] * len(flat)
         for index, values in enumerate(flat):
             sums[index] += values.sum(axis=0)
             squares[index] += np.square(values).sum(axis=0)
-        count += flat[0].shape[0]
+            counts[index] += values.shape[0]
     if sums is None:
         raise ValueError("No images to measure.")
     return [(total / count, np.maximum(square / count - np.square(total / count), 0.0))
-            for total, square in zip(sums, squares)]
+            for total, square, count in zip(sums, squares, counts)]
 
 
 def relative_statistics(moving_mean, moving_variance, epsilon: float, source, target,

@@ -222,6 +222,21 @@ def test_relative_statistics_map_target_moments_onto_source_moments():
                                rtol=1e-9)
 
 
+def test_channel_moments_of_outputs_with_different_spatial_sizes():
+    import keras
+
+    inputs = keras.Input(shape=(8, 8, 3))
+    big = keras.layers.Conv2D(2, 1, name="big")(inputs)  # (B, 8, 8, 2)
+    small = keras.layers.Conv2D(5, 2, strides=2, name="small")(inputs)  # (B, 4, 4, 5)
+    extractor = keras.Model(inputs, [big, small])
+    images = np.random.default_rng(0).uniform(0, 255, size=(7, 8, 8, 3)).astype(np.float32)
+    moments = site.channel_moments(extractor, images, batch_size=3)
+    for (mean, variance), output in zip(moments, extractor.predict(images, verbose=0)):
+        values = output.reshape(-1, output.shape[-1]).astype(np.float64)
+        np.testing.assert_allclose(mean, values.mean(0), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(variance, values.var(0), rtol=1e-4, atol=1e-3)
+
+
 def test_adapt_batchnorm_and_with_head_on_a_tiny_model(tmp_path):
     from helpers import model as model_lib
     from helpers.ood import compute_features, feature_model
@@ -240,6 +255,13 @@ def test_adapt_batchnorm_and_with_head_on_a_tiny_model(tmp_path):
     original_out = keras.Model(model.inputs, model.get_layer(first).output).predict(source, verbose=0)
     adapted_out = keras.Model(adapted.inputs, adapted.get_layer(first).output).predict(target, verbose=0)
     np.testing.assert_allclose(adapted_out.mean((0, 1, 2)), original_out.mean((0, 1, 2)), atol=2e-3)
+    # the same films on both sides: every layer, deep ones included, keeps its statistics
+    unchanged = site.adapt_batchnorm(model, source, source, layers_per_pass=4, batch_size=4, progress=False)
+    for layer in site.batchnorm_layers(model):
+        np.testing.assert_allclose(unchanged.get_layer(layer.name).moving_mean.numpy(),
+                                   layer.moving_mean.numpy(), atol=1e-3)
+        np.testing.assert_allclose(unchanged.get_layer(layer.name).moving_variance.numpy(),
+                                   layer.moving_variance.numpy(), rtol=1e-3, atol=1e-3)
 
     # the adapted model is an ordinary Keras model: it converts to TFLite and agrees with itself there
     from helpers import tflite
