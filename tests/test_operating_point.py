@@ -9,16 +9,7 @@ import pytest
 
 from helpers import evaluation, operating_point
 from helpers.operating_point import OperatingPoint, load_operating_point, sigmoid
-
-
-def minimal_report():
-    entry = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
-    metrics = {name: dict(entry) for name in evaluation.METRIC_NAMES}
-    return {
-        "threshold": 0.42, "temperature": 1.7,
-        "band": {"low": 0.2, "high": 0.8, "coverage": 0.86, "accuracy_outside": 0.97, "recall_outside": 0.99},
-        "ece_before": 0.08, "ece_after": 0.03, "test": metrics, "validation": metrics,
-    }
+from tests.test_evaluation import minimal_report
 
 
 # --------------------------------------------------------------------------- #
