@@ -25,7 +25,6 @@ test set ("site A").
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 from dataclasses import dataclass, field
@@ -36,7 +35,8 @@ import numpy as np
 from helpers import config
 from helpers.evaluation import confusion_counts, expected_calibration_error, metrics_from_counts
 from helpers.jsonio import read_json_object, write_json
-from helpers.operating_point import OperatingPoint, logit, sigmoid
+from helpers.imbalance import class_weights
+from helpers.operating_point import OperatingPoint, called_pneumonia, logit, sigmoid
 
 SITE_FILE_NAME = "site_calibration.json"
 REPORT_FILE_NAME = "new_site.json"
@@ -266,17 +266,17 @@ def refit_head(anchor: Anchor, local_features, local_labels, local_share: float 
     x = np.vstack([anchor.x, anchor.space.transform(local_features)])
     y = np.concatenate([anchor.labels, local_labels])
     weights = np.concatenate([
-        _balanced_weights(anchor.labels) * (1.0 - local_share),
-        _balanced_weights(local_labels) * local_share,
+        _balanced_weights(anchor.labels) * (1.0 - local_share) / len(anchor.labels),
+        _balanced_weights(local_labels) * local_share / len(local_labels),
     ]) * len(y)
     coefficients, intercept = weighted_logistic(x, y, weights, regularization)
     return anchor.space.to_head(coefficients, intercept)
 
 
 def _balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """Weights summing to 1, half on each class."""
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
-    return np.where(labels == 1, 0.5 / counts[1], 0.5 / counts[0])
+    """(N,) per-film weights of :func:`helpers.imbalance.class_weights` (they sum to N, half per class)."""
+    weights = class_weights(labels)
+    return np.where(labels == 1, weights[1], weights[0])
 
 
 # --------------------------------------------------------------------------- #
@@ -293,7 +293,7 @@ def fit_platt(logits, labels) -> tuple[float, float]:
     labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         raise ValueError("Platt scaling needs films of both classes.")
-    coefficients, intercept = weighted_logistic(logits, labels, _balanced_weights(labels) * len(labels))
+    coefficients, intercept = weighted_logistic(logits, labels, _balanced_weights(labels))
     slope = float(coefficients[0])
     if slope <= 0:
         raise ValueError(f"Platt slope {slope:.3f} <= 0: on these local films the model ranks NORMAL "
@@ -749,9 +749,12 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
     def raw(calibrated: float) -> float:
         return float(sigmoid((logit(calibrated) - intercept) / slope))
 
+    threshold = raw(rule.calibrated_threshold)
+    detected = int(called_pneumonia(sigmoid(out_of_fold[labels == 1]), threshold).sum())  # out of fold
+    guarantee = RecallGuarantee.from_counts(detected, int(counts[1]), confidence)
     low, high = rule.calibrated_band
     point = OperatingPoint(
-        threshold=raw(rule.calibrated_threshold), temperature=1.0 / slope, intercept=intercept,
+        threshold=threshold, temperature=1.0 / slope, intercept=intercept,
         band_low=raw(low), band_high=raw(high), temperature_fitted=True,
         chosen_on=description or f"site: {counts[0]} NORMAL + {counts[1]} PNEUMONIA labelled local films",
         rule=(f"cost rule: PNEUMONIA when calibrated p >= {rule.calibrated_threshold:.3f} (a miss costs "
@@ -762,13 +765,10 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
             "k_normal": int(counts[0]), "k_pneumonia": int(counts[1]),
             "unlabelled_films": int(len(site_logits)), "estimated_prevalence": prevalence,
             "platt_slope": slope, "rule": rule.to_dict(), "seed": seed,
-            "date": datetime.date.today().isoformat(),
+            "date": datetime.date.today().isoformat(), "recall_guarantee": guarantee.statement(),
         },
     )
-    detected = int(point.predicted(sigmoid(out_of_fold))[labels == 1].sum())
-    guarantee = RecallGuarantee.from_counts(detected, int(counts[1]), confidence)
-    provenance = {**point.provenance, "recall_guarantee": guarantee.statement()}
-    return SiteCalibration(dataclasses.replace(point, provenance=provenance), head, guarantee)
+    return SiteCalibration(point, head, guarantee)
 
 
 def with_head(model, head: LinearHead):
