@@ -20,10 +20,8 @@ Everything here is plain Python/NumPy/pandas so it is tested without a browser;
   Grad-CAM heatmap -- or a rejection message for a corrupt, too small, or
   non-X-ray image (never a traceback).
 
-Upload rules (:func:`inspect_image_bytes`): JPEG or PNG (BMP, GIF and WebP decode
-too), at most 30 MB and 50 megapixels, and at least :data:`MIN_IMAGE_SIDE` = 64
-pixels on each side: below that the 224x224 input would be mostly interpolation
-(a thumbnail holds no lung detail), and real chest X-rays are hundreds of pixels wide.
+Upload rules live in :mod:`helpers.uploads` (shared with the web app and the batch
+screener): what is accepted, and the message for what is not.
 """
 
 from __future__ import annotations
@@ -37,7 +35,9 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
+from helpers.imaging import png_bytes  # noqa: F401  (the widgets show pictures with it)
 from helpers.operating_point import OperatingPoint, outcomes
+from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
 OUTCOME_DESCRIPTIONS = {
@@ -49,15 +49,6 @@ OUTCOME_DESCRIPTIONS = {
     "referred": "inside the referral band: sent to a radiologist",
 }
 SORT_ORDERS = ("most confident first", "least confident first")
-MIN_IMAGE_SIDE = 64
-MAX_IMAGE_PIXELS = 50_000_000
-MAX_UPLOAD_BYTES = 30 * 1024 * 1024
-ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO")  # MPO: JPEG from some phone cameras
-EXIF_ORIENTATION_TAG = 0x0112
-
-
-class ImageRejected(ValueError):
-    """An uploaded file cannot be used; the message says why and what to upload instead."""
 
 
 # --------------------------------------------------------------------------- #
@@ -263,112 +254,6 @@ def read_upload(value) -> list[tuple[str, bytes]]:
     return files
 
 
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the file header says: format (PIL name), width, height, mode, size in bytes."""
-
-    format: str
-    width: int
-    height: int
-    mode: str
-    size_bytes: int
-    orientation: int = 1  # EXIF orientation (1 = upright; phones store 3, 6, 8 for rotated shots)
-
-
-def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
-    """Check an upload before decoding it; raise :class:`ImageRejected` saying why not.
-
-    Rejects: empty or oversized files, DICOM, files that are not images or in an
-    unsupported format, images smaller than :data:`MIN_IMAGE_SIDE` on a side or
-    larger than :data:`MAX_IMAGE_PIXELS`.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    content = bytes(content)
-    if len(content) == 0:
-        raise ImageRejected(f"{name} is empty (0 bytes). Choose a JPEG or PNG chest X-ray.")
-    if len(content) > MAX_UPLOAD_BYTES:
-        raise ImageRejected(f"{name} is {len(content) / 2**20:.0f} MB; the limit is "
-                            f"{MAX_UPLOAD_BYTES // 2**20} MB. Save a smaller JPEG or PNG.")
-    if content[128:132] == b"DICM":
-        raise ImageRejected(f"{name} is a DICOM file. Export the image as PNG or JPEG "
-                            "(any DICOM viewer can) and upload that.")
-    try:
-        with Image.open(io.BytesIO(content)) as image:
-            orientation = _exif_orientation(image)
-            info = ImageInfo(str(image.format), int(image.width), int(image.height), str(image.mode),
-                             len(content), orientation)
-    except Image.DecompressionBombError as error:
-        raise ImageRejected(f"{name} is far too large to decode safely ({error}). "
-                            "Resize it below 50 megapixels.") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageRejected(f"{name} is not an image file this app can read "
-                            f"({type(error).__name__}). Upload a JPEG or PNG chest X-ray.") from error
-    if info.format not in ACCEPTED_FORMATS:
-        raise ImageRejected(f"{name} is a {info.format} image; upload JPEG or PNG "
-                            "(BMP, GIF and WebP work too).")
-    if min(info.width, info.height) < MIN_IMAGE_SIDE:
-        raise ImageRejected(
-            f"{name} is only {info.width}x{info.height} pixels. The model needs at least "
-            f"{MIN_IMAGE_SIDE} pixels on each side (its input is {IMAGE_SIZE}x{IMAGE_SIZE}); "
-            "upload the full-resolution X-ray, not a thumbnail.")
-    if info.width * info.height > MAX_IMAGE_PIXELS:
-        raise ImageRejected(f"{name} is {info.width}x{info.height} pixels "
-                            f"({info.width * info.height / 1e6:.0f} MP); the limit is "
-                            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Resize it first.")
-    return info
-
-
-def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
-    """Checked bytes -> (pixels float32 (224, 224, 3) 0-255, header info).
-
-    Uses ``helpers.data.load_image`` (the project's one decoder: grey -> RGB, alpha
-    dropped, any size resized). Raises :class:`ImageRejected` for any unusable file,
-    including truncated ones that only fail while decoding.
-    """
-    from helpers.data import DataError, load_image
-
-    info = inspect_image_bytes(content, name)
-    try:
-        if info.orientation != 1:
-            content = _upright_png(content)  # phone photo stored sideways: rotate as a viewer would
-        pixels = load_image(bytes(content))  # (224, 224, 3) float32 0-255
-    except (DataError, OSError, SyntaxError) as error:  # OSError: PIL met a truncated file
-        raise ImageRejected(f"{name} could not be decoded: it looks truncated or damaged "
-                            f"({info.format}, {info.size_bytes} bytes). Upload a complete "
-                            "JPEG or PNG file.") from error
-    return pixels, info
-
-
-def _exif_orientation(image) -> int:
-    """The EXIF orientation of an opened PIL image; 1 (upright) when there is none.
-
-    A file whose metadata cannot be read (e.g. a truncated PNG) counts as upright here:
-    the decoder, run next, reports the damage with a clear message.
-    """
-    try:
-        return int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-    except (OSError, SyntaxError, ValueError, TypeError):
-        return 1
-
-
-def _upright_png(content: bytes) -> bytes:
-    """Apply the EXIF orientation (what photo viewers do) and re-encode losslessly as PNG.
-
-    TensorFlow's decoder ignores EXIF, so a phone photo stored sideways would reach the
-    model rotated (and the OOD check would refuse it).
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(bytes(content))) as image:
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode not in ("L", "LA", "RGB", "RGBA", "I;16"):  # e.g. CMYK: PNG cannot hold it
-            upright = upright.convert("RGB")
-        buffer = io.BytesIO()
-        upright.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------- #
 # One image explained
 # --------------------------------------------------------------------------- #
@@ -514,20 +399,6 @@ class Explainer:
 # --------------------------------------------------------------------------- #
 # Pictures
 # --------------------------------------------------------------------------- #
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an (H, W, 3) image, uint8 0-255 or float (0-255, or 0-1 if max <= 1)."""
-    from PIL import Image
-
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float32)
-        array = array * 255.0 if array.size and array.max() <= 1.0 else array
-        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def overlay_image(explanation: Explanation, alpha: float = 0.4) -> np.ndarray | None:
     """The Grad-CAM overlay (224, 224, 3) float in [0, 1], or None without a heatmap."""
     from helpers.gradcam import overlay

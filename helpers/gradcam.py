@@ -42,7 +42,7 @@ from typing import Sequence
 
 import numpy as np
 
-from helpers import config
+from helpers import config, imaging
 from helpers.jsonio import write_json
 from helpers.operating_point import outcomes
 
@@ -192,14 +192,6 @@ def normalize_maps(maps: np.ndarray) -> np.ndarray:
     return (maps / safe[:, None, None]).astype(np.float32)
 
 
-def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of (B, h, w) maps to (B, H, W), kept in [0, 1]."""
-    import tensorflow as tf
-
-    resized = tf.image.resize(maps[..., np.newaxis], size, method="bilinear")  # (B, H, W, 1)
-    return np.clip(resized.numpy()[..., 0], 0.0, 1.0).astype(np.float32)
-
-
 def gradcam_steps(grad_model, images: np.ndarray, target="pneumonia") -> dict[str, np.ndarray]:
     """Grad-CAM for one batch with every intermediate result, for teaching.
 
@@ -227,7 +219,7 @@ def gradcam_steps(grad_model, images: np.ndarray, target="pneumonia") -> dict[st
     # Step 7: per-image normalization to [0, 1].
     normalized = normalize_maps(relu)  # (B, h, w)
     # Step 8: upsample to the image.
-    heatmap = upsample_maps(normalized, images.shape[1:3])  # (B, H, W)
+    heatmap = imaging.upsample_maps(normalized, images.shape[1:3])  # (B, H, W)
     return {
         "activations": activations,
         "logits": logits,
@@ -287,6 +279,9 @@ def compute_gradcam(
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
     """Blend a heatmap over an image: float32 (H, W, 3) in [0, 1], ready for ``imshow``.
 
+    The blend is :func:`helpers.imaging.overlay` (what the web app shows); this only
+    looks up any Matplotlib colormap by name.
+
     Args:
         image: (H, W, 3) or (H, W), 0-255 (or already in [0, 1] if float with max <= 1).
         heatmap: (H, W) in [0, 1].
@@ -295,18 +290,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     """
     import matplotlib
 
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        image = np.repeat(image[..., np.newaxis], 3, axis=-1)
-    heatmap = np.asarray(heatmap, dtype=np.float32)
-    if image.ndim != 3 or image.shape[-1] != 3 or heatmap.shape != image.shape[:2]:
-        raise ValueError(f"overlay needs an (H, W, 3) image and an (H, W) heatmap, got "
-                         f"{image.shape} and {heatmap.shape}.")
-    scaled = image / 255.0 if image.max() > 1.0 else image  # (H, W, 3) in [0, 1]
-    colored = matplotlib.colormaps[colormap](np.clip(heatmap, 0.0, 1.0))[..., :3]  # (H, W, 3)
-    return ((1.0 - alpha) * scaled + alpha * colored).astype(np.float32)
+    colours = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3]  # (256, 3)
+    return imaging.overlay(image, heatmap, alpha, colours)
 
 
 def plot_side_by_side(images, heatmaps, titles: Sequence[str] | None = None, alpha: float = 0.4,

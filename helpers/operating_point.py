@@ -45,6 +45,8 @@ RULE_TEXT = ("PNEUMONIA when the raw probability p >= threshold; refer to a radi
              "band low <= p < band high; shown probability sigmoid(logit / temperature + intercept)")
 RERUN_NOTEBOOK_04 = ("Re-run notebooks/04_evaluation.ipynb (`python -m helpers.notebooks --only 04`) "
                      "to rewrite it.")
+# metrics.json (notebook 04) predates the ``chosen_on`` key; its threshold rule is on validation.
+METRICS_CHOSEN_ON = "validation split, by patient (notebook 04, metrics.json)"
 
 
 # --------------------------------------------------------------------------- #
@@ -268,7 +270,7 @@ class OperatingPoint:
                 band_low=band.get("low"), band_high=band.get("high"),
                 band_statistics={key: value for key, value in band.items() if key not in ("low", "high")},
                 temperature_fitted=bool(fitted),
-                chosen_on=str(saved.get("chosen_on", "")),
+                chosen_on=str(saved.get("chosen_on") or (METRICS_CHOSEN_ON if "threshold_rule" in saved else "")),
                 rule=str(saved.get("rule", saved.get("threshold_rule", ""))),
                 provenance=saved.get("provenance") or {},
                 source=source or DEFAULTS_SOURCE,

@@ -535,7 +535,7 @@ def relative_statistics(moving_mean, moving_variance, epsilon: float, source, ta
 
 
 def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 16,
-                    progress: bool = True):
+                    progress: bool = True, first_layers: int | None = None):
     """A copy of ``model`` whose BatchNorm layers map target moments onto source moments.
 
     Args:
@@ -545,6 +545,9 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
         target_images: (M, S, S, 3) unlabelled films of the new site.
         layers_per_pass: BatchNorm layers adapted per pass; the target's moments of
             each group are measured through the already adapted layers below it.
+        first_layers: adapt only the first this many BatchNorm layers (None: all).
+            Early layers see acquisition (contrast, exposure, sharpness); deep ones see
+            content, whose moments also move with the class mix and with sampling noise.
 
     Returns a new Keras model (same layers and names; convertible to TFLite).
     """
@@ -554,7 +557,7 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
 
     adapted = keras.models.clone_model(model)
     adapted.set_weights(model.get_weights())
-    layers = batchnorm_layers(model)
+    layers = batchnorm_layers(model)[:first_layers]
     if not layers:
         raise ValueError("The model has no BatchNormalization layer to adapt.")
     names = [layer.name for layer in layers]
@@ -576,11 +579,12 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
 
 
 def label_free_logits(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 32,
-                      progress: bool = False):
+                      progress: bool = False, first_layers: int | None = None):
     """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model."""
     from helpers.ood import compute_features, feature_model
 
-    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress)
+    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress,
+                              first_layers)
     features = compute_features(feature_model(adapted), target_images, batch_size)  # (M, 1280)
     return LinearHead.from_model(adapted).logits(features), adapted
 

@@ -937,23 +937,41 @@ def build_metadata(
     keras_model_path: str | os.PathLike | None = None,
     calibration: dict | None = None,
     extra: dict | None = None,
+    outputs: dict | None = None,
 ) -> dict:
-    """Everything a phone app needs to run ``model_path`` and read its output."""
+    """Everything a phone app needs to run ``model_path`` and read its output.
+
+    Args:
+        outputs: for a model with several outputs (the one-pass screening models),
+            ``{role: {"shape": [...], "meaning": ...}}``; its ``probability`` output is
+            described under ``output`` as for the single-output models.
+    """
     import keras
     import tensorflow as tf
 
     _check_variant(variant)
-    classifier = TFLiteClassifier(model_path)
-    input_info = classifier.input.as_dict()
+    interpreter = _load_interpreter(model_path)
+    model_input = TensorInfo.from_details(interpreter.get_input_details()[0])
+    output_details = [TensorInfo.from_details(detail) for detail in interpreter.get_output_details()]
+    if outputs is None and len(output_details) != 1:
+        raise TFLiteModelError(f"{Path(model_path).name} has {len(output_details)} outputs: declare them "
+                               "with outputs={role: {'shape': ...}}.")
+    probability_output = output_details[0] if outputs is None else next(
+        (info for info in output_details if list(info.shape) == list(outputs["probability"]["shape"])), None)
+    if probability_output is None:
+        raise TFLiteModelError(f"{Path(model_path).name} has no output of the declared probability shape "
+                               f"{outputs['probability']['shape']}.")
+    image_size = model_input.shape[1]
+    input_info = model_input.as_dict()
     input_info.update({
-        "layout": "NHWC", "color": "RGB", "height": classifier.image_size, "width": classifier.image_size,
+        "layout": "NHWC", "color": "RGB", "height": image_size, "width": image_size,
         "range": [0, 255],
         "preprocessing": ("Decode the image, convert grayscale/RGBA to RGB, resize to 224x224 (bilinear), "
                           "keep raw 0-255 pixel values: no mean/std normalization, the model rescales inside."
                           + (" Pass the pixels as uint8 bytes (scale 1, zero point 0)." if
-                             classifier.input.dtype == np.uint8 else " Pass them as float32.")),
+                             model_input.dtype == np.uint8 else " Pass them as float32.")),
     })
-    output_info = classifier.output.as_dict()
+    output_info = probability_output.as_dict()
     output_info["meaning"] = ("P(PNEUMONIA) before calibration; calibrated probability = "
                               "sigmoid(logit(p) / temperature + intercept)")
     metadata = {
@@ -977,6 +995,8 @@ def build_metadata(
         },
         "intended_use": "Teaching project. Not a medical device: do not use for diagnosis.",
     }
+    if outputs is not None:
+        metadata["outputs"] = outputs
     if extra:
         metadata.update(extra)
     return metadata
@@ -1250,13 +1270,19 @@ PARITY_FILE_NAME = "parity.json"
 
 
 def write_parity(results: dict[str, dict], paths: dict[str, Path], threshold: float,
-                 directory: str | os.PathLike | None = None) -> Path:
-    """Write {variant: parity(...)} with each model's SHA-256 to ``tflite/parity.json``."""
+                 directory: str | os.PathLike | None = None, one_pass: dict | None = None) -> Path:
+    """Write {variant: parity(...)} with each model's SHA-256 to ``tflite/parity.json``.
+
+    ``one_pass``: the one-pass models' checks (``heatmap_spearman_<variant>`` and
+    friends, from notebook 06), written as they are under ``"one_pass"``.
+    """
     directory = Path(directory) if directory is not None else tflite_dir()
     record = {"threshold": float(threshold), "variants": {
         variant: {"model_sha256": file_sha256(paths[variant]),
                   **{k: finite_or_none(v) for k, v in result.items()}}
         for variant, result in results.items() if variant in paths}}
+    if one_pass is not None:
+        record["one_pass"] = one_pass
     path = directory / PARITY_FILE_NAME
     path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
     return path

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data, evaluation, explorer, ood
-from helpers.explorer import ImageRejected
+from helpers import data, evaluation, explorer, ood, uploads
 from helpers.operating_point import load_operating_point
+from helpers.uploads import ImageRejected
 
 
 # --------------------------------------------------------------------------- #
@@ -233,7 +233,7 @@ def test_read_upload_understands_ipywidgets_8_and_7():
     (fake_xray(4, 64, 300), "PNG"),  # exactly the minimum side
 ])
 def test_valid_images_decode_to_model_pixels(array, fmt):
-    pixels, info = explorer.decode_upload(encode(array, fmt), "x")
+    pixels, info = uploads.decode_upload(encode(array, fmt), "x")
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
     assert 0.0 <= pixels.min() and pixels.max() <= 255.0
     assert info.format == fmt and (info.width, info.height) == (array.shape[1], array.shape[0])
@@ -244,7 +244,7 @@ def test_sixteen_bit_png_decodes():
 
     buffer = io.BytesIO()
     Image.fromarray(fake_xray(5).astype(np.uint16) * 256).save(buffer, format="PNG")
-    pixels, info = explorer.decode_upload(buffer.getvalue(), "x16.png")
+    pixels, info = uploads.decode_upload(buffer.getvalue(), "x16.png")
     assert pixels.shape == (224, 224, 3) and pixels.max() > 100
 
 
@@ -260,13 +260,13 @@ def test_sixteen_bit_png_decodes():
 ])
 def test_bad_uploads_are_rejected_with_a_reason(content, expected):
     with pytest.raises(ImageRejected, match=expected):
-        explorer.decode_upload(content, "upload")
+        uploads.decode_upload(content, "upload")
 
 
 def test_too_many_pixels_is_rejected(monkeypatch):
-    monkeypatch.setattr(explorer, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(uploads, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(ImageRejected, match="MP"):
-        explorer.inspect_image_bytes(encode(fake_xray(11, 200, 200)), "big")
+        uploads.inspect_image_bytes(encode(fake_xray(11, 200, 200)), "big")
 
 
 # --------------------------------------------------------------------------- #
@@ -406,15 +406,15 @@ def test_exif_rotated_phone_photo_is_turned_upright():
     upright[:100] = 255  # bright top half, as a viewer shows it
     stored = np.ascontiguousarray(np.rot90(upright, k=1))  # stored sideways: (120, 200)
     exif = Image.Exif()
-    exif[explorer.EXIF_ORIENTATION_TAG] = 6  # "rotate 90 clockwise to display"
+    exif[uploads.EXIF_ORIENTATION_TAG] = 6  # "rotate 90 clockwise to display"
     content = encode(stored, "JPEG", exif=exif, quality=95)
-    pixels, info = explorer.decode_upload(content, "phone.jpg")
+    pixels, info = uploads.decode_upload(content, "phone.jpg")
     assert info.orientation == 6
     top, bottom = pixels[:100].mean(), pixels[124:].mean()
     assert top > 200 and bottom < 50, (top, bottom)
     cmyk = io.BytesIO()  # a CMYK phone JPEG stored sideways works too
     Image.fromarray(stored).convert("CMYK").save(cmyk, format="JPEG", exif=exif)
-    pixels, info = explorer.decode_upload(cmyk.getvalue(), "cmyk.jpg")
+    pixels, info = uploads.decode_upload(cmyk.getvalue(), "cmyk.jpg")
     assert info.mode == "CMYK" and pixels[:100].mean() > 200
 
 
@@ -422,7 +422,7 @@ def test_a_truncated_exif_rotated_photo_is_rejected_not_raised():
     from PIL import Image
 
     exif = Image.Exif()
-    exif[explorer.EXIF_ORIENTATION_TAG] = 8
+    exif[uploads.EXIF_ORIENTATION_TAG] = 8
     content = encode(fake_xray(16, 300, 300), "JPEG", exif=exif)
     with pytest.raises(ImageRejected, match="truncated or damaged"):
-        explorer.decode_upload(content[: len(content) // 2], "half.jpg")
+        uploads.decode_upload(content[: len(content) // 2], "half.jpg")

@@ -1,0 +1,130 @@
+"""Pneumonia screening web app: upload chest X-rays, get the phone model's decision and heat map.
+
+Start it with ``make app`` or ``streamlit run app/streamlit_app.py [-- --model PATH]``.
+A thin layer over :mod:`helpers.screening` (the decision rule, the upload checks and
+the heat map live there, tested without a browser). Runs on LiteRT alone: no
+TensorFlow is imported. Uploads stay in memory and are never written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` without installing helpers
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+import streamlit as st  # noqa: E402
+
+from helpers import screening, uploads  # noqa: E402
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+DECISION_STYLE = {  # decision -> (Streamlit message box, words)
+    "PNEUMONIA": (st.error, "PNEUMONIA: signs of pneumonia"),
+    "NORMAL": (st.success, "NORMAL: no sign of pneumonia"),
+    "REFER": (st.warning, "Refer to a radiologist: the model is unsure"),
+}
+
+
+def command_line_model() -> str | None:
+    """``--model PATH`` after ``streamlit run app/streamlit_app.py --``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model", default=None)
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    return known.model
+
+
+@st.cache_resource(show_spinner="Loading the model ...")
+def load_screener(variant: str, model: str) -> screening.Screener:
+    """The engine and OOD detector of one model file, loaded once for every session."""
+    return screening.Screener.load(variant, model)
+
+
+def sidebar() -> tuple[screening.Screener | None, float]:
+    st.sidebar.header("Model")
+    variant = st.sidebar.selectbox("Engine", screening.ONE_PASS_VARIANTS, index=0,
+                                   help="int8 is the phone model; float16 and float32 are larger and slower.")
+    alpha = st.sidebar.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
+    try:
+        screener = load_screener(variant, str(screening.find_model(variant, command_line_model())))
+    except screening.ScreeningModelError as error:
+        st.sidebar.error("No model loaded.")
+        st.error(str(error))
+        return None, alpha
+    point = screener.point
+    st.sidebar.markdown(f"**{screener.engine.name}**  \n`{screener.engine.path.name}`  \n"
+                        f"version `{screener.engine.version}`")
+    band = (f"; refer band {point.band_low:.3f}-{point.band_high:.3f}" if point.has_band else "")
+    created = screener.engine.metadata.get("created_utc", "unknown date")
+    st.sidebar.markdown(f"**Threshold** {point.threshold:.3f}{band}  \nchosen on: {point.chosen_on or 'unknown'}  \n"
+                        f"rule: {point.rule or 'unknown'}  \nmodel converted {created}")
+    if screener.detector is None:
+        st.sidebar.warning("No out-of-distribution detector found: only the colour check runs.")
+    st.sidebar.info(screening.NOT_A_MEDICAL_DEVICE)
+    return screener, alpha
+
+
+def chosen_files() -> list[tuple[str, bytes]]:
+    """(name, bytes) of the uploads, then of the picked sample films."""
+    files = st.file_uploader("Chest X-ray(s): JPEG or PNG, frontal view", type=UPLOAD_TYPES,
+                             accept_multiple_files=True,
+                             max_upload_size=uploads.MAX_UPLOAD_BYTES // 2**20)
+    chosen = [(file.name, file.getvalue()) for file in files or []]
+    samples = screening.sample_films()
+    if samples:
+        picked = st.multiselect("Or try official test films (no upload)", [path.name for path in samples])
+        chosen += [(path.name, path.read_bytes()) for path in samples if path.name in picked]
+    return chosen
+
+
+def where_on_the_scale(result: screening.ScreeningResult) -> str:
+    """Where the raw probability sits against the threshold and the refer band, in words."""
+    text = f"Raw P(pneumonia) {result.probability:.3f} vs threshold {result.threshold:.3f}"
+    if result.band:
+        low, high = result.band
+        place = "inside" if result.referred else ("below" if result.probability < low else "above")
+        text += f"; {place} the refer band {low:.3f}-{high:.3f}"
+    return text
+
+
+def show_result(result: screening.ScreeningResult, overlay_png: bytes | None) -> None:
+    st.subheader(result.name)
+    if not result.accepted:
+        st.error(result.message)
+        return
+    box, words = DECISION_STYLE[result.decision]
+    box(f"**{words}** (calibrated P(pneumonia) = {result.calibrated_probability:.2f})")
+    st.caption(f"{where_on_the_scale(result)}. {result.total_ms:.0f} ms on {result.engine}.")
+    left, right = st.columns(2)
+    left.image(result.image.astype("uint8"), caption="film as the model sees it (224x224)")
+    right.image(overlay_png, caption=f"where the model looked (heat map of {result.model_decision})")
+    for note in result.notes:
+        st.info(note)
+
+
+def main() -> None:
+    st.set_page_config(page_title="Pneumonia screening (teaching)", page_icon=":lungs:", layout="wide")
+    st.title("Pneumonia screening on chest X-rays")
+    st.caption("MobileNetV2 phone model (TensorFlow Lite), decision rule chosen on validation, heat map "
+               "from the same pass. " + screening.NOT_A_MEDICAL_DEVICE)
+    screener, alpha = sidebar()
+    if screener is None:
+        return
+    files = chosen_files()
+    if not files:
+        st.info("Upload one or several chest X-rays to screen them.")
+        return
+    results = [screener.screen_and_overlay(content, name, alpha) for name, content in files]
+    if len(results) > 1:
+        st.subheader(f"{len(results)} files")
+        rows = [result.row() for result, _ in results]
+        st.dataframe(rows, hide_index=True)
+        st.download_button("Download results (CSV)", screening.results_csv([r for r, _ in results]),
+                           file_name="screening_results.csv", mime="text/csv")
+    for result, overlay_png in results:
+        show_result(result, overlay_png)
+
+
+main()

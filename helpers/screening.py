@@ -1,0 +1,402 @@
+"""Screen one chest X-ray with the phone model: bytes in, decision and heat map out, no TensorFlow.
+
+The web app (``app/streamlit_app.py``) and the batch screener (``python -m
+helpers.screen``) both run this pipeline, so the upload checks, the decision rule
+and the heat map exist once:
+
+1. :func:`helpers.uploads.decode_upload` -- checked bytes -> (224, 224, 3) pixels;
+2. one LiteRT call of the **one-pass** model (:class:`OnePassEngine`), which has three
+   outputs: P(PNEUMONIA), the 7x7 map of the logit (the dense head applied to each
+   ``out_relu`` feature vector; its mean is the logit) and the 1280 pooled features;
+3. the out-of-distribution check on those features (:class:`helpers.ood.OODDetector`);
+4. the decision from the operating point in the model's metadata (threshold, refer
+   band, calibration: :class:`helpers.operating_point.OperatingPoint`);
+5. the heat map from the logit map: for this head, Grad-CAM of the logit at
+   ``out_relu`` *is* the class activation map, ``ReLU(sign * (map - bias))``
+   (derivation and measured check in notebook 06), upsampled and overlaid.
+
+Everything here imports NumPy, Pillow and ``ai_edge_litert`` only: the app's own
+requirements (``app/requirements.txt``) install without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from helpers import config, imaging
+from helpers.operating_point import OperatingPoint
+from helpers.uploads import ImageInfo, ImageRejected, decode_upload
+
+ONE_PASS_STEM = "pneumonia_mobilenetv2_onepass"
+ONE_PASS_VARIANTS = ("int8", "float16", "float32")  # the app's default first
+MODEL_ENVIRONMENT_VARIABLE = "CXR_SCREENING_MODEL"
+DETECTOR_ENVIRONMENT_VARIABLE = "CXR_OOD_DETECTOR"
+# The one-pass model's outputs, by role; for MobileNetV2 at 224 and one image their shapes
+# are (1, 1), (1, 7, 7, 1) and (1, 1280). The metadata declares them; the engine checks.
+OUTPUT_ROLES = ("probability", "logit_map", "pooled_features")
+PRODUCE_COMMAND = "make run (notebook 06 writes artifacts/tflite/; python -m helpers.notebooks --only 06 after 03-04)"
+NOT_A_MEDICAL_DEVICE = ("Teaching project, not a medical device: never use it to diagnose or treat anyone. "
+                        "A radiologist reads every film.")
+CSV_COLUMNS = ("file", "status", "decision", "calibrated_probability", "probability", "threshold",
+               "refer_band", "referred", "reason", "engine", "model_version", "total_ms")
+
+
+class ScreeningModelError(ValueError):
+    """The screening model (or its metadata, or the OOD detector) cannot be used; says which file and why."""
+
+
+def one_pass_path(variant: str = "int8", directory: str | os.PathLike | None = None) -> Path:
+    """``<artifacts>/tflite/pneumonia_mobilenetv2_onepass_<variant>.tflite`` (or in ``directory``)."""
+    if variant not in ONE_PASS_VARIANTS:
+        raise ValueError(f"Unknown one-pass variant {variant!r}; choose one of {ONE_PASS_VARIANTS}.")
+    folder = Path(directory) if directory else config.artifacts_dir("tflite", create=False)
+    return folder / f"{ONE_PASS_STEM}_{variant}.tflite"
+
+
+def find_model(variant: str = "int8", model: str | os.PathLike | None = None) -> Path:
+    """The model to load: ``model`` if given, else ``$CXR_SCREENING_MODEL``, else the artifacts folder.
+
+    ``$CXR_SCREENING_MODEL`` may name a ``.tflite`` file or a folder holding the
+    one-pass models. Raises :class:`ScreeningModelError` naming the command that
+    produces the file when there is none.
+    """
+    given = model or os.environ.get(MODEL_ENVIRONMENT_VARIABLE)
+    if given and Path(given).is_dir():
+        path = one_pass_path(variant, given)
+    elif given:
+        path = Path(given)
+    else:
+        path = one_pass_path(variant)
+    if not path.is_file():
+        raise ScreeningModelError(
+            f"No screening model at {path}. Produce it with: {PRODUCE_COMMAND}; "
+            f"or point {MODEL_ENVIRONMENT_VARIABLE} (or --model) at a {ONE_PASS_STEM}_<variant>.tflite.")
+    return path
+
+
+def find_detector(model_path: Path, detector: str | os.PathLike | None = None) -> Path | None:
+    """The OOD detector for ``model_path``: given, ``$CXR_OOD_DETECTOR``, or ``ood/detector.npz`` of its artifacts."""
+    from helpers.ood import DETECTOR_FILE_NAME
+
+    given = detector or os.environ.get(DETECTOR_ENVIRONMENT_VARIABLE)
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise ScreeningModelError(f"No OOD detector at {path}. Fit it with notebook 07 or unset "
+                                      f"{DETECTOR_ENVIRONMENT_VARIABLE}.")
+        return path
+    beside = model_path.resolve().parent.parent / "ood" / DETECTOR_FILE_NAME  # <artifacts>/ood/detector.npz
+    return beside if beside.is_file() else None
+
+
+# --------------------------------------------------------------------------- #
+# The engine: one interpreter call, three outputs
+# --------------------------------------------------------------------------- #
+def _role_shape_ok(role: str, shape: tuple[int, ...]) -> bool:
+    if role == "probability":
+        return shape == (1, 1)
+    if role == "logit_map":
+        return len(shape) == 4 and shape[0] == 1 and shape[-1] == 1
+    return len(shape) == 2 and shape[0] == 1 and shape[1] > 1  # pooled features
+
+
+def _output_roles(output_details: list[dict], declared, path: Path) -> dict[str, dict]:
+    """Match the model's outputs to the roles its metadata declares, by shape; refuse any mismatch."""
+    if not isinstance(declared, dict) or set(declared) != set(OUTPUT_ROLES):
+        found = sorted(declared) if isinstance(declared, dict) else declared
+        raise ScreeningModelError(
+            f"The metadata of {path.name} declares outputs {found!r}, not {list(OUTPUT_ROLES)}: it is not a "
+            "one-pass screening model (notebook 06 writes pneumonia_mobilenetv2_onepass_<variant>.tflite). "
+            "Re-run notebook 06.")
+    actual = {tuple(int(d) for d in detail["shape"]): detail for detail in output_details}
+    roles = {}
+    for role in OUTPUT_ROLES:
+        shape = tuple(int(d) for d in (declared[role] or {}).get("shape", ()))
+        if not _role_shape_ok(role, shape) or shape not in actual or len(actual) != len(OUTPUT_ROLES):
+            raise ScreeningModelError(
+                f"{path.name} does not match its metadata: output {role!r} is declared with shape {list(shape)}, "
+                f"and the model's outputs have shapes {sorted(map(list, actual))}. The file and its metadata "
+                "come from different conversions: re-run notebook 06.")
+        roles[role] = actual[shape]
+    return roles
+
+
+class OnePassEngine:
+    """A one-pass ``.tflite`` with its metadata: pixels -> (probability, logit map, pooled features).
+
+    Raises:
+        ScreeningModelError: no file, a file LiteRT cannot load, missing or
+            mismatched metadata (named, with the remedy).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 2):
+        from helpers import tflite
+
+        self.path = Path(path)
+        try:
+            self.interpreter = tflite._load_interpreter(self.path, num_threads)
+            self.metadata = tflite.read_metadata(self.path)
+        except (FileNotFoundError, ValueError) as error:  # TFLiteModelError is a ValueError
+            raise ScreeningModelError(str(error)) from error
+        inputs = self.interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise ScreeningModelError(f"{self.path.name} has {len(inputs)} inputs; a screening model has one image input.")
+        self.input = tflite.TensorInfo.from_details(inputs[0])
+        self.outputs = _output_roles(self.interpreter.get_output_details(), self.metadata.get("outputs"), self.path)
+        head = self.metadata.get("logit_map") or {}
+        if "bias" not in head:
+            raise ScreeningModelError(f"The metadata of {self.path.name} lacks logit_map.bias (the head's bias, "
+                                      "needed for the heat map). Re-run notebook 06.")
+        self.bias = float(head["bias"])
+        self.point = OperatingPoint.from_dict(self.metadata["decision"], source=self.path.name,
+                                              remedy="Re-run notebook 06 to rewrite the metadata.")
+
+    @property
+    def variant(self) -> str:
+        return str(self.metadata.get("variant", "?"))
+
+    @property
+    def version(self) -> str:
+        return str((self.metadata.get("model_version") or {}).get("version") or "unknown version")
+
+    @property
+    def name(self) -> str:
+        return f"TFLite {self.variant} (one pass)"
+
+    def run(self, pixels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """One image (224, 224, 3) 0-255 -> (P(PNEUMONIA), logit map (7, 7), pooled features (1280,))."""
+        from helpers import tflite
+
+        pixels = np.asarray(pixels)
+        if pixels.shape != tuple(self.input.shape[1:]):
+            raise ValueError(f"Expected one image of shape {self.input.shape[1:]}, got {pixels.shape}.")
+        if self.input.quantized:
+            batch = tflite.quantize(pixels[np.newaxis], self.input.dtype, self.input.scale, self.input.zero_point)
+        elif np.issubdtype(self.input.dtype, np.integer):
+            batch = tflite.quantize(pixels[np.newaxis], self.input.dtype, 1.0, 0)  # uint8 raw pixels
+        else:
+            batch = pixels[np.newaxis].astype(self.input.dtype)
+        self.interpreter.set_tensor(self.input.index, batch)
+        self.interpreter.invoke()
+        values = {}
+        for role, detail in self.outputs.items():
+            raw = self.interpreter.get_tensor(detail["index"])
+            scale, zero_point = detail["quantization"]
+            values[role] = (tflite.dequantize(raw, scale, zero_point) if np.issubdtype(raw.dtype, np.integer) and scale
+                            else raw.astype(np.float32))
+        return (float(values["probability"].reshape(-1)[0]), values["logit_map"][0, ..., 0],
+                values["pooled_features"].reshape(-1))
+
+
+def heatmap_from_logit_map(logit_map: np.ndarray, bias: float, positive: bool,
+                           size: tuple[int, int] = (imaging.IMAGE_SIZE, imaging.IMAGE_SIZE)) -> np.ndarray:
+    """Grad-CAM of the decided class from the logit map: (7, 7) -> (224, 224) in [0, 1].
+
+    With logit = bias + mean over positions of w . A_ij, the Grad-CAM weights are
+    w / 49, so the weighted sum is (map_ij - bias) / 49; the ReLU keeps evidence for
+    the decided class (sign -1 for NORMAL) and the per-image normalization removes
+    the 1/49. Then the same bilinear upsampling as :mod:`helpers.gradcam`.
+    """
+    sign = 1.0 if positive else -1.0
+    evidence = np.maximum(sign * (np.asarray(logit_map, dtype=np.float64) - bias), 0.0)  # (7, 7)
+    peak = evidence.max()
+    normalized = evidence / peak if peak > 0 else evidence
+    return imaging.upsample_maps(normalized[np.newaxis], size)[0]
+
+
+# --------------------------------------------------------------------------- #
+# One result per file
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class ScreeningResult:
+    """What the app shows for one file. ``accepted`` False: no decision, ``message`` says why."""
+
+    name: str
+    accepted: bool
+    message: str
+    engine: str = ""
+    model_version: str = ""
+    decision: str | None = None  # "PNEUMONIA", "NORMAL" or "REFER" (inside the band)
+    model_decision: str | None = None  # PNEUMONIA / NORMAL at the threshold, even when referred
+    probability: float | None = None  # raw P(PNEUMONIA): what the threshold and band apply to
+    calibrated_probability: float | None = None  # the confidence to show
+    threshold: float | None = None
+    band: tuple[float, float] | None = None
+    distance: float | None = None  # OOD feature distance
+    image: np.ndarray | None = None  # (224, 224, 3) float32 0-255
+    heatmap: np.ndarray | None = None  # (224, 224) in [0, 1]
+    timings_ms: dict = field(default_factory=dict)
+    info: ImageInfo | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def referred(self) -> bool:
+        return self.decision == "REFER"
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(self.timings_ms.values()))
+
+    def overlay(self, alpha: float = 0.4) -> np.ndarray | None:
+        """The heat map over the film, (224, 224, 3) in [0, 1]; None for a refusal."""
+        if self.heatmap is None or self.image is None:
+            return None
+        return imaging.overlay(self.image, self.heatmap, alpha)
+
+    def summary(self) -> str:
+        """One line: the decision with its calibrated probability, or the refusal."""
+        if not self.accepted:
+            return f"{self.name}: not analysed. {self.message}"
+        words = {"PNEUMONIA": "PNEUMONIA", "NORMAL": "NORMAL",
+                 "REFER": f"refer to a radiologist (model leans {self.model_decision})"}[self.decision]
+        return (f"{self.name}: {words}; calibrated P(pneumonia) = {self.calibrated_probability:.3f} "
+                f"(raw {self.probability:.3f}, threshold {self.threshold:.3f}; {self.engine})")
+
+    def row(self) -> dict:
+        """The CSV / table row (:data:`CSV_COLUMNS`)."""
+        def rounded(value, digits=4):
+            return None if value is None else round(float(value), digits)
+
+        return {"file": self.name, "status": "decided" if self.accepted else "refused",
+                "decision": self.decision or "", "calibrated_probability": rounded(self.calibrated_probability),
+                "probability": rounded(self.probability), "threshold": rounded(self.threshold),
+                "refer_band": "" if not self.band else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
+                "referred": self.referred if self.accepted else "", "reason": "" if self.accepted else self.message,
+                "engine": self.engine, "model_version": self.model_version, "total_ms": round(self.total_ms, 1)}
+
+
+def results_csv(results: list[ScreeningResult]) -> str:
+    """All rows as CSV text (header :data:`CSV_COLUMNS`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerow(result.row())
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- #
+# The pipeline
+# --------------------------------------------------------------------------- #
+class Screener:
+    """Bytes -> :class:`ScreeningResult` with one engine and (optionally) an OOD detector.
+
+    Never raises for a bad upload: every refusal is a result with a message naming
+    the file and what to do.
+    """
+
+    def __init__(self, engine: OnePassEngine, detector=None):
+        self.engine = engine
+        self.detector = detector
+
+    @classmethod
+    def load(cls, variant: str = "int8", model: str | os.PathLike | None = None,
+             detector: str | os.PathLike | None = None, num_threads: int | None = 2) -> "Screener":
+        """The engine from :func:`find_model` and the detector from :func:`find_detector`."""
+        from helpers.ood import OODDetector
+
+        path = find_model(variant, model)
+        detector_path = find_detector(path, detector)
+        try:
+            loaded = OODDetector.load(detector_path) if detector_path else None
+        except (OSError, ValueError, KeyError) as error:
+            raise ScreeningModelError(f"The OOD detector {detector_path} cannot be read ({error}). "
+                                      "Re-run notebook 07 to fit it again.") from error
+        return cls(OnePassEngine(path, num_threads), loaded)
+
+    @property
+    def point(self) -> OperatingPoint:
+        return self.engine.point
+
+    def _refusal(self, name: str, message: str, timings: dict, **extra) -> ScreeningResult:
+        return ScreeningResult(name, False, message, self.engine.name, self.engine.version,
+                               threshold=self.point.threshold, timings_ms=dict(timings), **extra)
+
+    def screen_bytes(self, content: bytes, name: str = "upload") -> ScreeningResult:
+        """Check, decode and screen the bytes of one file."""
+        start = time.perf_counter()
+        try:
+            pixels, info = decode_upload(content, name)  # (224, 224, 3) float32 0-255
+        except ImageRejected as rejection:
+            return self._refusal(name, str(rejection), {"decode": (time.perf_counter() - start) * 1e3})
+        decoded = time.perf_counter()
+        return self.screen_pixels(pixels, name, info, {"decode": (decoded - start) * 1e3})
+
+    def screen_pixels(self, pixels: np.ndarray, name: str = "image", info: ImageInfo | None = None,
+                      timings: dict | None = None) -> ScreeningResult:
+        """Screen decoded pixels (224, 224, 3) 0-255."""
+        from helpers.ood import DEFAULT_MAX_COLOURFULNESS, colourfulness
+
+        timings = dict(timings or {})
+        start = time.perf_counter()
+        probability, logit_map, features = self.engine.run(pixels)
+        timings["model"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        notes = []
+        if self.detector is not None:
+            verdict = self.detector.check(pixels[np.newaxis], features[np.newaxis])[0]
+            accepted, message, distance = verdict.accepted, verdict.message, verdict.distance
+        else:
+            colour = float(colourfulness(pixels[np.newaxis])[0])
+            accepted = colour <= DEFAULT_MAX_COLOURFULNESS
+            message = ("Looks grey like an X-ray (colour check only)." if accepted else
+                       f"This image is in colour (colourfulness {colour:.0f}); chest X-rays are grey. "
+                       "Upload a frontal chest X-ray.")
+            distance = None
+            notes.append("No OOD detector found (artifacts/ood/detector.npz, notebook 07): only the colour "
+                         "check ran, so the model may answer for pictures that are not chest X-rays.")
+        timings["ood"] = (time.perf_counter() - start) * 1e3
+        if not accepted:
+            return self._refusal(name, f"{name}: {message}", timings, distance=distance, info=info,
+                                 notes=tuple(notes))
+        start = time.perf_counter()
+        point = self.point
+        positive = bool(point.predicted([probability])[0])
+        model_decision = "PNEUMONIA" if positive else "NORMAL"
+        referred = bool(point.referred([probability])[0])
+        heatmap = heatmap_from_logit_map(logit_map, self.engine.bias, positive)
+        timings["heatmap"] = (time.perf_counter() - start) * 1e3
+        band = (point.band_low, point.band_high) if point.band_low is not None else None
+        return ScreeningResult(
+            name=name, accepted=True, message=message, engine=self.engine.name, model_version=self.engine.version,
+            decision="REFER" if referred else model_decision, model_decision=model_decision,
+            probability=probability, calibrated_probability=float(point.calibrated_from_probability(probability)),
+            threshold=point.threshold, band=band, distance=distance, image=np.asarray(pixels, dtype=np.float32),
+            heatmap=heatmap, timings_ms=timings, info=info, notes=tuple(notes))
+
+    def screen_and_overlay(self, content: bytes, name: str = "upload", alpha: float = 0.4) -> tuple[ScreeningResult, bytes | None]:
+        """:meth:`screen_bytes` plus the overlay as PNG bytes (timed as ``overlay``): the app's whole path."""
+        result = self.screen_bytes(content, name)
+        if not result.accepted:
+            return result, None
+        start = time.perf_counter()
+        picture = imaging.png_bytes(result.overlay(alpha))
+        result.timings_ms["overlay"] = (time.perf_counter() - start) * 1e3
+        return result, picture
+
+
+def sample_films(per_class: int = 3, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """A few official **test** films to try without uploading, when the dataset is configured.
+
+    Reads the Kaggle folder layout (``chest_xray/test/{NORMAL,PNEUMONIA}/``) under
+    ``data_dir`` or ``$CXR_DATA_DIR``; returns [] when there is none (the TFRecord
+    layout needs TensorFlow to read, which the app does without). First files in
+    name order, so the list is the same on every machine.
+    """
+    root = data_dir or os.environ.get("CXR_DATA_DIR")
+    if not root:
+        return []
+    films = []
+    for class_name in ("NORMAL", "PNEUMONIA"):
+        folder = Path(root) / "chest_xray" / "test" / class_name
+        if folder.is_dir():
+            films += sorted(path for path in folder.iterdir()
+                            if path.suffix.lower() in (".jpeg", ".jpg", ".png"))[:per_class]
+    return films

@@ -1,0 +1,117 @@
+"""Uploaded bytes -> checked model pixels: the one set of upload rules.
+
+The web app, the batch screener and the notebook explorer all read uploads through
+:func:`decode_upload`, so a file is accepted or refused the same way everywhere,
+with one message naming the file and what to do. No TensorFlow: decoding is
+:func:`helpers.imaging.decode_pixels` (Pillow).
+
+Rules (:func:`inspect_image_bytes`): JPEG or PNG (BMP, GIF and WebP decode too), at
+most 30 MB and 50 megapixels, and at least :data:`MIN_IMAGE_SIDE` = 64 pixels on each
+side: below that the 224x224 input would be mostly interpolation (a thumbnail holds
+no lung detail), and real chest X-rays are hundreds of pixels wide. Uploads are
+decoded in memory and never written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from helpers.imaging import IMAGE_SIZE, decode_pixels
+
+MIN_IMAGE_SIDE = 64
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_UPLOAD_BYTES = 30 * 1024 * 1024
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO")  # MPO: JPEG from some phone cameras
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+class ImageRejected(ValueError):
+    """An uploaded file cannot be used; the message says why and what to upload instead."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file header says: format (PIL name), width, height, mode, size in bytes."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+    size_bytes: int
+    orientation: int = 1  # EXIF orientation (1 = upright; phones store 3, 6, 8 for rotated shots)
+
+
+def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
+    """Check an upload before decoding it; raise :class:`ImageRejected` saying why not.
+
+    Rejects: empty or oversized files, DICOM, files that are not images or in an
+    unsupported format, images smaller than :data:`MIN_IMAGE_SIDE` on a side or
+    larger than :data:`MAX_IMAGE_PIXELS`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    content = bytes(content)
+    if len(content) == 0:
+        raise ImageRejected(f"{name} is empty (0 bytes). Choose a JPEG or PNG chest X-ray.")
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise ImageRejected(f"{name} is {len(content) / 2**20:.0f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES // 2**20} MB. Save a smaller JPEG or PNG.")
+    if content[128:132] == b"DICM":
+        raise ImageRejected(f"{name} is a DICOM file. Export the image as PNG or JPEG "
+                            "(any DICOM viewer can) and upload that.")
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            orientation = _exif_orientation(image)
+            info = ImageInfo(str(image.format), int(image.width), int(image.height), str(image.mode),
+                             len(content), orientation)
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"{name} is far too large to decode safely ({error}). "
+                            "Resize it below 50 megapixels.") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(f"{name} is not an image file this app can read "
+                            f"({type(error).__name__}). Upload a JPEG or PNG chest X-ray.") from error
+    if info.format not in ACCEPTED_FORMATS:
+        raise ImageRejected(f"{name} is a {info.format} image; upload JPEG or PNG "
+                            "(BMP, GIF and WebP work too).")
+    if min(info.width, info.height) < MIN_IMAGE_SIDE:
+        raise ImageRejected(
+            f"{name} is only {info.width}x{info.height} pixels. The model needs at least "
+            f"{MIN_IMAGE_SIDE} pixels on each side (its input is {IMAGE_SIZE}x{IMAGE_SIZE}); "
+            "upload the full-resolution X-ray, not a thumbnail.")
+    if info.width * info.height > MAX_IMAGE_PIXELS:
+        raise ImageRejected(f"{name} is {info.width}x{info.height} pixels "
+                            f"({info.width * info.height / 1e6:.0f} MP); the limit is "
+                            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Resize it first.")
+    return info
+
+
+def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
+    """Checked bytes -> (pixels float32 (224, 224, 3) 0-255, header info).
+
+    Uses :func:`helpers.imaging.decode_pixels` (grey -> RGB, alpha dropped, EXIF
+    orientation applied, any size resized, high bit depth windowed). Raises :class:`ImageRejected` for any unusable file,
+    including truncated ones that only fail while decoding.
+    """
+    info = inspect_image_bytes(content, name)
+    try:
+        pixels = decode_pixels(bytes(content), IMAGE_SIZE, upright=True)  # (224, 224, 3) float32 0-255
+    except (OSError, SyntaxError, ValueError) as error:  # OSError: PIL met a truncated file
+        raise ImageRejected(f"{name} could not be decoded: it looks truncated or damaged "
+                            f"({info.format}, {info.size_bytes} bytes). Upload a complete "
+                            "JPEG or PNG file.") from error
+    return pixels, info
+
+
+def _exif_orientation(image) -> int:
+    """The EXIF orientation of an opened PIL image; 1 (upright) when there is none.
+
+    A file whose metadata cannot be read (e.g. a truncated PNG) counts as upright here:
+    the decoder, run next, reports the damage with a clear message.
+    """
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return 1

@@ -1,0 +1,144 @@
+"""The Streamlit web app, headless (``streamlit.testing.v1.AppTest``), on tiny one-pass models.
+
+The app is a thin layer over :mod:`helpers.screening` (tested in test_screening); these
+tests pin what the page shows: a verdict, refusals as one-line messages (never an
+exception), the results table with its CSV download, the engine switch, the sample
+films and the page without a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import one_pass, screening
+from tests.conftest import encode_image
+from tests.test_screening import POINT, film_bytes, grey_films, tiny_classifier
+
+APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+DECISION_WORDS = ("PNEUMONIA:", "NORMAL:", "Refer to a radiologist")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """``<tmp>/tflite/`` with the three one-pass variants of the tiny classifier."""
+    folder = tmp_path_factory.mktemp("app") / "tflite"
+    classifier = tiny_classifier()
+    calibration = grey_films(16, seed=1).astype(np.uint8)
+    for variant in screening.ONE_PASS_VARIANTS:
+        one_pass.convert_one_pass(classifier, variant, POINT, calibration, folder)
+    return folder
+
+
+@pytest.fixture
+def app(model_folder, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(model_folder))
+    monkeypatch.delenv("CXR_DATA_DIR", raising=False)
+    st.cache_resource.clear()
+    test = AppTest.from_file(str(APP), default_timeout=60)
+    test.run()
+    assert not test.exception
+    return test
+
+
+def verdicts(test) -> list[str]:
+    """The decision boxes on the page (success / error / warning with decision words)."""
+    boxes = [*test.success, *test.error, *test.warning]
+    return [box.value for box in boxes if any(word in box.value for word in DECISION_WORDS)]
+
+
+def upload(test, *files):
+    test.file_uploader[0].set_value(list(files) if len(files) > 1 else files[0])
+    test.run()
+    assert not test.exception, test.exception
+    return test
+
+
+def test_page_without_a_model_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(tmp_path))
+    st.cache_resource.clear()
+    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not test.exception
+    assert any("make run" in error.value for error in test.error)
+    assert not test.file_uploader  # nothing to upload to
+
+
+def test_sidebar_shows_engine_version_threshold_and_notice(app):
+    text = " ".join(markdown.value for markdown in app.sidebar.markdown)
+    assert "int8" in text and "version" in text and "Threshold** 0.500" in text and "test fixture" in text
+    assert any("not a medical device" in info.value for info in app.sidebar.info)
+
+
+def test_a_film_gets_a_verdict_probability_and_timing(app):
+    upload(app, ("film.png", film_bytes(), "image/png"))
+    assert len(verdicts(app)) == 1 and "calibrated P(pneumonia)" in verdicts(app)[0]
+    caption = " ".join(caption.value for caption in app.caption)
+    assert "vs threshold 0.500" in caption and " ms on TFLite int8" in caption
+
+
+@pytest.mark.integration
+def test_a_real_test_xray_gets_a_verdict(real_data_dir, app):
+    from helpers import data
+
+    test = data.load_examples("test", real_data_dir).head(2, seed=0)
+    upload(app, (Path(test.paths[0]).name, bytes(test.image_bytes[0]), "image/jpeg"))
+    assert len(verdicts(app)) == 1
+    assert app.subheader[0].value == Path(test.paths[0]).name
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("photo.jpg", encode_image(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)), "colour"),
+    ("broken.png", film_bytes()[:2000], "truncated or damaged"),
+    ("empty.png", b"", "empty"),
+    ("notes.png", b"plain text renamed to .png", "not an image file"),
+])
+def test_bad_files_give_a_message_and_clear_the_previous_verdict(app, name, content, message):
+    upload(app, ("film.png", film_bytes(), "image/png"))
+    assert verdicts(app)
+    upload(app, (name, content, "image/png"))
+    assert not verdicts(app), "the previous verdict is still on the page"
+    errors = [error.value for error in app.error]
+    assert any(name in error and message in error for error in errors), errors
+
+
+def test_several_files_give_a_table_and_a_csv_download(app):
+    upload(app, ("a.png", film_bytes(1), "image/png"), ("b.png", film_bytes(2), "image/png"),
+           ("empty.png", b"", "image/png"))
+    table = app.dataframe[0].value
+    assert list(table["file"]) == ["a.png", "b.png", "empty.png"]
+    assert list(table["status"]) == ["decided", "decided", "refused"]
+    assert len(app.get("download_button")) == 1
+    assert len(verdicts(app)) == 2
+
+
+def test_engine_switch_loads_the_other_variant(app):
+    app.sidebar.selectbox[0].set_value("float32").run()
+    assert not app.exception
+    assert "float32" in " ".join(markdown.value for markdown in app.sidebar.markdown)
+    upload(app, ("film.png", film_bytes(), "image/png"))
+    assert "TFLite float32" in " ".join(caption.value for caption in app.caption)
+
+
+@pytest.mark.integration
+def test_sample_films_need_no_upload(model_folder, monkeypatch, real_data_dir):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    if not screening.sample_films(data_dir=real_data_dir):
+        pytest.skip("CXR_DATA_DIR has no Kaggle folder layout (chest_xray/test/...)")
+    monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(model_folder))
+    monkeypatch.setenv("CXR_DATA_DIR", str(real_data_dir))
+    st.cache_resource.clear()
+    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    options = test.multiselect[0].options
+    assert len(options) == 6  # 3 NORMAL + 3 PNEUMONIA official test films
+    test.multiselect[0].select(options[0]).run()
+    assert not test.exception and len(verdicts(test)) == 1

@@ -1,0 +1,255 @@
+"""The one-pass model and the TensorFlow-free screening pipeline (web app and batch CLI).
+
+A tiny 224x224 classifier with the project's layer names (``out_relu`` 7x7, ``global_pool``,
+``logit``, ``probability``) keeps conversion to a few seconds; the real model's heat-map
+agreement is measured by notebook 06 (``parity.json``, checked in test_notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import one_pass, screening
+from helpers.operating_point import OperatingPoint
+from tests.conftest import encode_image
+
+POINT = OperatingPoint(threshold=0.5, band_low=0.45, band_high=0.55, chosen_on="test fixture", rule="fixed")
+
+
+def tiny_classifier(seed: int = 0):
+    """Raw 0-255 (B, 224, 224, 3) in, P(PNEUMONIA) (B, 1) out, with the layer names one_pass needs."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(224, 224, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
+    x = keras.layers.Conv2D(8, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, 8)
+    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 8)
+    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(0.3))(pooled)
+    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
+    return keras.Model(inputs, probability, name="tiny_screening")
+
+
+def grey_films(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 224, 224, 3) float32 grey pictures with structure (a bright blob at a random place)."""
+    rng = np.random.default_rng(seed)
+    films = []
+    rows, columns = np.mgrid[0:224, 0:224]
+    for _ in range(count):
+        centre = rng.uniform(40, 184, 2)
+        blob = 200 * np.exp(-((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (2 * 30.0 ** 2))
+        grey = np.clip(blob + rng.normal(40, 10, (224, 224)), 0, 255)
+        films.append(np.repeat(grey[..., np.newaxis], 3, axis=-1))
+    return np.stack(films).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return tiny_classifier()
+
+
+@pytest.fixture(scope="module")
+def models(classifier, tmp_path_factory):
+    """{variant: path} of the float32 and int8 one-pass models, with metadata."""
+    directory = tmp_path_factory.mktemp("one_pass")
+    calibration = grey_films(16, seed=1).astype(np.uint8)
+    return {variant: one_pass.convert_one_pass(classifier, variant, POINT, calibration, directory)
+            for variant in ("float32", "int8")}
+
+
+@pytest.fixture(scope="module")
+def screener(models):
+    return screening.Screener(screening.OnePassEngine(models["float32"]))
+
+
+def film_bytes(seed: int = 3) -> bytes:
+    return encode_image(grey_films(1, seed)[0, ..., 0].astype(np.uint8), "PNG")
+
+
+# ----------------------------------------------------------------- the one-pass model (Keras)
+def test_logit_map_mean_is_the_logit(classifier):
+    import keras
+
+    films = grey_films(4)
+    probability, logit_map, pooled = one_pass.one_pass_model(classifier).predict(films, verbose=0)
+    logits = keras.Model(classifier.inputs, classifier.get_layer("logit").output).predict(films, verbose=0)[:, 0]
+    assert logit_map.shape == (4, 7, 7, 1) and pooled.shape == (4, 8)
+    np.testing.assert_allclose(logit_map.mean(axis=(1, 2, 3)), logits, atol=1e-5)
+    np.testing.assert_allclose(probability[:, 0], classifier.predict(films, verbose=0)[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("decided", [1, 0])
+def test_heat_map_from_the_logit_map_is_grad_cam(classifier, decided):
+    from helpers import gradcam
+
+    films = grey_films(3, seed=5)
+    _, logit_map, _ = one_pass.one_pass_model(classifier).predict(films, verbose=0)
+    expected = gradcam.compute_gradcam(classifier, films, target=[decided] * 3)  # (3, 224, 224)
+    bias = one_pass.head_bias(classifier)
+    for index in range(3):
+        heatmap = screening.heatmap_from_logit_map(logit_map[index, ..., 0], bias, positive=bool(decided))
+        np.testing.assert_allclose(heatmap, expected[index], atol=1e-4)
+
+
+def test_heat_map_keeps_only_evidence_for_the_decided_class():
+    logit_map = np.zeros((7, 7))
+    logit_map[0, 0], logit_map[6, 6] = 3.0, -3.0  # bias 0: one cell for, one against PNEUMONIA
+    pneumonia = screening.heatmap_from_logit_map(logit_map, 0.0, positive=True)
+    normal = screening.heatmap_from_logit_map(logit_map, 0.0, positive=False)
+    assert pneumonia[0, 0] == pytest.approx(1.0) and pneumonia[-1, -1] == 0.0
+    assert normal[-1, -1] == pytest.approx(1.0) and normal[0, 0] == 0.0
+
+
+# ----------------------------------------------------------------- the engine
+@pytest.mark.parametrize("variant, tolerance", [("float32", 1e-4), ("int8", 5e-2)])
+def test_engine_matches_keras_in_one_call(classifier, models, variant, tolerance):
+    engine = screening.OnePassEngine(models[variant])
+    films = grey_films(4, seed=7)
+    expected = classifier.predict(films, verbose=0)[:, 0]
+    for film, keras_probability in zip(films, expected):
+        probability, logit_map, features = engine.run(film)
+        assert logit_map.shape == (7, 7) and features.shape == (8,)
+        assert abs(probability - keras_probability) <= tolerance
+    assert engine.variant == variant and engine.point.threshold == POINT.threshold
+    assert engine.metadata["outputs"]["logit_map"]["shape"] == [1, 7, 7, 1]
+
+
+def copy_model(path: Path, target: Path) -> Path:
+    shutil.copy(path, target / path.name)
+    shutil.copy(path.with_suffix(".json"), target / path.with_suffix(".json").name)
+    return target / path.name
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["outputs"]["pooled_features"].update(shape=[1, 1280]), "does not match its metadata"),
+    (lambda m: m.pop("outputs"), "not a one-pass screening model"),
+    (lambda m: m.pop("logit_map"), "lacks logit_map.bias"),
+])
+def test_metadata_that_does_not_match_the_file_is_refused(models, tmp_path, change, message):
+    path = copy_model(models["float32"], tmp_path)
+    metadata = json.loads(path.with_suffix(".json").read_text())
+    change(metadata)
+    path.with_suffix(".json").write_text(json.dumps(metadata))
+    with pytest.raises(screening.ScreeningModelError, match=message):
+        screening.OnePassEngine(path)
+
+
+def test_missing_model_names_the_command_that_makes_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(screening.MODEL_ENVIRONMENT_VARIABLE, raising=False)
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    with pytest.raises(screening.ScreeningModelError, match="make run"):
+        screening.Screener.load("int8")
+
+
+def test_model_folder_from_the_environment(models, monkeypatch):
+    monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(models["int8"].parent))
+    assert screening.find_model("int8") == models["int8"]
+
+
+# ----------------------------------------------------------------- the pipeline
+def test_a_grey_film_gets_a_decision_probability_and_heat_map(screener):
+    result, picture = screener.screen_and_overlay(film_bytes(), "film.png")
+    assert result.accepted and result.decision in ("PNEUMONIA", "NORMAL", "REFER")
+    assert result.model_decision in ("PNEUMONIA", "NORMAL") and 0.0 <= result.calibrated_probability <= 1.0
+    assert result.heatmap.shape == (224, 224) and 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+    assert picture.startswith(b"\x89PNG")
+    assert set(result.timings_ms) == {"decode", "model", "ood", "heatmap", "overlay"}
+    assert result.summary().startswith("film.png: ")
+    assert result.notes and "only the colour check" in result.notes[0]  # no detector in this fixture
+
+
+def test_decision_follows_the_operating_point(screener):
+    result = screener.screen_bytes(film_bytes(), "film.png")
+    expected = "REFER" if 0.45 <= result.probability < 0.55 else ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL")
+    assert result.decision == expected
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("photo.jpg", encode_image(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)), "colour"),
+    ("empty.png", b"", "empty"),
+    ("notes.png", b"these are my notes, not a picture", "not an image file"),
+    ("half.png", film_bytes()[:2000], "truncated or damaged"),
+])
+def test_bad_uploads_are_refused_with_the_file_name_and_a_remedy(screener, name, content, message):
+    result = screener.screen_bytes(content, name)
+    assert not result.accepted and result.decision is None and result.heatmap is None
+    assert name in result.message and message in result.message
+    assert result.row()["status"] == "refused" and result.row()["reason"] == result.message
+
+
+def test_feature_gate_refuses_what_the_detector_rejects(models):
+    from helpers import ood
+
+    engine = screening.OnePassEngine(models["float32"])
+    features = np.stack([engine.run(film)[2] for film in grey_films(20, seed=11)])  # (20, 8)
+    strict = ood.fit_detector(features[:10], features[10:], quantile=0.5)
+    strict = ood.OODDetector(strict.distribution, distance_threshold=0.0)  # nothing is close enough
+    result = screening.Screener(engine, strict).screen_bytes(film_bytes(), "film.png")
+    assert not result.accepted and "does not look like the chest X-rays" in result.message
+
+
+def test_results_csv_has_one_row_per_file(screener):
+    results = [screener.screen_bytes(film_bytes(seed), f"film{seed}.png") for seed in (1, 2)]
+    results.append(screener.screen_bytes(b"", "empty.png"))
+    lines = screening.results_csv(results).strip().splitlines()
+    assert lines[0].split(",") == list(screening.CSV_COLUMNS)
+    assert len(lines) == 4 and lines[3].startswith("empty.png,refused,")
+
+
+@pytest.mark.integration
+def test_real_test_films_are_screened(screener, real_data_dir):
+    from helpers import data
+
+    test = data.load_examples("test", real_data_dir).head(4, seed=0)
+    results = [screener.screen_bytes(bytes(content), path) for path, content in zip(test.paths, test.image_bytes)]
+    assert all(result.accepted for result in results), [r.message for r in results]
+    assert all(result.image.shape == (224, 224, 3) for result in results)
+
+
+# ----------------------------------------------------------------- no TensorFlow, and the CLI
+def test_screening_runs_without_importing_tensorflow(models):
+    script = ("import sys; from helpers import screening; "
+              f"s = screening.Screener.load('int8', model={str(models['int8'])!r}); "
+              f"r = s.screen_and_overlay({film_bytes()!r}, 'film.png')[0]; "
+              "assert r.accepted, r.message; "
+              "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               cwd=str(Path(__file__).resolve().parents[1]), check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_batch_cli_writes_a_row_per_file_and_says_when_some_failed(models, tmp_path, capsys):
+    from helpers import screen
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(film_bytes(1))
+    (folder / "b.png").write_bytes(film_bytes(2))
+    (folder / "readme.txt").write_text("not a film")
+    out = tmp_path / "results.csv"
+    code = screen.main([str(folder), "--out", str(out), "--model", str(models["float32"]),
+                        "--heatmaps", str(tmp_path / "maps"), "--no-progress"])
+    assert code == screen.EXIT_SOME_REFUSED
+    lines = out.read_text().strip().splitlines()
+    assert len(lines) == 4 and lines[3].startswith("readme.txt,refused,")
+    assert sorted(path.name for path in (tmp_path / "maps").iterdir()) == ["a.png.heatmap.png", "b.png.heatmap.png"]
+    printed = capsys.readouterr().out
+    assert "3 files" in printed and "1 refused" in printed and "readme.txt" in printed
+
+
+def test_batch_cli_exit_codes_for_a_missing_folder_and_model(tmp_path, monkeypatch):
+    from helpers import screen
+
+    assert screen.main([str(tmp_path / "nowhere"), "--no-progress"]) == screen.EXIT_UNUSABLE
+    monkeypatch.delenv(screening.MODEL_ENVIRONMENT_VARIABLE, raising=False)
+    assert screen.main([str(tmp_path), "--model", str(tmp_path / "none.tflite"),
+                        "--no-progress"]) == screen.EXIT_UNUSABLE
