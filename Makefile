@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 # Tests write their smoke-profile artifacts here, never into your artifacts/ folder.
 TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 
-.PHONY: help venv run smoke test test-fast benchmark quality lab clean-test
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: help venv run smoke test test-fast benchmark quality lab app browser clean-test
 
 help:
 	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -17,8 +19,9 @@ help:
 	@echo "make test-fast  unit + integration tests only (no notebooks)"
 	@echo "make smoke      run the notebooks in the smoke profile (a few minutes)"
 	@echo "make quality    print the test-set quality bar of the trained model"
-	@echo "make benchmark  TFLite size / latency / memory benchmark"
+	@echo "make benchmark  TFLite size / latency / memory, and the web app's end-to-end latency"
 	@echo "make lab        open JupyterLab"
+	@echo "make app        start the screening web app (Streamlit) on the phone model"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +37,16 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/python -m helpers.notebooks --profile smoke
 
-test: $(STAMP)
+# The real-browser tests drive Debian's chromium; installed here when missing and root.
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing chromium and chromium-driver (Debian) for the browser tests"; \
+		apt-get install -y -q chromium chromium-driver >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); \
+	else echo "No $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium chromium-driver)."; fi
+
+test: $(STAMP) browser
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
 		$(BIN)/python -m pytest tests --nbval-lax notebooks
 
@@ -47,6 +59,10 @@ quality: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/tflite_benchmark.py
+	$(BIN)/python benchmarks/app_latency.py
+
+app: $(STAMP)
+	$(BIN)/streamlit run app/streamlit_app.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

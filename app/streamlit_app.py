@@ -21,6 +21,7 @@ import streamlit as st  # noqa: E402
 from helpers import screening, uploads  # noqa: E402
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map
 DECISION_STYLE = {  # decision -> (Streamlit message box, words)
     "PNEUMONIA": (st.error, "PNEUMONIA: signs of pneumonia"),
     "NORMAL": (st.success, "NORMAL: no sign of pneumonia"),
@@ -98,8 +99,9 @@ def show_result(result: screening.ScreeningResult, overlay_png: bytes | None) ->
     box(f"**{words}** (calibrated P(pneumonia) = {result.calibrated_probability:.2f})")
     st.caption(f"{where_on_the_scale(result)}. {result.total_ms:.0f} ms on {result.engine}.")
     left, right = st.columns(2)
-    left.image(result.image.astype("uint8"), caption="film as the model sees it (224x224)")
-    right.image(overlay_png, caption=f"where the model looked (heat map of {result.model_decision})")
+    left.image(result.image.astype("uint8"), caption="film as the model sees it (224x224)", width=IMAGE_WIDTH)
+    right.image(overlay_png, caption=f"where the model looked (heat map of {result.model_decision})",
+                width=IMAGE_WIDTH)
     for note in result.notes:
         st.info(note)
 

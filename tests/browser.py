@@ -1,0 +1,129 @@
+"""Drive the web app in a real headless Chromium: start ``streamlit run``, upload a film, read the verdict.
+
+Used by ``tests/test_browser.py`` and, on the trained model, for the README's screenshot::
+
+    python -m tests.browser FILM.jpeg docs/app_screenshot.png   # model from artifacts/tflite/
+
+Playwright (PyPI) drives Debian's ``chromium`` (``executable_path``, ``--no-sandbox``);
+``playwright install`` is never needed. Every server is stopped by its own process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+APP = PROJECT_ROOT / "app" / "streamlit_app.py"
+CHROMIUM = "/usr/bin/chromium"
+VERDICT_PATTERN = r"/PNEUMONIA: signs|NORMAL: no sign|Refer to a radiologist|not analysed|does not look like/"
+
+
+def unavailable_reason() -> str | None:
+    """Why a browser test cannot run here (None when it can)."""
+    if not Path(CHROMIUM).is_file():
+        return (f"no Chromium at {CHROMIUM}: install Debian's chromium and chromium-driver "
+                "(make test does it when run as root)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (it is in requirements.txt: run make venv)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Poll ``url`` until it answers "ok"; raise with the server's output if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"The server exited with code {process.returncode}:\n{process.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200 and response.read().strip() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"No answer from {url} within {timeout:.0f} s.")
+
+
+@contextlib.contextmanager
+def streamlit_server(environment: dict | None = None):
+    """``streamlit run app/streamlit_app.py`` on 127.0.0.1 and a free port; yields its URL, then stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
+               f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+               "--server.fileWatcherType=none"]
+    process = subprocess.Popen(command, cwd=str(PROJECT_ROOT), env={**os.environ, **(environment or {})},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}/_stcore/health", process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # the server and anything it started
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        process.stdout.close()
+
+
+def screen_in_browser(url: str, film: Path, screenshot: Path | None = None, timeout_ms: int = 90_000) -> str:
+    """Open the app, upload ``film`` through its ``input[type=file]``, wait for the verdict; return the page text."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            upload = page.locator("input[type=file]")
+            upload.wait_for(state="attached", timeout=timeout_ms)
+            upload.set_input_files(str(film))
+            page.locator(f"text={VERDICT_PATTERN}").first.wait_for(timeout=timeout_ms)
+            page.locator("img").last.wait_for(timeout=timeout_ms)
+            page.wait_for_timeout(1000)  # let the images paint before the screenshot
+            if screenshot is not None:
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+            return page.inner_text("body")
+        finally:
+            browser.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = argv if argv is not None else sys.argv[1:]
+    if len(arguments) != 2:
+        print("usage: python -m tests.browser FILM SCREENSHOT.png", file=sys.stderr)
+        return 2
+    reason = unavailable_reason()
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    film, screenshot = Path(arguments[0]), Path(arguments[1])
+    with streamlit_server() as url:
+        text = screen_in_browser(url, film, screenshot)
+    print(next((line for line in text.splitlines() if any(word in line for word in ("PNEUMONIA:", "NORMAL:", "Refer"))),
+               text[:300]))
+    print(f"screenshot: {screenshot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
