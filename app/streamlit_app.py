@@ -61,6 +61,8 @@ def sidebar() -> tuple[screening.Screener | None, float]:
     created = screener.engine.metadata.get("created_utc", "unknown date")
     st.sidebar.markdown(f"**Threshold** {point.threshold:.3f}{band}  \nchosen on: {point.chosen_on or 'unknown'}  \n"
                         f"rule: {point.rule or 'unknown'}  \nmodel converted {created}")
+    if screener.engine.provenance_note:
+        st.sidebar.warning(screener.engine.provenance_note)
     if screener.detector is None:
         st.sidebar.warning("No out-of-distribution detector found: only the colour check runs.")
     st.sidebar.info(screening.NOT_A_MEDICAL_DEVICE)

@@ -13,7 +13,7 @@ Writes ``<artifacts>/app_benchmark.json``:
   OOD features) on the same films, in the same run;
 * ``cold_start_s`` and ``rss_mb`` -- a fresh process that imports the screening
   path, loads the engine and screens 20 films (time to the first verdict; peak
-  resident memory after all 20), and whether it imported TensorFlow;
+  resident memory after all 20, ``VmHWM``), and whether it imported TensorFlow;
 * ``decisions`` -- the app's decision at the threshold on every test film against
   notebook 04's Keras decisions (``predictions/test.csv``), with the number of int8
   flips notebook 06's parity table recorded;
@@ -50,9 +50,12 @@ files = sorted(Path(sys.argv[1]).iterdir())
 first = screener.screen_and_overlay(files[0].read_bytes(), files[0].name)[0]
 cold_start = time.perf_counter() - start
 decided = sum(screener.screen_and_overlay(path.read_bytes(), path.name)[0].accepted for path in files)
+try:  # peak resident set of this process; ru_maxrss would include the parent's at fork time
+    peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except OSError:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print({"cold_start_s": cold_start, "first_accepted": first.accepted, "decided": decided, "films": len(files),
-       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-       "imported_tensorflow": "tensorflow" in sys.modules})
+       "rss_mb": peak_kb / 1024, "imported_tensorflow": "tensorflow" in sys.modules})
 """
 
 
@@ -114,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"No Keras predictions for these films in {predict.predictions_path('test')}: "
                          "run notebook 04 first (make run).")
     point = screener.point
-    keras_decisions = point.predicted(keras["probability"].to_numpy())
-    app_decisions = point.predicted(np.array([result.probability if result.probability is not None else np.nan
-                                              for result in results]))
-    refused = np.array([not result.accepted for result in results])
-    flips = int(np.sum((app_decisions != keras_decisions) & ~refused))
+    refused = np.array([not result.accepted for result in results])  # (N,) refused by the OOD check
+    keras_decisions = point.predicted(keras["probability"].to_numpy()[~refused])
+    app_decisions = point.predicted(np.array([result.probability for result in results if result.accepted]))
+    flips = int(np.sum(app_decisions != keras_decisions))
     parity = tflite.read_parity({"int8": tflite.tflite_path("int8")})
     documented = parity.get("int8", {}).get("disagreements")
     cold = cold_start(films[:COLD_START_FILMS])

@@ -209,13 +209,15 @@ def discover_engines(model=None, tflite_directory: str | os.PathLike | None = No
         engines: {name: Engine}, Keras first, then TFLite variants by file name.
         notes: human-readable lines about missing or unloadable TFLite files.
     """
+    from helpers.screening import ONE_PASS_STEM
     from helpers.tflite import VARIANTS, TFLiteModelError, tflite_dir
 
     engines, notes = {}, []
     if model is not None:
         engines[KERAS_ENGINE_NAME] = keras_engine(model)
     directory = Path(tflite_directory) if tflite_directory else tflite_dir(create=False)
-    files = sorted(directory.glob("*.tflite")) if directory.is_dir() else []
+    files = sorted(path for path in directory.glob("*.tflite")  # the one-pass models are the web app's
+                   if not path.name.startswith(ONE_PASS_STEM)) if directory.is_dir() else []
     # float32, float16, dynamic_range, int8 (least to most compressed); unknown names last
     rank = {variant: index for index, variant in enumerate(VARIANTS)}
     files.sort(key=lambda path: (rank.get(path.stem.split("_mobilenetv2_")[-1], len(rank)), path.name))

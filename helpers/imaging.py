@@ -22,6 +22,7 @@ import numpy as np
 
 IMAGE_SIZE = 224  # the model's input height = width (helpers.data.IMAGE_SIZE)
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+PNG_COMPRESS_LEVEL = 1  # fast zlib: a 224x224 overlay in ~2 ms instead of ~25 ms, a little larger
 WINDOW_PERCENTILES = (0.5, 99.5)  # high-bit-depth films: this range of the film's pixels -> 0-255
 
 
@@ -103,7 +104,7 @@ def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"Expected maps of shape (B, h, w), got {maps.shape}.")
     rows = _interpolation_matrix(maps.shape[1], size[0])  # (H, h)
     columns = _interpolation_matrix(maps.shape[2], size[1])  # (W, w)
-    upsampled = np.einsum("Hh,bhw,Ww->bHW", rows, maps, columns)  # (B, H, W)
+    upsampled = rows @ maps @ columns.T  # (H, h) @ (B, h, w) @ (w, W) -> (B, H, W)
     return np.clip(upsampled, 0.0, 1.0).astype(np.float32)
 
 
@@ -161,5 +162,5 @@ def png_bytes(image: np.ndarray) -> bytes:
         array = array * 255.0 if array.size and array.max() <= 1.0 else array
         array = np.clip(np.round(array), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

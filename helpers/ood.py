@@ -160,7 +160,7 @@ class FeatureDistribution:
             raise ValueError(f"Features have {features.shape[1]} dimensions, the fitted "
                              f"distribution {self.mean.shape[0]}: use the same model.")
         centred = features - self.mean  # (N, D)
-        squared = np.einsum("nd,de,ne->n", centred, self.precision, centred)
+        squared = np.sum((centred @ self.precision) * centred, axis=1)  # (N,): one BLAS product
         return np.sqrt(np.maximum(squared, 0.0))
 
 

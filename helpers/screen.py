@@ -33,6 +33,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                                                       "or artifacts/tflite/)")
     parser.add_argument("--heatmaps", type=Path, default=None, help="also save each heat-map overlay as PNG here")
     parser.add_argument("--recursive", action="store_true", help="include sub-folders")
+    parser.add_argument("--allow-stale", action="store_true",
+                        help="use a model converted from another Keras model than the current one (with a warning)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -45,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {arguments.folder} is not a folder. Give the folder that holds the films.", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
-        screener = screening.Screener.load(arguments.engine, arguments.model)
+        screener = screening.Screener.load(arguments.engine, arguments.model, allow_stale=arguments.allow_stale)
     except screening.ScreeningModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
+    if screener.engine.provenance_note:
+        print(screener.engine.provenance_note, file=sys.stderr)
     files = list_files(arguments.folder, arguments.recursive)
     if arguments.heatmaps:
         arguments.heatmaps.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,38 @@ def find_detector(model_path: Path, detector: str | os.PathLike | None = None) -
     return beside if beside.is_file() else None
 
 
+def check_provenance(metadata: dict, model_path: Path, keras_path: Path | None = None,
+                     allow_stale: bool = False) -> str:
+    """Does ``model_path`` come from the current Keras model? Returns a note ('' when it does).
+
+    The Keras file is ``keras_path`` or ``model/pneumonia_mobilenetv2.keras`` of the same
+    artifacts folder as the ``.tflite``; its SHA-256 must equal the
+    ``model_version.keras_sha256`` the metadata recorded at conversion. A mismatch
+    (a phone model left over from an earlier training run) is refused, or only noted
+    with ``allow_stale`` (experts). Without a Keras file (a deployment that ships the
+    phone model alone) or a recorded hash, the note says provenance was not checked.
+    """
+    from helpers.model import MODEL_FILE_NAME
+    from helpers.tflite import file_sha256
+
+    keras_path = Path(keras_path) if keras_path else model_path.resolve().parent.parent / "model" / MODEL_FILE_NAME
+    declared = (metadata.get("model_version") or {}).get("keras_sha256")
+    if not declared:
+        return (f"The metadata of {model_path.name} records no Keras model hash (model_version.keras_sha256): "
+                "provenance not checked.")
+    if not keras_path.is_file():
+        return f"No Keras model at {keras_path} to compare with: provenance not checked (a phone-only deployment)."
+    actual = file_sha256(keras_path)
+    if actual == declared:
+        return ""
+    message = (f"{model_path.name} was converted from another Keras model (sha256 {declared[:12]}) than "
+               f"{keras_path} ({actual[:12]}): its decisions may differ from the notebooks'. Re-run notebook 06 "
+               "(python -m helpers.notebooks --only 06) to convert the current model.")
+    if allow_stale:
+        return "Warning, used anyway (allow_stale): " + message
+    raise ScreeningModelError(message)
+
+
 # --------------------------------------------------------------------------- #
 # The engine: one interpreter call, three outputs
 # --------------------------------------------------------------------------- #
@@ -136,7 +168,8 @@ class OnePassEngine:
             mismatched metadata (named, with the remedy).
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = 2):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 2, allow_stale: bool = False,
+                 keras_path: str | os.PathLike | None = None):
         from helpers import tflite
 
         self.path = Path(path)
@@ -157,6 +190,7 @@ class OnePassEngine:
         self.bias = float(head["bias"])
         self.point = OperatingPoint.from_dict(self.metadata["decision"], source=self.path.name,
                                               remedy="Re-run notebook 06 to rewrite the metadata.")
+        self.provenance_note = check_provenance(self.metadata, self.path, keras_path, allow_stale)
 
     @property
     def variant(self) -> str:
@@ -298,8 +332,9 @@ class Screener:
 
     @classmethod
     def load(cls, variant: str = "int8", model: str | os.PathLike | None = None,
-             detector: str | os.PathLike | None = None, num_threads: int | None = 2) -> "Screener":
-        """The engine from :func:`find_model` and the detector from :func:`find_detector`."""
+             detector: str | os.PathLike | None = None, num_threads: int | None = 2,
+             allow_stale: bool = False) -> "Screener":
+        """The engine from :func:`find_model` (provenance checked) and the detector from :func:`find_detector`."""
         from helpers.ood import OODDetector
 
         path = find_model(variant, model)
@@ -309,7 +344,7 @@ class Screener:
         except (OSError, ValueError, KeyError) as error:
             raise ScreeningModelError(f"The OOD detector {detector_path} cannot be read ({error}). "
                                       "Re-run notebook 07 to fit it again.") from error
-        return cls(OnePassEngine(path, num_threads), loaded)
+        return cls(OnePassEngine(path, num_threads, allow_stale), loaded)
 
     @property
     def point(self) -> OperatingPoint:

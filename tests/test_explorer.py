@@ -290,8 +290,9 @@ def test_discover_engines_reports_missing_and_broken_tflite(model, tmp_path):
     engines, notes = explorer.discover_engines(model, tmp_path / "nothing")
     assert list(engines) == ["Keras"] and "06_tflite_conversion" in notes[0]
     (tmp_path / "broken.tflite").write_bytes(b"not a flatbuffer")
+    (tmp_path / "pneumonia_mobilenetv2_onepass_int8.tflite").write_bytes(b"the web app's, not an explorer engine")
     engines, notes = explorer.discover_engines(model, tmp_path)
-    assert list(engines) == ["Keras"] and "Skipped broken.tflite" in notes[0]
+    assert list(engines) == ["Keras"] and notes == [notes[0]] and "Skipped broken.tflite" in notes[0]
 
 
 def test_a_converted_tflite_variant_is_an_engine(model, tmp_path):

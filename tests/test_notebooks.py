@@ -109,7 +109,8 @@ def _check_metrics(metrics: dict) -> None:
 
 
 def _check_new_site(report: dict) -> None:
-    _check_keys(report, ("zero_shot", "label_free", "calibrated", "protocol", "shift_reports"))
+    _check_keys(report, ("zero_shot", "label_free", "calibrated", "protocol", "shift_reports",
+                         "label_free_depth_control"))
     assert set(report["calibrated"]) == {"5", "10"}  # the smoke profile's k values, as strings
     for entry in (report["zero_shot"], report["label_free"], *report["calibrated"].values()):
         _check_keys(entry, ("accuracy", "recall", "specificity", "ece", "coverage"))
@@ -119,7 +120,10 @@ def _check_new_site(report: dict) -> None:
 
 def _check_tflite() -> None:
     models = sorted(p.stem for p in _artifact("tflite").glob("*.tflite"))
-    assert len(models) == 4, f"expected four TFLite variants, found {models}"
+    assert len(models) == 7, f"expected four TFLite variants and three one-pass models, found {models}"
+    one_pass = _json("tflite/parity.json")["one_pass"]
+    _check_keys(one_pass, [f"heatmap_spearman_{variant}" for variant in ("float32", "float16", "int8")])
+    assert one_pass["heatmap_spearman_float32"] > 0.99  # Grad-CAM = the logit map, whatever the weights
 
 
 @pytest.mark.notebooks

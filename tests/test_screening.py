@@ -253,3 +253,19 @@ def test_batch_cli_exit_codes_for_a_missing_folder_and_model(tmp_path, monkeypat
     monkeypatch.delenv(screening.MODEL_ENVIRONMENT_VARIABLE, raising=False)
     assert screen.main([str(tmp_path), "--model", str(tmp_path / "none.tflite"),
                         "--no-progress"]) == screen.EXIT_UNUSABLE
+
+
+def test_a_phone_model_from_another_keras_model_is_refused(classifier, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    keras_file = artifacts / "model" / "pneumonia_mobilenetv2.keras"
+    keras_file.parent.mkdir(parents=True)
+    keras_file.write_bytes(b"the Keras model this phone model was converted from")
+    path = one_pass.convert_one_pass(classifier, "float32", POINT, directory=artifacts / "tflite",
+                                     keras_model_path=keras_file)
+    assert screening.OnePassEngine(path).provenance_note == ""  # same model: nothing to say
+    keras_file.write_bytes(b"a model trained again since")
+    with pytest.raises(screening.ScreeningModelError, match="another Keras model.*re-run notebook 06|Re-run notebook 06"):
+        screening.OnePassEngine(path)
+    assert screening.OnePassEngine(path, allow_stale=True).provenance_note.startswith("Warning")
+    keras_file.unlink()
+    assert "provenance not checked" in screening.OnePassEngine(path).provenance_note

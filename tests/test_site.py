@@ -276,3 +276,48 @@ def test_adapt_batchnorm_and_with_head_on_a_tiny_model(tmp_path):
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="takes 1280 features"):
         site.with_head(model, site.LinearHead(np.ones(3), 0.0))
+
+
+def test_first_layers_adapts_only_the_early_batchnorm_layers():
+    from helpers import model as model_lib
+
+    model = model_lib.build_model(weights=None, image_size=32)
+    rng = np.random.default_rng(1)
+    source = rng.uniform(0, 255, size=(6, 32, 32, 3)).astype(np.float32)
+    target = np.clip(source * 0.5 + 60, 0, 255)
+    adapted = site.adapt_batchnorm(model, source, target, layers_per_pass=100, batch_size=3, progress=False,
+                                   first_layers=3)
+    layers = site.batchnorm_layers(model)
+    changed = [not np.allclose(adapted.get_layer(layer.name).moving_mean.numpy(), layer.moving_mean.numpy())
+               for layer in layers]
+    assert changed[:3] == [True, True, True] and not any(changed[3:])
+    with pytest.raises(ValueError, match="no BatchNormalization layer"):
+        site.adapt_batchnorm(model, source, target, progress=False, first_layers=0)
+
+
+def test_disjoint_training_samples_share_no_film_and_keep_the_mix():
+    labels = np.array([1] * 60 + [0] * 40)
+    first, second = site.disjoint_training_samples(labels, 0.5, 20, seed=3)
+    assert len(first) == len(second) == 20 and not set(first) & set(second)
+    assert labels[first].mean() == labels[second].mean() == 0.5
+
+
+def test_depth_control_picks_the_deepest_depth_that_stays_quiet(monkeypatch):
+    shifts = {3: 0.01, 10: -0.2, 20: -0.4, None: 4.3}  # as measured on the real model, 400 films a side
+
+    class Head:
+        def logits(self, features):
+            return np.zeros(len(features))
+
+    monkeypatch.setattr(site.LinearHead, "from_model", classmethod(lambda cls, model: Head()))
+    monkeypatch.setattr("helpers.ood.feature_model", lambda model: None)
+    monkeypatch.setattr("helpers.ood.compute_features", lambda extractor, images, batch_size=32: images[:, 0])
+    monkeypatch.setattr(site, "label_free_logits", lambda model, source, target, *args, first_layers=None, **kw: (
+        np.full(len(target), shifts[first_layers]), None))
+    images = np.zeros((100, 2))
+    labels = np.array([1, 0] * 50)
+    result = site.depth_control(None, images, labels, 0.5, 20, [3, 10, 20, None])
+    assert result["shifts"] == pytest.approx({"3": 0.01, "10": -0.2, "20": -0.4, "all": 4.3})
+    assert result["chosen"] == 10
+    result = site.depth_control(None, images, labels, 0.5, 20, [20, None], tolerance=0.1)
+    assert result["chosen"] == 0  # nothing passes: do not adapt
