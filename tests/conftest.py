@@ -108,3 +108,22 @@ def real_data_dir() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def smoke_chain():
+    """Run all numbered notebooks in order (smoke profile) once per session; {name: exception or None}.
+
+    Shared by the notebook tests and the JupyterLab browser test, whichever runs first.
+    """
+    from helpers import config, notebooks
+
+    results = {}
+    output_dir = config.artifacts_dir("executed")
+    for path in notebooks.numbered_notebooks():
+        try:
+            notebooks.run_notebook(path, "smoke", output_dir)
+            results[path.name] = None
+        except Exception as error:  # reported by the test of that notebook
+            results[path.name] = error
+    return results

@@ -52,20 +52,6 @@ def test_notebook_is_committed_clean_with_one_parameters_cell(path):
             assert cell.outputs == [], f"stray output in {path.name}: {cell.source[:60]!r}"
 
 
-@pytest.fixture(scope="module")
-def smoke_chain():
-    """Run all notebooks in order (smoke profile); {name: exception or None}."""
-    results = {}
-    output_dir = config.artifacts_dir("executed")
-    for path in NOTEBOOKS:
-        try:
-            notebooks.run_notebook(path, "smoke", output_dir)
-            results[path.name] = None
-        except Exception as error:  # reported by the test of that notebook
-            results[path.name] = error
-    return results
-
-
 def _artifact(relative: str):
     path = config.artifacts_dir() / relative
     assert path.exists(), f"missing artifact {path}"
