@@ -11,7 +11,7 @@ TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: help venv run smoke test test-fast benchmark quality lab app browser clean-test
+.PHONY: help venv run smoke test test-fast benchmark reliability quality lab app browser clean-test
 
 help:
 	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -22,6 +22,7 @@ help:
 	@echo "make benchmark  TFLite size / latency / memory, and the web app's end-to-end latency"
 	@echo "make lab        open JupyterLab"
 	@echo "make app        start the screening web app (Streamlit) on the phone model"
+	@echo "make reliability  damaged inputs and 16-bit films through the app's pipeline -> reliability.json"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,9 @@ quality: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/tflite_benchmark.py
 	$(BIN)/python benchmarks/app_latency.py
+
+reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py
 
 app: $(STAMP)
 	$(BIN)/streamlit run app/streamlit_app.py

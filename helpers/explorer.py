@@ -35,7 +35,6 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
-from helpers.imaging import png_bytes  # noqa: F401  (the widgets show pictures with it)
 from helpers.operating_point import OperatingPoint, outcomes
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 

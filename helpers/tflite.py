@@ -67,7 +67,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from helpers import config
-from helpers.data import CLASS_NAMES, IMAGE_SIZE
+from helpers.data import CLASS_NAMES
 from helpers.operating_point import OperatingPoint, called_pneumonia
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")

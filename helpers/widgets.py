@@ -20,7 +20,7 @@ import mimetypes
 
 import numpy as np
 
-from helpers import explorer
+from helpers import explorer, imaging
 from helpers.data import CLASS_NAMES
 
 IMAGE_WIDTH = "224px"
@@ -266,7 +266,7 @@ class ExplorerApp:
             image_widget.value, overlay_widget.value = b"", b""
             html_widget.value = f"<p>{html.escape(empty_message)}</p>"
             return
-        image_widget.value = explorer.png_bytes(explanation.image) if explanation.image is not None else b""
+        image_widget.value = imaging.png_bytes(explanation.image) if explanation.image is not None else b""
         overlay = explorer.overlay_image(explanation)
-        overlay_widget.value = explorer.png_bytes(overlay) if overlay is not None else b""
+        overlay_widget.value = imaging.png_bytes(overlay) if overlay is not None else b""
         html_widget.value = explanation_html(explanation)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import data, evaluation, explorer, ood, uploads
+from helpers import data, evaluation, explorer, imaging, ood, uploads
 from helpers.operating_point import load_operating_point
 from helpers.uploads import ImageRejected
 
@@ -368,7 +368,7 @@ def test_plot_explanation_for_accepted_and_rejected(model):
     rejected = explainer.explain_bytes(b"", "empty.png")
     for result in (accepted, rejected):
         assert explorer.figure_png(explorer.plot_explanation(result)).startswith(b"\x89PNG")
-    assert explorer.png_bytes(accepted.image).startswith(b"\x89PNG")
+    assert imaging.png_bytes(accepted.image).startswith(b"\x89PNG")
 
 
 # --------------------------------------------------------------------------- #

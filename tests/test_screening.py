@@ -8,7 +8,6 @@ agreement is measured by notebook 06 (``parity.json``, checked in test_notebooks
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -1,0 +1,93 @@
+"""Reliability of the screening entry point on the trained phone model: damaged inputs and 16-bit films.
+
+    python benchmarks/reliability.py                 # 5,000 damaged inputs, every test film as 16-bit PNG
+    python benchmarks/reliability.py --fuzz 1000 --films 100      # quicker
+
+Writes ``<artifacts>/reliability.json``:
+
+* ``fuzz`` -- ``inputs``, ``decided``, ``refused``, ``unhandled`` (must be 0), the slowest
+  input and its time, counts per mutation kind (:mod:`helpers.fuzz`), built from real
+  test films;
+* ``bit16_agreement`` -- share of test films whose 16-bit PNG copy (what a 12/14-bit
+  detector export looks like) gets the same decision as the 8-bit original, after the
+  documented windowing (:func:`helpers.imaging.window_to_8bit`).
+
+Prints the counts and the slowest input. Nothing from an upload is written to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
+
+from helpers import config  # noqa: E402
+from helpers.jsonio import write_json  # noqa: E402
+
+REPORT_FILE_NAME = "reliability.json"
+
+
+def sixteen_bit_png(content: bytes) -> bytes:
+    """The film's grey values stored as a 16-bit PNG (value * 257: the full 16-bit range)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(content)) as image:
+        grey = np.asarray(image.convert("L"), dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(grey * 257).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from helpers import data, fuzz, screening
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fuzz", type=int, default=5000, help="damaged inputs")
+    parser.add_argument("--films", type=int, default=None, help="test films as 16-bit copies (default: all)")
+    parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
+    arguments = parser.parse_args(argv)
+
+    screener = screening.Screener.load("int8")
+    test = data.load_splits()["test"]
+    chosen = test.head(arguments.films, seed=arguments.seed) if arguments.films else test
+    originals = [bytes(content) for content in chosen.image_bytes]
+
+    from PIL import Image
+
+    sources = [np.asarray(Image.open(io.BytesIO(content)).convert("L")) for content in originals[:20]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on the corrupt files it survives
+        report = fuzz.run(screener, fuzz.corpus(sources, arguments.fuzz, arguments.seed))
+
+    same, compared = 0, 0
+    for name, content in zip(chosen.paths, originals):
+        eight, sixteen = screener.screen_bytes(content, name), screener.screen_bytes(sixteen_bit_png(content), name)
+        if eight.accepted and sixteen.accepted:
+            compared += 1
+            same += eight.model_decision == sixteen.model_decision
+    record = {
+        "engine": screener.engine.name, "model_version": screener.engine.version,
+        "fuzz": report.to_dict(),
+        "bit16_agreement": same / compared if compared else None,
+        "bit16_films_compared": compared, "bit16_films": len(originals),
+        "bit16_rule": "16-bit films: the 0.5-99.5 percentile range of the film's pixels stretched to 0-255",
+        "dicom_agreement": None, "dicom_note": "DICOM input is not implemented yet (issue: clinical inputs)",
+    }
+    path = write_json(record, config.artifacts_dir() / REPORT_FILE_NAME)
+    print(json.dumps({key: record["fuzz"][key] for key in ("inputs", "decided", "refused", "unhandled",
+                                                             "slowest_s", "slowest_input")}, indent=1))
+    print(f"16-bit copies with the 8-bit decision: {record['bit16_agreement']} of {compared} films")
+    print(f"wrote {path}")
+    return 1 if report.unhandled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
