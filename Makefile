@@ -11,7 +11,7 @@ TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: help venv run smoke test test-fast benchmark reliability quality lab app browser clean-test
+.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app browser clean-test
 
 help:
 	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -23,6 +23,7 @@ help:
 	@echo "make lab        open JupyterLab"
 	@echo "make app        start the screening web app (Streamlit) on the phone model"
 	@echo "make reliability  damaged inputs and 16-bit films through the app's pipeline -> reliability.json"
+	@echo "make report     rewrite the README's generated blocks from the results files"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +65,9 @@ benchmark: $(STAMP)
 
 reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py
+
+report: $(STAMP)
+	$(BIN)/python -m helpers.report
 
 app: $(STAMP)
 	$(BIN)/streamlit run app/streamlit_app.py

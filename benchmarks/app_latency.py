@@ -121,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     keras_decisions = point.predicted(keras["probability"].to_numpy()[~refused])
     app_decisions = point.predicted(np.array([result.probability for result in results if result.accepted]))
     flips = int(np.sum(app_decisions != keras_decisions))
+    # the same pipeline on the float32 one-pass model: flips it shows come from decoding (Pillow vs TensorFlow)
+    float32 = screening.Screener.load("float32")
+    float32_results = [float32.screen_bytes(content, name) for name, content in films]
+    float32_decided = np.array([result.accepted for result in float32_results]) & ~refused
+    float32_flips = int(np.sum(point.predicted(np.array([r.probability for r, keep in zip(float32_results, float32_decided)
+                                                         if keep])) !=
+                               point.predicted(keras["probability"].to_numpy()[float32_decided])))
     parity = tflite.read_parity({"int8": tflite.tflite_path("int8")})
     documented = parity.get("int8", {}).get("disagreements")
     cold = cold_start(films[:COLD_START_FILMS])
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_films": cold["films"],
         "decisions": {"films_decided": int(np.sum(~refused)), "flips_vs_keras_notebook_04": flips,
                       "int8_disagreements_in_parity_json": documented,
+                      "float32_one_pass_flips_vs_keras": float32_flips,
                       "note": "decisions at the threshold (before the refer band) on films the app decided"},
         "ood": {"test_films_refused": int(refused.sum()), "refusal_rate": float(refused.mean()),
                 "refused": [result.name for result in results if not result.accepted][:20]},

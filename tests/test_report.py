@@ -1,0 +1,40 @@
+"""README blocks rewritten from the results files."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import report
+
+BENCHMARK = {
+    "films": 624, "p50_ms": 14.2, "p95_ms": 21.7, "keras_films": 40, "keras_p50_ms": 95.0, "speedup_vs_keras": 6.7,
+    "stages_p50_ms": {"decode": 2.0, "model": 7.0, "ood": 1.5, "heatmap": 0.5, "overlay": 3.0},
+    "cold_start_s": 0.44, "rss_mb": 180.4, "imported_tensorflow": False,
+    "decisions": {"films_decided": 618, "flips_vs_keras_notebook_04": 4, "int8_disagreements_in_parity_json": 3.0,
+                  "float32_one_pass_flips_vs_keras": 1},
+    "ood": {"test_films_refused": 6}, "machine": {"cpu": {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "fma"]}},
+}
+
+
+def test_only_the_named_block_is_rewritten():
+    text = "intro\n<!-- begin:app -->\nold\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
+    rewritten = report.replace_block(text, "app", "new line")
+    assert rewritten == "intro\n<!-- begin:app -->\nnew line\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
+    with pytest.raises(ValueError, match="begin:missing"):
+        report.replace_block(text, "missing", "x")
+
+
+def test_app_block_states_the_measured_figures():
+    block = report.app_block(BENCHMARK, {"one_pass": {"n_heatmap_images": 100, "heatmap_spearman_float32": 1.0,
+                                                      "heatmap_spearman_float16": 0.9994,
+                                                      "heatmap_spearman_int8": 0.982}},
+                             {"fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0,
+                                       "slowest_s": 0.12}, "bit16_agreement": 0.995, "bit16_films_compared": 618})
+    assert "median 14 ms, p95 22 ms" in block and "6.7x faster" in block
+    assert "4 of 618 differ (float32 one pass: 1; notebook 06's int8 parity: 3)" in block
+    assert "int8 0.982" in block and "5,000" in block and "0 unhandled" in block and "99.5% of 618" in block
+    assert "AMD EPYC (avx2, fma)" in block
+
+
+def test_the_readme_has_the_app_block():
+    assert "<!-- begin:app -->" in report.README.read_text()
