@@ -20,7 +20,7 @@ import streamlit as st  # noqa: E402
 
 from helpers import screening, uploads  # noqa: E402
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "bmp", "gif", "webp"]
 IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map
 DECISION_STYLE = {  # decision -> (Streamlit message box, words)
     "PNEUMONIA": (st.error, "PNEUMONIA: signs of pneumonia"),
@@ -71,7 +71,7 @@ def sidebar() -> tuple[screening.Screener | None, float]:
 
 def chosen_files() -> list[tuple[str, bytes]]:
     """(name, bytes) of the uploads, then of the picked sample films."""
-    files = st.file_uploader("Chest X-ray(s): JPEG or PNG, frontal view", type=UPLOAD_TYPES,
+    files = st.file_uploader("Chest X-ray(s): JPEG, PNG or DICOM, frontal view", type=UPLOAD_TYPES,
                              accept_multiple_files=True,
                              max_upload_size=uploads.MAX_UPLOAD_BYTES // 2**20)
     chosen = [(file.name, file.getvalue()) for file in files or []]

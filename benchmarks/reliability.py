@@ -10,7 +10,9 @@ Writes ``<artifacts>/reliability.json``:
   test films;
 * ``bit16_agreement`` -- share of test films whose 16-bit PNG copy (what a 12/14-bit
   detector export looks like) gets the same decision as the 8-bit original, after the
-  documented windowing (:func:`helpers.imaging.window_to_8bit`).
+  documented windowing (:func:`helpers.imaging.window_to_8bit`);
+* ``dicom_agreement`` -- the same for three DICOM copies of each film (8-bit with its
+  window, 12-bit without one, stored inverted as MONOCHROME1).
 
 Prints the counts and the slowest input. Nothing from an upload is written to disk.
 """
@@ -47,7 +49,7 @@ def sixteen_bit_png(content: bytes) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from helpers import data, fuzz, screening
+    from helpers import data, dicom, fuzz, screening
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fuzz", type=int, default=5000, help="damaged inputs")
@@ -73,18 +75,33 @@ def main(argv: list[str] | None = None) -> int:
         if eight.accepted and sixteen.accepted:
             compared += 1
             same += eight.model_decision == sixteen.model_decision
+    dicom_same, dicom_compared = 0, 0
+    for name, content in zip(chosen.paths, originals):
+        grey = np.asarray(Image.open(io.BytesIO(content)).convert("L"))
+        copies = (dicom.film_bytes(grey, window=(127.5, 256)),  # 8-bit, as the film, with its window
+                  dicom.film_bytes(grey.astype(np.uint16) * 16, bits_stored=12),  # 12-bit, no window declared
+                  dicom.film_bytes(255 - grey, photometric="MONOCHROME1", window=(127.5, 256)))  # stored inverted
+        eight = screener.screen_bytes(content, name)
+        for copy in copies:
+            result = screener.screen_bytes(copy, name)
+            if eight.accepted and result.accepted:
+                dicom_compared += 1
+                dicom_same += eight.model_decision == result.model_decision
     record = {
         "engine": screener.engine.name, "model_version": screener.engine.version,
         "fuzz": report.to_dict(),
         "bit16_agreement": same / compared if compared else None,
         "bit16_films_compared": compared, "bit16_films": len(originals),
         "bit16_rule": "16-bit films: the 0.5-99.5 percentile range of the film's pixels stretched to 0-255",
-        "dicom_agreement": None, "dicom_note": "DICOM input is not implemented yet (issue: clinical inputs)",
+        "dicom_agreement": dicom_same / dicom_compared if dicom_compared else None,
+        "dicom_copies_compared": dicom_compared,
+        "dicom_copies": "per film: 8-bit MONOCHROME2 with its window, 12-bit without a window, MONOCHROME1",
     }
     path = write_json(record, config.artifacts_dir() / REPORT_FILE_NAME)
     print(json.dumps({key: record["fuzz"][key] for key in ("inputs", "decided", "refused", "unhandled",
                                                              "slowest_s", "slowest_input")}, indent=1))
     print(f"16-bit copies with the 8-bit decision: {record['bit16_agreement']} of {compared} films")
+    print(f"DICOM copies with the 8-bit decision: {record['dicom_agreement']} of {dicom_compared}")
     print(f"wrote {path}")
     return 1 if report.unhandled else 0
 

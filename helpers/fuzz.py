@@ -1,7 +1,7 @@
 """Damaged uploads, made on purpose: a seeded mutation corpus for the screening entry point.
 
 Every input a user could send by mistake or malice -- truncated, bit-flipped,
-header-mangled image files, zero bytes, the wrong extension, an absurd declared size
+header-mangled image files (JPEG, PNG, 16-bit PNG, TIFF, BMP, GIF, WebP, DICOM), zero bytes, the wrong extension, an absurd declared size
 -- must end in a verdict or the project's documented refusal (a
 :class:`helpers.screening.ScreeningResult` with a message), never another exception,
 and quickly. :func:`corpus` builds the inputs from real encoded films; :func:`run`
@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers.dicom import film_bytes
+
 MUTATIONS = ("truncate", "bit_flip", "byte_run", "header", "zero_bytes", "empty", "huge_declared_size",
              "wrong_extension", "concatenated", "random_bytes")
 FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 
 
 def encodings(film: np.ndarray) -> dict[str, bytes]:
-    """One grey film (H, W) uint8 encoded in every format of :data:`FORMATS` (16-bit PNG too)."""
+    """One grey film (H, W) uint8 encoded in every format of :data:`FORMATS` (16-bit PNG and DICOM too)."""
     from PIL import Image
 
     encoded = {}
@@ -36,6 +38,7 @@ def encodings(film: np.ndarray) -> dict[str, bytes]:
     buffer = io.BytesIO()
     Image.fromarray(film.astype(np.uint16) * 257).save(buffer, format="PNG")
     encoded["PNG16"] = buffer.getvalue()
+    encoded["DICOM"] = film_bytes(film.astype(np.uint16) * 16, bits_stored=12)  # a 12-bit radiograph
     return encoded
 
 
@@ -93,7 +96,7 @@ def corpus(films: list[np.ndarray], count: int, seed: int = 0) -> list[tuple[str
     rng = np.random.default_rng(seed)
     sources = [(fmt, content) for film in films for fmt, content in encodings(film).items()]
     extensions = {"JPEG": "jpg", "PNG": "png", "PNG16": "png", "TIFF": "tif", "BMP": "bmp", "GIF": "gif",
-                  "WEBP": "webp"}
+                  "WEBP": "webp", "DICOM": "dcm"}
     inputs = []
     for index in range(count):
         kind = MUTATIONS[index % len(MUTATIONS)]

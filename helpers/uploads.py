@@ -5,7 +5,8 @@ The web app, the batch screener and the notebook explorer all read uploads throu
 with one message naming the file and what to do. No TensorFlow: decoding is
 :func:`helpers.imaging.decode_pixels` (Pillow).
 
-Rules (:func:`inspect_image_bytes`): JPEG or PNG (BMP, GIF and WebP decode too), at
+Rules (:func:`inspect_image_bytes`): JPEG or PNG (BMP, GIF and WebP decode too; DICOM
+through :mod:`helpers.dicom`), at
 most 30 MB and 50 megapixels, and at least :data:`MIN_IMAGE_SIDE` = 64 pixels on each
 side: below that the 224x224 input would be mostly interpolation (a thumbnail holds
 no lung detail), and real chest X-rays are hundreds of pixels wide. Uploads are
@@ -47,21 +48,14 @@ class ImageInfo:
 def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
     """Check an upload before decoding it; raise :class:`ImageRejected` saying why not.
 
-    Rejects: empty or oversized files, DICOM, files that are not images or in an
-    unsupported format, images smaller than :data:`MIN_IMAGE_SIDE` on a side or
+    Rejects: empty or oversized files, files that are not images or in an
+    unsupported format (DICOM goes through :func:`decode_dicom_upload`), images smaller than :data:`MIN_IMAGE_SIDE` on a side or
     larger than :data:`MAX_IMAGE_PIXELS`.
     """
     from PIL import Image, UnidentifiedImageError
 
     content = bytes(content)
-    if len(content) == 0:
-        raise ImageRejected(f"{name} is empty (0 bytes). Choose a JPEG or PNG chest X-ray.")
-    if len(content) > MAX_UPLOAD_BYTES:
-        raise ImageRejected(f"{name} is {len(content) / 2**20:.0f} MB; the limit is "
-                            f"{MAX_UPLOAD_BYTES // 2**20} MB. Save a smaller JPEG or PNG.")
-    if content[128:132] == b"DICM":
-        raise ImageRejected(f"{name} is a DICOM file. Export the image as PNG or JPEG "
-                            "(any DICOM viewer can) and upload that.")
+    _check_byte_size(content, name)
     try:
         with Image.open(io.BytesIO(content)) as image:
             orientation = _exif_orientation(image)
@@ -76,6 +70,19 @@ def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
     if info.format not in ACCEPTED_FORMATS:
         raise ImageRejected(f"{name} is a {info.format} image; upload JPEG or PNG "
                             "(BMP, GIF and WebP work too).")
+    _check_pixel_size(info, name)
+    return info
+
+
+def _check_byte_size(content: bytes, name: str) -> None:
+    if len(content) == 0:
+        raise ImageRejected(f"{name} is empty (0 bytes). Choose a JPEG or PNG chest X-ray.")
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise ImageRejected(f"{name} is {len(content) / 2**20:.0f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES // 2**20} MB. Save a smaller JPEG or PNG.")
+
+
+def _check_pixel_size(info: ImageInfo, name: str) -> None:
     if min(info.width, info.height) < MIN_IMAGE_SIDE:
         raise ImageRejected(
             f"{name} is only {info.width}x{info.height} pixels. The model needs at least "
@@ -85,7 +92,23 @@ def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
         raise ImageRejected(f"{name} is {info.width}x{info.height} pixels "
                             f"({info.width * info.height / 1e6:.0f} MP); the limit is "
                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Resize it first.")
-    return info
+
+
+def decode_dicom_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
+    """A DICOM film -> (pixels float32 (224, 224, 3) 0-255, info); see :mod:`helpers.dicom`."""
+    from helpers.dicom import DicomRejected, read_film
+    from helpers.imaging import resize_plane
+
+    content = bytes(content)
+    _check_byte_size(content, name)
+    try:
+        film, facts = read_film(content, name)  # (H, W) float32 0-255
+    except DicomRejected as rejection:
+        raise ImageRejected(str(rejection)) from rejection
+    info = ImageInfo("DICOM", facts["columns"], facts["rows"], facts["photometric"], len(content))
+    _check_pixel_size(info, name)
+    plane = resize_plane(film, IMAGE_SIZE)  # (224, 224)
+    return np.clip(np.repeat(plane[..., np.newaxis], 3, axis=-1), 0.0, 255.0), info
 
 
 def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
@@ -95,6 +118,10 @@ def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, I
     orientation applied, any size resized, high bit depth windowed). Raises :class:`ImageRejected` for any unusable file,
     including truncated ones that only fail while decoding.
     """
+    from helpers.dicom import is_dicom
+
+    if is_dicom(content):
+        return decode_dicom_upload(content, name)
     info = inspect_image_bytes(content, name)
     try:
         pixels = decode_pixels(bytes(content), IMAGE_SIZE, upright=True)  # (224, 224, 3) float32 0-255
