@@ -9,6 +9,7 @@ TensorFlow is imported. Uploads stay in memory and are never written to disk.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,9 +39,9 @@ def command_line_model() -> str | None:
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def load_screener(variant: str, model: str) -> screening.Screener:
-    """The engine and OOD detector of one model file, loaded once for every session."""
-    return screening.Screener.load(variant, model)
+def load_screener(variant: str, model: str, site: str) -> screening.Screener:
+    """The engine, OOD detector and (optional) site calibration, loaded once for every session."""
+    return screening.Screener.load(variant, model, site=site or None)
 
 
 def sidebar() -> tuple[screening.Screener | None, float]:
@@ -49,7 +50,13 @@ def sidebar() -> tuple[screening.Screener | None, float]:
                                    help="int8 is the phone model; float16 and float32 are larger and slower.")
     alpha = st.sidebar.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
     try:
-        screener = load_screener(variant, str(screening.find_model(variant, command_line_model())))
+        model = screening.find_model(variant, command_line_model())
+        site = screening.find_site_calibration(model)
+        use_site = site is not None and st.sidebar.radio(
+            "Operating point", ["validation (in the model)", "site calibration"],
+            index=1 if os.environ.get(screening.SITE_ENVIRONMENT_VARIABLE) else 0,
+            help=f"The site calibration is {site} (notebook 08).") == "site calibration"
+        screener = load_screener(variant, str(model), str(site) if use_site else "")
     except screening.ScreeningModelError as error:
         st.sidebar.error("No model loaded.")
         st.error(str(error))
@@ -59,7 +66,9 @@ def sidebar() -> tuple[screening.Screener | None, float]:
                         f"version `{screener.engine.version}`")
     band = (f"; refer band {point.band_low:.3f}-{point.band_high:.3f}" if point.has_band else "")
     created = screener.engine.metadata.get("created_utc", "unknown date")
-    st.sidebar.markdown(f"**Threshold** {point.threshold:.3f}{band}  \nchosen on: {point.chosen_on or 'unknown'}  \n"
+    active = "site calibration" if screener.site is not None else "validation operating point"
+    st.sidebar.markdown(f"**Active: {active}**  \n"
+                        f"**Threshold** {point.threshold:.3f}{band}  \nchosen on: {point.chosen_on or 'unknown'}  \n"
                         f"rule: {point.rule or 'unknown'}  \nmodel converted {created}")
     if screener.engine.provenance_note:
         st.sidebar.warning(screener.engine.provenance_note)

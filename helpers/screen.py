@@ -32,6 +32,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help=f"a one-pass .tflite (default: ${screening.MODEL_ENVIRONMENT_VARIABLE} "
                                                       "or artifacts/tflite/)")
     parser.add_argument("--heatmaps", type=Path, default=None, help="also save each heat-map overlay as PNG here")
+    parser.add_argument("--site", default=None, help="a site_calibration.json (notebook 08) to use instead of the "
+                                                     "validation operating point")
     parser.add_argument("--recursive", action="store_true", help="include sub-folders")
     parser.add_argument("--allow-stale", action="store_true",
                         help="use a model converted from another Keras model than the current one (with a warning)")
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {arguments.folder} is not a folder. Give the folder that holds the films.", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
-        screener = screening.Screener.load(arguments.engine, arguments.model, allow_stale=arguments.allow_stale)
+        screener = screening.Screener.load(arguments.engine, arguments.model, allow_stale=arguments.allow_stale,
+                                           site=arguments.site)
     except screening.ScreeningModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -37,6 +37,7 @@ from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 ONE_PASS_STEM = "pneumonia_mobilenetv2_onepass"
 ONE_PASS_VARIANTS = ("int8", "float16", "float32")  # the app's default first
 MODEL_ENVIRONMENT_VARIABLE = "CXR_SCREENING_MODEL"
+SITE_ENVIRONMENT_VARIABLE = "CXR_SITE_CALIBRATION"  # a site_calibration.json (notebook 08) to use
 DETECTOR_ENVIRONMENT_VARIABLE = "CXR_OOD_DETECTOR"
 # The one-pass model's outputs, by role; for MobileNetV2 at 224 and one image their shapes
 # are (1, 1), (1, 7, 7, 1) and (1, 1280). The metadata declares them; the engine checks.
@@ -79,6 +80,20 @@ def find_model(variant: str = "int8", model: str | os.PathLike | None = None) ->
             f"No screening model at {path}. Produce it with: {PRODUCE_COMMAND}; "
             f"or point {MODEL_ENVIRONMENT_VARIABLE} (or --model) at a {ONE_PASS_STEM}_<variant>.tflite.")
     return path
+
+
+def find_site_calibration(model_path: Path, site: str | os.PathLike | None = None) -> Path | None:
+    """A site calibration to offer: given, ``$CXR_SITE_CALIBRATION``, or ``site_calibration.json`` of the artifacts."""
+    from helpers.site import SITE_FILE_NAME
+
+    given = site or os.environ.get(SITE_ENVIRONMENT_VARIABLE)
+    if given:
+        if not Path(given).is_file():
+            raise ScreeningModelError(f"No site calibration at {given}. Write one with notebook 08 or unset "
+                                      f"{SITE_ENVIRONMENT_VARIABLE}.")
+        return Path(given)
+    beside = model_path.resolve().parent.parent / SITE_FILE_NAME
+    return beside if beside.is_file() else None
 
 
 def find_detector(model_path: Path, detector: str | os.PathLike | None = None) -> Path | None:
@@ -326,16 +341,22 @@ class Screener:
     the file and what to do.
     """
 
-    def __init__(self, engine: OnePassEngine, detector=None):
+    def __init__(self, engine: OnePassEngine, detector=None, site=None):
         self.engine = engine
         self.detector = detector
+        self.site = site  # helpers.site.SiteCalibration: its head and operating point replace the model's
 
     @classmethod
     def load(cls, variant: str = "int8", model: str | os.PathLike | None = None,
              detector: str | os.PathLike | None = None, num_threads: int | None = 2,
-             allow_stale: bool = False) -> "Screener":
-        """The engine from :func:`find_model` (provenance checked) and the detector from :func:`find_detector`."""
+             allow_stale: bool = False, site: str | os.PathLike | None = None) -> "Screener":
+        """The engine from :func:`find_model` (provenance checked) and the detector from :func:`find_detector`.
+
+        ``site``: a site calibration file (notebook 08) whose operating point (and head,
+        applied to the pooled features) replaces the validation one.
+        """
         from helpers.ood import OODDetector
+        from helpers.site import SiteCalibration
 
         path = find_model(variant, model)
         detector_path = find_detector(path, detector)
@@ -344,11 +365,18 @@ class Screener:
         except (OSError, ValueError, KeyError) as error:
             raise ScreeningModelError(f"The OOD detector {detector_path} cannot be read ({error}). "
                                       "Re-run notebook 07 to fit it again.") from error
-        return cls(OnePassEngine(path, num_threads, allow_stale), loaded)
+        calibration = None
+        if site:
+            try:
+                calibration = SiteCalibration.load(site)
+            except (OSError, ValueError) as error:
+                raise ScreeningModelError(str(error)) from error
+        return cls(OnePassEngine(path, num_threads, allow_stale), loaded, calibration)
 
     @property
     def point(self) -> OperatingPoint:
-        return self.engine.point
+        """The active operating point: the site calibration's when one is loaded, else the model's."""
+        return self.site.point if self.site is not None else self.engine.point
 
     def _refusal(self, name: str, message: str, timings: dict, **extra) -> ScreeningResult:
         return ScreeningResult(name, False, message, self.engine.name, self.engine.version,
@@ -393,6 +421,9 @@ class Screener:
                                  notes=tuple(notes))
         start = time.perf_counter()
         point = self.point
+        if self.site is not None:  # the site's head re-weighs the same pooled features
+            probability = float(self.site.probabilities(features[np.newaxis])[0])
+            notes.append(f"Site calibration active ({point.chosen_on}); the heat map is the phone model's own.")
         positive = bool(point.predicted([probability])[0])
         model_decision = "PNEUMONIA" if positive else "NORMAL"
         referred = bool(point.referred([probability])[0])

@@ -142,3 +142,25 @@ def test_sample_films_need_no_upload(model_folder, monkeypatch, real_data_dir):
     assert len(options) == 6  # 3 NORMAL + 3 PNEUMONIA official test films
     test.multiselect[0].select(options[0]).run()
     assert not test.exception and len(verdicts(test)) == 1
+
+
+def test_a_site_calibration_can_be_made_the_active_operating_point(model_folder, monkeypatch, tmp_path):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from helpers import site
+    from helpers.operating_point import OperatingPoint
+
+    point = OperatingPoint(threshold=0.3, chosen_on="site: 20 NORMAL + 20 PNEUMONIA labelled local films")
+    path = site.SiteCalibration(point, site.LinearHead(np.full(8, 0.05), -1.0),
+                                site.RecallGuarantee.from_counts(20, 20)).save(tmp_path / "site_calibration.json")
+    monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(model_folder))
+    monkeypatch.setenv(screening.SITE_ENVIRONMENT_VARIABLE, str(path))
+    st.cache_resource.clear()
+    test = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not test.exception
+    text = " ".join(markdown.value for markdown in test.sidebar.markdown)
+    assert "Active: site calibration" in text and "Threshold** 0.300" in text
+    test.sidebar.radio[0].set_value("validation (in the model)").run()
+    text = " ".join(markdown.value for markdown in test.sidebar.markdown)
+    assert "Active: validation operating point" in text and "Threshold** 0.500" in text

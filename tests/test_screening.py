@@ -268,3 +268,21 @@ def test_a_phone_model_from_another_keras_model_is_refused(classifier, tmp_path)
     assert screening.OnePassEngine(path, allow_stale=True).provenance_note.startswith("Warning")
     keras_file.unlink()
     assert "provenance not checked" in screening.OnePassEngine(path).provenance_note
+
+
+def test_a_site_calibration_replaces_the_head_and_the_operating_point(models, tmp_path):
+    from helpers import site
+
+    engine = screening.OnePassEngine(models["float32"])
+    head = site.LinearHead(np.full(8, 0.05), -1.0)
+    point = OperatingPoint(threshold=0.3, chosen_on="site: 20 NORMAL + 20 PNEUMONIA labelled local films")
+    calibration = site.SiteCalibration(point, head, site.RecallGuarantee.from_counts(20, 20))
+    path = calibration.save(tmp_path / "site_calibration.json")
+    screener = screening.Screener.load("float32", models["float32"], site=path)
+    result = screener.screen_bytes(film_bytes(), "film.png")
+    _, _, features = engine.run(result.image)
+    assert result.probability == pytest.approx(float(site.sigmoid(head.logits(features[np.newaxis]))[0]), abs=1e-6)
+    assert result.threshold == 0.3 and screener.point.chosen_on.startswith("site:")
+    assert any("Site calibration active" in note for note in result.notes)
+    with pytest.raises(screening.ScreeningModelError, match="No site calibration"):
+        screening.find_site_calibration(models["float32"], tmp_path / "missing.json")
