@@ -23,6 +23,7 @@ split is used to report the false-rejection rate, and generated non-X-ray images
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import weakref
@@ -37,6 +38,7 @@ from helpers.jsonio import write_json
 DEFAULT_QUANTILE = 0.995
 DEFAULT_MAX_COLOURFULNESS = 25.0
 DETECTOR_FILE_NAME = "detector.npz"
+SINGLE_FILM_ROWS = 4  # up to this many rows, distances skip BLAS (see FeatureDistribution.distances)
 REPORT_FILE_NAME = "ood.json"
 NON_XRAY_KINDS = (
     "photo_colour", "photo_grey", "colour_noise", "grey_noise", "gradient",
@@ -153,6 +155,10 @@ class FeatureDistribution:
         return cls(mean=estimator.location_.astype(np.float64),
                    precision=estimator.precision_.astype(np.float64))
 
+    @functools.cached_property
+    def _precision32(self) -> np.ndarray:
+        return self.precision.astype(np.float32)
+
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``features`` (N, D) -> (N,)."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float64))
@@ -160,7 +166,13 @@ class FeatureDistribution:
             raise ValueError(f"Features have {features.shape[1]} dimensions, the fitted "
                              f"distribution {self.mean.shape[0]}: use the same model.")
         centred = features - self.mean  # (N, D)
-        squared = np.sum((centred @ self.precision) * centred, axis=1)  # (N,): one BLAS product
+        if len(centred) <= SINGLE_FILM_ROWS:
+            # One upload: a plain loop in float32 (half the memory to stream, relative error ~1e-6), so
+            # BLAS threads do not wake up and then spin while the phone model runs (measured: +8 ms).
+            projected = np.einsum("nd,de->ne", centred.astype(np.float32), self._precision32, optimize=False)
+        else:
+            projected = centred @ self.precision  # (N, D): one BLAS product for many images
+        squared = np.sum(projected * centred, axis=1)  # (N,)
         return np.sqrt(np.maximum(squared, 0.0))
 
 

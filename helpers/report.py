@@ -3,8 +3,8 @@
 A block of the README between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` is
 rewritten from the artifacts a run wrote, so the figures a reader sees are the ones
 measured, not typed. Blocks whose results file is missing are left as they are (and
-the command says so). Blocks so far: ``app`` (``app_benchmark.json``,
-``tflite/parity.json``, ``reliability.json``).
+the command says so). Blocks so far: ``new_site`` (``new_site.json``) and ``app``
+(``app_benchmark.json``, ``tflite/parity.json``, ``reliability.json``).
 """
 
 from __future__ import annotations
@@ -71,20 +71,63 @@ def app_block(benchmark: dict, parity: dict | None = None, reliability: dict | N
     return "\n".join(lines)
 
 
+def _summary(entry: dict) -> str:
+    accuracy = entry["accuracy"]
+    return (f"{accuracy['mean']:.3f} ({accuracy['p05']:.3f}-{accuracy['p95']:.3f}) | {entry['recall']['mean']:.3f} | "
+            f"{entry['specificity']['mean']:.3f} | {entry['ece']['mean']:.3f} | {entry['coverage']['mean']:.2f}")
+
+
+def new_site_block(report: dict) -> str:
+    """Notebook 08's site A results (``new_site.json``) as a Markdown table, with the targets."""
+    control = report.get("label_free_depth_control") or {}
+    depth = control.get("chosen")
+    depth_text = "all" if depth is None else str(depth)
+    lines = ["| site A, rest of the films | accuracy (5th-95th pct) | recall | specificity | ECE | decided |",
+             "|---|---|---|---|---|---|",
+             f"| zero-shot (validation operating point) | {_summary(report['zero_shot'])} |",
+             f"| label-free: first {depth_text} BatchNorm layers adapted, no labels | {_summary(report['label_free'])} |"]
+    lines += [f"| calibrated, k = {k} per class | {_summary(entry)} |" for k, entry in report["calibrated"].items()]
+    targets = report.get("targets") or {}
+    if targets:
+        lines.append("")
+        lines.append("Targets of the new-site issue: " + "; ".join(
+            f"{name} {'met' if met else '**missed**'}" for name, met in targets.items()) + ".")
+    whole = report.get("label_free_whole_site") or {}
+    simulated = [(name.split(",")[0], values) for name, values in whole.items()
+                 if name.endswith("label-free") and name.startswith("simulated")]
+    for name, values in simulated:
+        zero_shot = whole.get(f"{name}, zero-shot")
+        if zero_shot:
+            lines.append(f"Label-free on the {name} site: accuracy {zero_shot['accuracy']:.3f} → "
+                         f"{values['accuracy']:.3f}, specificity {zero_shot['specificity']:.3f} → "
+                         f"{values['specificity']:.3f}, recall {zero_shot['recall']:.3f} → {values['recall']:.3f}.")
+    if control:
+        shifts = ", ".join(f"{name} layers {shift:+.2f}" for name, shift in control["shifts"].items())
+        lines.append(f"Depth control ({control['size']} training films adapted to {control['size']} others; "
+                     f"mean logit change, tolerance {control['tolerance']}): {shifts}.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     artifacts = config.artifacts_dir(create=False)
     text = README.read_text()
+    site_path = artifacts / "new_site.json"
+    if site_path.is_file():
+        text = replace_block(text, "new_site", new_site_block(read_json_object(site_path)))
+        print(f"rewrote the new_site block from {site_path}")
+    else:
+        print(f"left the new_site block as it is: no {site_path} (run notebook 08)")
     benchmark_path = artifacts / "app_benchmark.json"
-    if not benchmark_path.is_file():
+    if benchmark_path.is_file():
+        parity_path = artifacts / "tflite" / "parity.json"
+        reliability_path = artifacts / "reliability.json"
+        text = replace_block(text, "app", app_block(
+            read_json_object(benchmark_path), read_json_object(parity_path) if parity_path.is_file() else None,
+            read_json_object(reliability_path) if reliability_path.is_file() else None))
+        print(f"rewrote the app block from {benchmark_path}")
+    else:
         print(f"left the app block as it is: no {benchmark_path} (run make benchmark)")
-        return 0
-    parity_path = artifacts / "tflite" / "parity.json"
-    reliability_path = artifacts / "reliability.json"
-    block = app_block(read_json_object(benchmark_path),
-                      read_json_object(parity_path) if parity_path.is_file() else None,
-                      read_json_object(reliability_path) if reliability_path.is_file() else None)
-    README.write_text(replace_block(text, "app", block))
-    print(f"rewrote the app block of {README} from {artifacts}")
+    README.write_text(text)
     return 0
 
 

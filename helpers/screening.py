@@ -443,7 +443,7 @@ class Screener:
         if not result.accepted:
             return result, None
         start = time.perf_counter()
-        picture = imaging.png_bytes(result.overlay(alpha))
+        picture = imaging.overlay_png(result.image, result.heatmap, alpha)
         result.timings_ms["overlay"] = (time.perf_counter() - start) * 1e3
         return result, picture
 

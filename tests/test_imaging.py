@@ -77,3 +77,15 @@ def test_pillow_decoding_matches_the_training_decoder_on_real_films(real_data_di
         differences.append(np.abs(imaging.decode_pixels(bytes(content)) - reference))
     differences = np.stack(differences)
     assert differences.max() <= 2.0 and differences.mean() < 1.0, (differences.max(), differences.mean())
+
+
+def test_overlay_png_is_the_same_blend_in_8_bits():
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    image = rng.uniform(0, 255, (32, 40, 3)).astype(np.float32)
+    heatmap = rng.uniform(0, 1, (32, 40)).astype(np.float32)
+    decoded = np.asarray(Image.open(io.BytesIO(imaging.overlay_png(image, heatmap, 0.4))), dtype=np.float32)
+    assert np.abs(decoded - imaging.overlay(image, heatmap, 0.4) * 255).max() <= 1.0
+    with pytest.raises(ValueError, match="heatmap"):
+        imaging.overlay_png(image, heatmap[:5])

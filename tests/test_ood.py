@@ -184,3 +184,14 @@ def test_feature_model_needs_the_pool_layer():
         ood.feature_model(bare)
     with pytest.raises(ValueError, match="batch_size"):
         ood.compute_features(None, np.zeros((1, 8, 8, 3)), batch_size=0)
+
+
+def test_one_film_and_many_films_get_the_same_distance():
+    from helpers import ood
+
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(200, 32))
+    distribution = ood.FeatureDistribution.fit(features)
+    many = distribution.distances(features[:10])  # BLAS path
+    one_by_one = np.concatenate([distribution.distances(row[np.newaxis]) for row in features[:10]])  # float32 loop
+    np.testing.assert_allclose(one_by_one, many, rtol=1e-5)

@@ -38,3 +38,16 @@ def test_app_block_states_the_measured_figures():
 
 def test_the_readme_has_the_app_block():
     assert "<!-- begin:app -->" in report.README.read_text()
+
+
+def test_new_site_block_has_every_row_and_the_targets():
+    entry = {metric: {"mean": 0.9, "p05": 0.88, "p95": 0.92} for metric in
+             ("accuracy", "recall", "specificity", "ece", "coverage")}
+    record = {"zero_shot": entry, "label_free": entry, "calibrated": {"20": entry, "50": entry},
+              "targets": {"k=20 accuracy mean >= 0.92": False, "k=20 recall mean >= 0.96": True},
+              "label_free_depth_control": {"chosen": 20, "shifts": {"4": 0.07, "all": -0.95}, "size": 400,
+                                           "tolerance": 0.25}}
+    block = report.new_site_block(record)
+    assert "first 20 BatchNorm layers" in block and "k = 50 per class | 0.900 (0.880-0.920)" in block
+    assert "k=20 accuracy mean >= 0.92 **missed**" in block and "k=20 recall mean >= 0.96 met" in block
+    assert "4 layers +0.07, all layers -0.95" in block
