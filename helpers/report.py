@@ -63,6 +63,9 @@ def app_block(benchmark: dict, parity: dict | None = None, reliability: dict | N
         if reliability.get("bit16_agreement") is not None:
             rows.append(("16-bit PNG copies of the test films with the 8-bit decision",
                          f"{reliability['bit16_agreement']:.1%} of {reliability['bit16_films_compared']}"))
+        if reliability.get("dicom_agreement") is not None:
+            rows.append(("DICOM copies (8-bit windowed, 12-bit, MONOCHROME1) with the 8-bit decision",
+                         f"{reliability['dicom_agreement']:.1%} of {reliability['dicom_copies_compared']}"))
     lines = ["| web app (`make benchmark`, `make reliability`) | measured |", "|---|---|"]
     lines += [f"| {what} | {value} |" for what, value in rows]
     flags = ", ".join(cpu.get("cpu_flags") or []) or "no speed-relevant flags found"
@@ -90,20 +93,20 @@ def new_site_block(report: dict) -> str:
     targets = report.get("targets") or {}
     if targets:
         lines.append("")
-        lines.append("Targets of the new-site issue: " + "; ".join(
+        lines.append("- Targets of the new-site issue: " + "; ".join(
             f"{name} {'met' if met else '**missed**'}" for name, met in targets.items()) + ".")
     whole = report.get("label_free_whole_site") or {}
-    simulated = [(name.split(",")[0], values) for name, values in whole.items()
-                 if name.endswith("label-free") and name.startswith("simulated")]
+    simulated = [(name.rsplit(",", 1)[0], values) for name, values in whole.items()
+                 if name.endswith(", label-free") and not name.startswith("site A")]
     for name, values in simulated:
         zero_shot = whole.get(f"{name}, zero-shot")
         if zero_shot:
-            lines.append(f"Label-free on the {name} site: accuracy {zero_shot['accuracy']:.3f} → "
+            lines.append(f"- Label-free on the simulated {name} site (whole site): accuracy {zero_shot['accuracy']:.3f} → "
                          f"{values['accuracy']:.3f}, specificity {zero_shot['specificity']:.3f} → "
                          f"{values['specificity']:.3f}, recall {zero_shot['recall']:.3f} → {values['recall']:.3f}.")
     if control:
         shifts = ", ".join(f"{name} layers {shift:+.2f}" for name, shift in control["shifts"].items())
-        lines.append(f"Depth control ({control['size']} training films adapted to {control['size']} others; "
+        lines.append(f"- Depth control ({control['size']} training films adapted to {control['size']} others; "
                      f"mean logit change, tolerance {control['tolerance']}): {shifts}.")
     return "\n".join(lines)
 

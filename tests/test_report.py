@@ -46,8 +46,12 @@ def test_new_site_block_has_every_row_and_the_targets():
     record = {"zero_shot": entry, "label_free": entry, "calibrated": {"20": entry, "50": entry},
               "targets": {"k=20 accuracy mean >= 0.92": False, "k=20 recall mean >= 0.96": True},
               "label_free_depth_control": {"chosen": 20, "shifts": {"4": 0.07, "all": -0.95}, "size": 400,
-                                           "tolerance": 0.25}}
+                                           "tolerance": 0.25},
+              "label_free_whole_site": {"darker machine, zero-shot": {"accuracy": 0.9, "specificity": 1.0, "recall": 0.8},
+                                        "darker machine, label-free": {"accuracy": 0.5, "specificity": 0.1,
+                                                                       "recall": 0.96}}}
     block = report.new_site_block(record)
     assert "first 20 BatchNorm layers" in block and "k = 50 per class | 0.900 (0.880-0.920)" in block
     assert "k=20 accuracy mean >= 0.92 **missed**" in block and "k=20 recall mean >= 0.96 met" in block
     assert "4 layers +0.07, all layers -0.95" in block
+    assert "simulated darker machine site (whole site): accuracy 0.900 → 0.500" in block
