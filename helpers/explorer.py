@@ -191,11 +191,16 @@ def tflite_engine(path: str | os.PathLike, name: str | None = None) -> Engine:
     """A ``.tflite`` variant through ``helpers.tflite.TFLiteClassifier`` (loaded once, now).
 
     Its output is a probability (uint8-quantized for int8 models), so the logit is
-    recovered as log(p / (1 - p)); a saturated 0 or 1 is clipped to +-27.6.
+    recovered as log(p / (1 - p)); a saturated 0 or 1 is clipped to +-27.6. A model
+    with metadata must come from the current Keras model
+    (:func:`helpers.screening.check_provenance`): an out-of-date one is refused.
     """
-    from helpers.tflite import TFLiteClassifier
+    from helpers.screening import check_provenance
+    from helpers.tflite import TFLiteClassifier, metadata_path, read_metadata
 
     classifier = TFLiteClassifier(path)
+    if metadata_path(path).is_file():  # converted by notebook 06: it must come from the current Keras model
+        check_provenance(read_metadata(path), Path(path))  # raises ScreeningModelError (a ValueError) if not
     stem = Path(path).stem
     name = name or "TFLite " + stem.split("_mobilenetv2_")[-1]
     return probability_engine(name, classifier.predict, f"TensorFlow Lite model {Path(path).name}")

@@ -427,3 +427,20 @@ def test_a_truncated_exif_rotated_photo_is_rejected_not_raised():
     content = encode(fake_xray(16, 300, 300), "JPEG", exif=exif)
     with pytest.raises(ImageRejected, match="truncated or damaged"):
         uploads.decode_upload(content[: len(content) // 2], "half.jpg")
+
+
+def test_an_out_of_date_tflite_model_is_skipped_with_the_remedy(model, tmp_path):
+    from helpers import tflite
+    from helpers.operating_point import OperatingPoint
+
+    artifacts = tmp_path / "artifacts"
+    keras_file = artifacts / "model" / "pneumonia_mobilenetv2.keras"
+    keras_file.parent.mkdir(parents=True)
+    keras_file.write_bytes(b"the model this phone model was converted from")
+    path = tflite.convert(model, "float32", artifacts / "tflite" / "pneumonia_mobilenetv2_float32.tflite")
+    tflite.publish_metadata(path, tflite.build_metadata(path, "float32", OperatingPoint(), keras_file))
+    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
+    assert list(engines) == ["Keras", "TFLite float32"]
+    keras_file.write_bytes(b"trained again since")
+    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
+    assert list(engines) == ["Keras"] and "another Keras model" in notes[0] and "notebook 06" in notes[0]
