@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from helpers import config, tflite  # noqa: E402
+from helpers import tflite  # noqa: E402
 
 BENCHMARK_FILE_NAME = "benchmark.json"
 
