@@ -82,6 +82,11 @@ def find_model(variant: str = "int8", model: str | os.PathLike | None = None) ->
     return path
 
 
+def artifacts_of(model_path: Path) -> Path:
+    """The artifacts folder a ``.tflite`` in ``<artifacts>/tflite/`` belongs to (its detector, Keras model, site file)."""
+    return Path(model_path).resolve().parent.parent
+
+
 def find_site_calibration(model_path: Path, site: str | os.PathLike | None = None) -> Path | None:
     """A site calibration to offer: given, ``$CXR_SITE_CALIBRATION``, or ``site_calibration.json`` of the artifacts."""
     from helpers.site import SITE_FILE_NAME
@@ -92,7 +97,7 @@ def find_site_calibration(model_path: Path, site: str | os.PathLike | None = Non
             raise ScreeningModelError(f"No site calibration at {given}. Write one with notebook 08 or unset "
                                       f"{SITE_ENVIRONMENT_VARIABLE}.")
         return Path(given)
-    beside = model_path.resolve().parent.parent / SITE_FILE_NAME
+    beside = artifacts_of(model_path) / SITE_FILE_NAME
     return beside if beside.is_file() else None
 
 
@@ -107,7 +112,7 @@ def find_detector(model_path: Path, detector: str | os.PathLike | None = None) -
             raise ScreeningModelError(f"No OOD detector at {path}. Fit it with notebook 07 or unset "
                                       f"{DETECTOR_ENVIRONMENT_VARIABLE}.")
         return path
-    beside = model_path.resolve().parent.parent / "ood" / DETECTOR_FILE_NAME  # <artifacts>/ood/detector.npz
+    beside = artifacts_of(model_path) / "ood" / DETECTOR_FILE_NAME
     return beside if beside.is_file() else None
 
 
@@ -125,7 +130,7 @@ def check_provenance(metadata: dict, model_path: Path, keras_path: Path | None =
     from helpers.model import MODEL_FILE_NAME
     from helpers.tflite import file_sha256
 
-    keras_path = Path(keras_path) if keras_path else model_path.resolve().parent.parent / "model" / MODEL_FILE_NAME
+    keras_path = Path(keras_path) if keras_path else artifacts_of(model_path) / "model" / MODEL_FILE_NAME
     declared = (metadata.get("model_version") or {}).get("keras_sha256")
     if not declared:
         return (f"The metadata of {model_path.name} records no Keras model hash (model_version.keras_sha256): "
@@ -226,20 +231,10 @@ class OnePassEngine:
         pixels = np.asarray(pixels)
         if pixels.shape != tuple(self.input.shape[1:]):
             raise ValueError(f"Expected one image of shape {self.input.shape[1:]}, got {pixels.shape}.")
-        if self.input.quantized:
-            batch = tflite.quantize(pixels[np.newaxis], self.input.dtype, self.input.scale, self.input.zero_point)
-        elif np.issubdtype(self.input.dtype, np.integer):
-            batch = tflite.quantize(pixels[np.newaxis], self.input.dtype, 1.0, 0)  # uint8 raw pixels
-        else:
-            batch = pixels[np.newaxis].astype(self.input.dtype)
-        self.interpreter.set_tensor(self.input.index, batch)
+        self.interpreter.set_tensor(self.input.index, tflite.to_input_dtype(self.input, pixels[np.newaxis]))
         self.interpreter.invoke()
-        values = {}
-        for role, detail in self.outputs.items():
-            raw = self.interpreter.get_tensor(detail["index"])
-            scale, zero_point = detail["quantization"]
-            values[role] = (tflite.dequantize(raw, scale, zero_point) if np.issubdtype(raw.dtype, np.integer) and scale
-                            else raw.astype(np.float32))
+        values = {role: tflite.output_values(self.interpreter, tflite.TensorInfo.from_details(detail))
+                  for role, detail in self.outputs.items()}
         return (float(values["probability"].reshape(-1)[0]), values["logit_map"][0, ..., 0],
                 values["pooled_features"].reshape(-1))
 

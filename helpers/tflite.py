@@ -735,6 +735,28 @@ class TensorInfo:
                 "quantization": {"scale": self.scale, "zero_point": self.zero_point} if self.quantized else None}
 
 
+def to_input_dtype(info: TensorInfo, images: np.ndarray) -> np.ndarray:
+    """0-255 pixels -> what the input tensor ``info`` takes.
+
+    Quantized inputs use their (scale, zero point); an unquantized integer input (the
+    int8 variants' uint8 pixels, cast to float inside) takes the pixel values rounded
+    and clipped, i.e. scale 1 and zero point 0.
+    """
+    if info.quantized:
+        return quantize(images, info.dtype, info.scale, info.zero_point)
+    if np.issubdtype(info.dtype, np.integer):
+        return quantize(images, info.dtype, 1.0, 0)
+    return np.asarray(images).astype(info.dtype)
+
+
+def output_values(interpreter, info: TensorInfo) -> np.ndarray:
+    """The output tensor ``info`` after an invocation, as float32 (dequantized if integer)."""
+    raw = interpreter.get_tensor(info.index)
+    if info.quantized:
+        return dequantize(raw, info.scale, info.zero_point)
+    return raw.astype(np.float32)
+
+
 class TFLiteClassifier:
     """Run a single-input, single-output classifier ``.tflite`` on raw 0-255 pixels.
 
@@ -774,28 +796,16 @@ class TFLiteClassifier:
                 f"output {self.output.dtype.name}{list(self.output.shape)}, threads={self.num_threads})")
 
     def prepare_input(self, images: np.ndarray) -> np.ndarray:
-        """(B, S, S, 3) 0-255 pixels -> the input tensor's dtype.
-
-        Quantized inputs use their (scale, zero point); an unquantized integer input
-        (the int8 variant's uint8 pixels, cast to float inside) takes the pixel values
-        rounded and clipped, i.e. scale 1 and zero point 0.
-        """
+        """(B, S, S, 3) 0-255 pixels -> the input tensor's dtype (:func:`to_input_dtype`)."""
         images = np.asarray(images)
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input.shape[1:]:
             raise ValueError(f"Expected images of shape (N, {', '.join(map(str, self.input.shape[1:]))}) "
                              f"(raw 0-255 RGB from helpers.data), got {images.shape}.")
-        if self.input.quantized:
-            return quantize(images, self.input.dtype, self.input.scale, self.input.zero_point)
-        if np.issubdtype(self.input.dtype, np.integer):
-            return quantize(images, self.input.dtype, 1.0, 0)
-        return images.astype(self.input.dtype)
+        return to_input_dtype(self.input, images)
 
     def read_output(self) -> np.ndarray:
         """The output tensor of the last invocation as float32 (dequantized if integer)."""
-        raw = self.interpreter.get_tensor(self.output.index)
-        if self.output.quantized:
-            return dequantize(raw, self.output.scale, self.output.zero_point)
-        return raw.astype(np.float32)
+        return output_values(self.interpreter, self.output)
 
     def set_input(self, batch: np.ndarray) -> None:
         """Place one already-prepared batch (from :meth:`prepare_input`) in the input tensor."""
