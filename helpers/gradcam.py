@@ -181,17 +181,6 @@ def _cached_gradcam_model(model, conv_layer: str, logit_layer: str):
     return models[(conv_layer, logit_layer)]
 
 
-def normalize_maps(maps: np.ndarray) -> np.ndarray:
-    """Divide each (h, w) map by its maximum -> [0, 1]; all-zero maps stay zero.
-
-    Args:
-        maps: (B, h, w), non-negative (after the ReLU).
-    """
-    maxima = maps.reshape(len(maps), -1).max(axis=1)  # (B,)
-    safe = np.where(maxima > 0, maxima, 1.0)  # no division by zero for empty maps
-    return (maps / safe[:, None, None]).astype(np.float32)
-
-
 def gradcam_steps(grad_model, images: np.ndarray, target="pneumonia") -> dict[str, np.ndarray]:
     """Grad-CAM for one batch with every intermediate result, for teaching.
 
@@ -217,7 +206,7 @@ def gradcam_steps(grad_model, images: np.ndarray, target="pneumonia") -> dict[st
     # Step 6: ReLU -- only evidence *for* the class.
     relu = np.maximum(weighted_sum, 0.0)  # (B, h, w)
     # Step 7: per-image normalization to [0, 1].
-    normalized = normalize_maps(relu)  # (B, h, w)
+    normalized = imaging.normalize_maps(relu)  # (B, h, w)
     # Step 8: upsample to the image.
     heatmap = imaging.upsample_maps(normalized, images.shape[1:3])  # (B, H, W)
     return {

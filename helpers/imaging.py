@@ -80,6 +80,17 @@ def decode_pixels(content: bytes, size: int = IMAGE_SIZE, upright: bool = True) 
     return np.clip(pixels, 0.0, 255.0)
 
 
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Divide each (h, w) map by its maximum -> [0, 1]; all-zero maps stay zero.
+
+    Args:
+        maps: (B, h, w), non-negative (after the ReLU).
+    """
+    maxima = maps.reshape(len(maps), -1).max(axis=1)  # (B,)
+    safe = np.where(maxima > 0, maxima, 1.0)  # no division by zero for empty maps
+    return (maps / safe[:, None, None]).astype(np.float32)
+
+
 def _interpolation_matrix(source: int, target: int) -> np.ndarray:
     """(target, source) weights of bilinear interpolation with half-pixel centres."""
     centres = (np.arange(target) + 0.5) * (source / target) - 0.5  # source coordinate of each target pixel

@@ -250,9 +250,7 @@ def heatmap_from_logit_map(logit_map: np.ndarray, bias: float, positive: bool,
     """
     sign = 1.0 if positive else -1.0
     evidence = np.maximum(sign * (np.asarray(logit_map, dtype=np.float64) - bias), 0.0)  # (7, 7)
-    peak = evidence.max()
-    normalized = evidence / peak if peak > 0 else evidence
-    return imaging.upsample_maps(normalized[np.newaxis], size)[0]
+    return imaging.upsample_maps(imaging.normalize_maps(evidence[np.newaxis]), size)[0]
 
 
 # --------------------------------------------------------------------------- #

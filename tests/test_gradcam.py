@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import gradcam
+from helpers import gradcam, imaging
 
 SIZE = 32  # tiny images: (N, 32, 32, 3)
 
@@ -78,7 +78,7 @@ def test_heatmap_shape_range_dtype():
 
 def test_each_nonzero_map_reaches_one_and_zero_maps_stay_zero():
     maps = np.array([[[0.0, 2.0], [1.0, 0.5]], [[0.0, 0.0], [0.0, 0.0]]], dtype=np.float32)
-    normalized = gradcam.normalize_maps(maps)
+    normalized = imaging.normalize_maps(maps)
     np.testing.assert_allclose(normalized[0], [[0.0, 1.0], [0.5, 0.25]])
     np.testing.assert_array_equal(normalized[1], 0.0)
     assert np.isfinite(normalized).all()
