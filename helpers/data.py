@@ -29,6 +29,7 @@ import numpy as np
 
 from helpers import config
 from helpers.download import download_public_tfrecords
+from helpers.errors import UnusableInput
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
 IMAGE_SIZE = 224
@@ -37,7 +38,7 @@ SOURCES = ("auto", "shards", "tfrecord", "folder")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-class DataError(ValueError):
+class DataError(UnusableInput):
     """Raised when data is missing, malformed or inconsistent. Says what to do."""
 
 

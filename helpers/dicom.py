@@ -24,6 +24,7 @@ import io
 
 import numpy as np
 
+from helpers.errors import UnusableInput
 from helpers.imaging import window_to_8bit
 
 DICOM_MAGIC_OFFSET = 128  # "DICM" follows a 128-byte preamble in a DICOM file (Part 10)
@@ -33,7 +34,7 @@ MODALITY_NAMES = {"CT": "a CT scan", "MR": "an MRI scan", "US": "an ultrasound i
                   "SC": "a screen capture"}
 
 
-class DicomRejected(ValueError):
+class DicomRejected(UnusableInput):
     """A DICOM file that cannot be screened; the message says why (never a patient attribute)."""
 
 

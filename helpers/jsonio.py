@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.errors import UnusableInput
+
 
 def json_ready(value):
     """``value`` with NumPy scalars/arrays as Python numbers/lists and NaN/inf as None."""
@@ -47,7 +49,7 @@ def read_json_object(path: str | Path, remedy: str = "") -> dict:
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not readable JSON ({error}). {remedy}".rstrip()) from error
+        raise UnusableInput(f"{path} is not readable JSON ({error}). {remedy}".rstrip()) from error
     if not isinstance(saved, dict):
-        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, not an object. {remedy}".rstrip())
+        raise UnusableInput(f"{path} holds a JSON {type(saved).__name__}, not an object. {remedy}".rstrip())
     return saved

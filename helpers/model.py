@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from helpers.data import IMAGE_SIZE
+from helpers.errors import MissingFile, ModelFileError
 
 LAST_CONV_LAYER = "out_relu"
 LOGIT_LAYER = "logit"
@@ -151,18 +152,48 @@ def default_model_path() -> Path:
 
 
 def load_model(path: str | Path | None = None):
-    """Load a saved classifier with ``safe_mode=True``.
+    """Load a saved classifier with ``safe_mode=True`` and check it is this project's model.
 
     Raises:
-        FileNotFoundError: with the command that creates the model.
+        MissingFile: no file (says which notebook trains the model).
+        ModelFileError: the file is corrupt (not a readable ``.keras`` archive) or holds a
+            model of another architecture (no ``logit`` / ``global_pool`` / ``out_relu``
+            layer, or another input or output shape); the message names the file.
     """
     import keras
 
     path = Path(path) if path else default_model_path()
+    retrain = ("Train it again: run notebooks/03_finetune_mobilenetv2.ipynb (or `make run`), or set "
+               "CXR_ARTIFACTS_DIR to the artifacts folder that holds model/" + MODEL_FILE_NAME + ".")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"No trained model at {path}. Train it first: run "
-            "notebooks/03_finetune_mobilenetv2.ipynb (or `make run`), or set "
-            "CXR_ARTIFACTS_DIR to the artifacts folder that holds model/" + MODEL_FILE_NAME + "."
-        )
-    return keras.saving.load_model(path, safe_mode=True)
+        raise MissingFile(f"No trained model at {path}. {retrain}")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises ValueError, OSError, zipfile.BadZipFile, KeyError... for a bad archive
+        raise ModelFileError(f"{path} is corrupt or not a Keras model file: it could not be loaded "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}). "
+                             f"{retrain}") from error
+    check_architecture(model, path, retrain)
+    return model
+
+
+def check_architecture(model, path: str | Path = "the model", remedy: str = "") -> None:
+    """Raise :class:`ModelFileError` unless ``model`` is this project's classifier.
+
+    Checked: the layers every consumer looks up by name (``out_relu``, ``global_pool``,
+    ``logit``), one input of shape (None, 224, 224, 3) and one output of shape (None, 1).
+    """
+    names = {layer.name for layer in model.layers}
+    missing = [name for name in (LAST_CONV_LAYER, POOL_LAYER, LOGIT_LAYER) if name not in names]
+    input_shapes = [tuple(tensor.shape) for tensor in model.inputs]
+    output_shapes = [tuple(tensor.shape) for tensor in model.outputs]
+    problems = []
+    if missing:
+        problems.append(f"no layer(s) {missing}")
+    if input_shapes != [(None, IMAGE_SIZE, IMAGE_SIZE, 3)]:
+        problems.append(f"input(s) {input_shapes} instead of [(None, {IMAGE_SIZE}, {IMAGE_SIZE}, 3)]")
+    if output_shapes != [(None, 1)]:
+        problems.append(f"output(s) {output_shapes} instead of [(None, 1)]")
+    if problems:
+        raise ModelFileError(f"{path} holds a model of another architecture ({'; '.join(problems)}), "
+                             f"not this project's MobileNetV2 pneumonia classifier. {remedy}".rstrip())

@@ -32,6 +32,7 @@ import numpy as np
 
 from helpers import config
 from helpers.data import CLASS_NAMES
+from helpers.errors import UnusableInput
 from helpers.jsonio import read_json_object, write_json
 
 NORMAL, PNEUMONIA, REFER = 0, 1, -1
@@ -52,6 +53,10 @@ METRICS_CHOSEN_ON = "validation split, by patient (notebook 04, metrics.json)"
 # --------------------------------------------------------------------------- #
 # The rule on arrays (the only probability-vs-threshold comparisons in the project)
 # --------------------------------------------------------------------------- #
+class OperatingPointError(UnusableInput):
+    """A saved operating point (metrics.json, a site file, a TFLite sidecar) cannot be read; names the file."""
+
+
 def _probabilities(probabilities) -> np.ndarray:
     array = np.asarray(probabilities, dtype=np.float64)
     if array.size and not np.all(np.isfinite(array)):
@@ -251,14 +256,14 @@ class OperatingPoint:
         """
         where = f"{source}: " if source else ""
         if not isinstance(saved, dict):
-            raise ValueError(f"{where}an operating point must be a JSON object, got "
+            raise OperatingPointError(f"{where}an operating point must be a JSON object, got "
                              f"{type(saved).__name__}. {remedy}".rstrip())
         if "threshold" not in saved:
-            raise ValueError(f"{where}no 'threshold' key (keys: {sorted(saved)}). {remedy}".rstrip())
+            raise OperatingPointError(f"{where}no 'threshold' key (keys: {sorted(saved)}). {remedy}".rstrip())
         band = saved.get("band")
         if band is not None and not (isinstance(band, dict) and band.get("low") is not None
                                      and band.get("high") is not None):
-            raise ValueError(f"{where}'band' must be null or an object with numbers 'low' and 'high', "
+            raise OperatingPointError(f"{where}'band' must be null or an object with numbers 'low' and 'high', "
                              f"got {band!r}. {remedy}".rstrip())
         band = band or {}
         fitted = saved.get("calibrated", "temperature" in saved)
@@ -276,7 +281,7 @@ class OperatingPoint:
                 source=source or DEFAULTS_SOURCE,
             )
         except ValueError as error:
-            raise ValueError(f"{where}{error} {remedy}".rstrip()) from error
+            raise OperatingPointError(f"{where}{error} {remedy}".rstrip()) from error
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` to ``path`` (strict JSON, atomic)."""

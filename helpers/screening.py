@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import config, imaging
+from helpers.errors import UnusableInput
 from helpers.operating_point import OperatingPoint
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 
@@ -49,7 +50,7 @@ CSV_COLUMNS = ("file", "status", "decision", "calibrated_probability", "probabil
                "refer_band", "referred", "reason", "engine", "model_version", "total_ms")
 
 
-class ScreeningModelError(ValueError):
+class ScreeningModelError(UnusableInput):
     """The screening model (or its metadata, or the OOD detector) cannot be used; says which file and why."""
 
 

@@ -68,6 +68,7 @@ import numpy as np
 
 from helpers import config
 from helpers.data import CLASS_NAMES
+from helpers.errors import UnusableInput
 from helpers.operating_point import OperatingPoint, called_pneumonia
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
@@ -91,7 +92,7 @@ DATASET_PROVENANCE = {
 }
 
 
-class TFLiteModelError(ValueError):
+class TFLiteModelError(UnusableInput):
     """A .tflite or metadata file is corrupt, unreadable or not what the code expects."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers.errors import UnusableInput
 from helpers.imaging import IMAGE_SIZE, decode_pixels
 
 MIN_IMAGE_SIDE = 64
@@ -29,7 +30,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO")  # MPO: JPEG fro
 EXIF_ORIENTATION_TAG = 0x0112
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UnusableInput):
     """An uploaded file cannot be used; the message says why and what to upload instead."""
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import model as model_lib
+from helpers.errors import ModelFileError, UnusableInput
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,32 @@ def test_saved_model_reloads_with_safe_mode_and_identical_predictions(model, tmp
 def test_load_model_says_how_to_create_a_missing_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="03_finetune_mobilenetv2"):
         model_lib.load_model(tmp_path / "missing.keras")
+
+
+def test_missing_model_is_a_missing_file_of_the_project_error_family(tmp_path):
+    with pytest.raises(UnusableInput, match="No trained model at .*missing.keras"):
+        model_lib.load_model(tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip archive at all", b"PK\x03\x04truncated"])
+def test_corrupt_model_file_names_the_file_and_says_corrupt(tmp_path, content):
+    path = tmp_path / "broken.keras"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=r"broken.keras is corrupt .*03_finetune_mobilenetv2"):
+        model_lib.load_model(path)
+
+
+def test_model_of_another_architecture_is_refused_with_what_differs(tmp_path):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, name="scores")(keras.layers.GlobalAveragePooling2D()(inputs))
+    path = tmp_path / "other.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ModelFileError, match=r"other.keras holds a model of another architecture") as caught:
+        model_lib.load_model(path)
+    message = str(caught.value)
+    assert "'out_relu'" in message and "(None, 32, 32, 3)" in message and "(None, 3)" in message
 
 
 def test_default_model_path_is_in_the_artifacts_dir(tmp_path, monkeypatch):
