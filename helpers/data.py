@@ -30,12 +30,13 @@ import numpy as np
 from helpers import config
 from helpers.download import download_public_tfrecords
 from helpers.errors import UnusableInput
+from helpers.uploads import ImageRejected, dataset_film_bytes
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
 IMAGE_SIZE = 224
 SPLITS = ("train", "test")
 SOURCES = ("auto", "shards", "tfrecord", "folder")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".dcm")
 
 
 class DataError(UnusableInput):
@@ -216,9 +217,13 @@ def read_tfrecord_pair(split_dir: str | os.PathLike) -> Examples:
 # Layout 2: the Kaggle folder layout
 # --------------------------------------------------------------------------- #
 def read_folder(split_dir: str | os.PathLike) -> Examples:
-    """Read ``<split_dir>/{NORMAL,PNEUMONIA}/*.jpeg`` (also .jpg/.png).
+    """Read ``<split_dir>/{NORMAL,PNEUMONIA}/*`` (JPEG, PNG, DICOM ``.dcm``, 16-bit PNG/TIFF...).
 
-    Paths are reported as ``chest_xray/<split>/<CLASS>/<file>`` like the TFRecord pair.
+    Every file is checked up front by the upload rules (:func:`helpers.uploads.dataset_film_bytes`):
+    a DICOM or 16-bit film becomes an 8-bit PNG exactly as an upload of it would, and
+    an unreadable file stops the read with a :class:`DataError` that names *every* bad
+    file and why, so one run finds them all. Paths are reported as
+    ``chest_xray/<split>/<CLASS>/<file>`` like the TFRecord pair.
     """
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
@@ -232,14 +237,24 @@ def read_folder(split_dir: str | os.PathLike) -> Examples:
             f"{split_dir} has no class sub-folder(s) {missing} (found {found or 'none'}). "
             f"Each split needs one folder per class: {list(CLASS_NAMES)}."
         )
-    paths, images, ignored = [], [], []
+    paths, images, ignored, bad = [], [], [], []
     for class_dir in class_dirs:
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
                 ignored.append(file.name)
                 continue
+            try:
+                images.append(dataset_film_bytes(file.read_bytes(), str(file)))
+            except ImageRejected as rejection:
+                bad.append(str(rejection))
+                continue
+            except OSError as error:
+                bad.append(f"{file} could not be read ({error.strerror}).")
+                continue
             paths.append(f"chest_xray/{split_dir.name}/{class_dir.name}/{file.name}")
-            images.append(file.read_bytes())
+    if bad:
+        raise DataError(f"{len(bad)} file(s) in {split_dir} cannot be used; replace or delete each one "
+                        "(re-export or re-download it), then run again:\n  " + "\n  ".join(bad))
     if ignored:
         # Not an error (e.g. .DS_Store), but never silent.
         print(f"read_folder: ignored {len(ignored)} non-image file(s) in {split_dir}, "

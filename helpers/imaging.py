@@ -39,7 +39,7 @@ def window_to_8bit(values: np.ndarray, percentiles: tuple[float, float] = WINDOW
     return (np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.float32)
 
 
-def _channels(image) -> list[np.ndarray]:
+def channels(image) -> list[np.ndarray]:
     """The decoded image as 1 (grey) or 3 (RGB) float32 (H, W) planes in 0-255."""
     if image.mode in HIGH_BIT_DEPTH_MODES:
         return [window_to_8bit(np.asarray(image))]
@@ -75,7 +75,7 @@ def decode_pixels(content: bytes, size: int = IMAGE_SIZE, upright: bool = True) 
         image.load()
         if upright:
             image = ImageOps.exif_transpose(image)
-        planes = [resize_plane(plane, size) for plane in _channels(image)]
+        planes = [resize_plane(plane, size) for plane in channels(image)]
     pixels = np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1)  # (size, size, 3)
     return np.clip(pixels, 0.0, 255.0)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helpers.errors import UnusableInput
-from helpers.imaging import IMAGE_SIZE, decode_pixels
+from helpers.imaging import HIGH_BIT_DEPTH_MODES, IMAGE_SIZE, channels, decode_pixels
 
 MIN_IMAGE_SIDE = 64
 MAX_IMAGE_PIXELS = 50_000_000
@@ -131,6 +131,48 @@ def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, I
                             f"({info.format}, {info.size_bytes} bytes). Upload a complete "
                             "JPEG or PNG file.") from error
     return pixels, info
+
+
+TENSORFLOW_FORMATS = ("JPEG", "PNG", "BMP", "GIF")  # what tf.io.decode_image reads as the upload path does
+
+
+def dataset_film_bytes(content: bytes, name: str = "the file") -> bytes:
+    """A file of a folder dataset, checked by the upload rules -> bytes TensorFlow's decoder reads.
+
+    The same file gets the same pixels whether it is uploaded or read as part of a
+    dataset: an 8-bit JPEG, PNG, BMP or GIF stored upright is returned as it is; a
+    DICOM film (windowed, MONOCHROME1 inverted), a 16-bit PNG or TIFF (windowed), a
+    WebP or TIFF, or a photo with an EXIF rotation is returned as a lossless 8-bit
+    PNG of the film at full resolution.
+
+    Raises:
+        ImageRejected: the file breaks an upload rule or cannot be decoded (names ``name``).
+    """
+    from helpers.dicom import DicomRejected, is_dicom, read_film
+    from helpers.imaging import png_bytes
+
+    content = bytes(content)
+    if is_dicom(content):
+        _check_byte_size(content, name)
+        try:
+            film, _ = read_film(content, name)  # (H, W) float32 0-255
+        except DicomRejected as rejection:
+            raise ImageRejected(str(rejection)) from rejection
+        return png_bytes(np.round(film).astype(np.uint8))
+    _, info = decode_upload(content, name)  # every rule, and a full decode (truncation shows here)
+    if info.format in TENSORFLOW_FORMATS and info.mode not in HIGH_BIT_DEPTH_MODES and info.orientation == 1:
+        return content
+    return png_bytes(np.round(decode_full_resolution(content)).astype(np.uint8))
+
+
+def decode_full_resolution(content: bytes) -> np.ndarray:
+    """Decoded bytes at their own size: float32 (H, W) grey or (H, W, 3) RGB, 0-255, upright, windowed."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(bytes(content))) as image:
+        image.load()
+        planes = channels(ImageOps.exif_transpose(image))
+    return planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
 
 
 def _exif_orientation(image) -> int:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import data
-from tests.conftest import SYNTHETIC_FILES, encode_image, synthetic_image, write_tfrecord_pair
+from helpers.errors import UnusableInput
+from tests.conftest import SYNTHETIC_FILES, encode_image, synthetic_image, tiny_examples, write_tfrecord_pair
 
 
 # --------------------------------------------------------------------------- #
@@ -131,12 +132,42 @@ def test_load_image_missing_file(tmp_path):
         data.load_image(tmp_path / "nope.jpeg")
 
 
-def test_decode_images_names_every_corrupt_file(synthetic_folder):
-    (synthetic_folder / "chest_xray/train/NORMAL/IM-0001-0002.jpeg").write_bytes(b"garbage")
-    (synthetic_folder / "chest_xray/train/PNEUMONIA/person2_virus_3.jpeg").write_bytes(b"\xff\xd8\xff")
-    examples = data.load_examples("train", synthetic_folder)
-    with pytest.raises(data.DataError, match=r"2 of 14 images could not be decoded.*IM-0001-0002.*person2_virus_3"):
+def test_decode_images_names_every_corrupt_file():
+    examples = tiny_examples(4)
+    examples.image_bytes[1] = b"garbage"
+    examples.image_bytes[2] = b"\xff\xd8\xff"
+    with pytest.raises(data.DataError, match=r"2 of 4 images could not be decoded.*IM-0001-0001.*IM-0002-0001"):
         data.decode_images(examples, progress=False)
+
+
+def test_folder_dataset_names_every_bad_file_up_front(synthetic_folder):
+    folder = synthetic_folder / "chest_xray/train"
+    (folder / "NORMAL/IM-0001-0002.jpeg").write_bytes(b"garbage")
+    (folder / "PNEUMONIA/person2_virus_3.jpeg").write_bytes(encode_image(synthetic_image(3), "PNG")[:60])
+    (folder / "PNEUMONIA/person3_virus_4.png").write_bytes(encode_image(synthetic_image(4, size=32), "PNG"))
+    with pytest.raises(data.DataError, match=r"3 file\(s\) in .*train cannot be used") as caught:
+        data.load_examples("train", synthetic_folder)
+    lines = str(caught.value).splitlines()[1:]
+    assert [line.strip().split(" ")[0].rsplit("/", 1)[-1] for line in lines] == [
+        "IM-0001-0002.jpeg", "person2_virus_3.jpeg", "person3_virus_4.png"]
+    assert "not an image file" in lines[0] and "truncated" in lines[1] and "32x32" in lines[2]
+    assert isinstance(caught.value, UnusableInput)
+
+
+def test_folder_dataset_reads_dicom_and_16_bit_films_as_an_upload_would(synthetic_folder):
+    from helpers import dicom, uploads
+
+    folder = synthetic_folder / "chest_xray/train/NORMAL"
+    film = synthetic_image(9, size=96)
+    (folder / "IM-0009-0001.dcm").write_bytes(dicom.film_bytes(film, photometric="MONOCHROME1"))
+    (folder / "IM-0010-0001.png").write_bytes(encode_image((film.astype(np.uint16) * 64 + 100), "PNG"))
+    examples = data.load_examples("train", synthetic_folder)
+    by_name = {path.rsplit("/", 1)[-1]: content for path, content in zip(examples.paths, examples.image_bytes)}
+    for name in ("IM-0009-0001.dcm", "IM-0010-0001.png"):
+        stored = data.load_image(by_name[name])  # TensorFlow's decoder, as training reads it
+        uploaded, _ = uploads.decode_upload((folder / name).read_bytes(), name)  # the app's path
+        assert np.abs(stored - uploaded).max() <= 2.0, name
+    assert data.label_from_path(examples.paths[list(by_name).index("IM-0009-0001.dcm")]) == 0
 
 
 def test_decode_images_cached_reuses_the_cache(synthetic_folder, tmp_path, monkeypatch):
