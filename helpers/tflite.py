@@ -758,6 +758,17 @@ def output_values(interpreter, info: TensorInfo) -> np.ndarray:
     return raw.astype(np.float32)
 
 
+def check_classifier_shapes(path: Path, input_shape, output_shape) -> None:
+    """Raise :class:`TFLiteModelError` unless the tensors are (B, S, S, 3) pixels in and (B, 1) probability out."""
+    input_shape, output_shape = tuple(int(n) for n in input_shape), tuple(int(n) for n in output_shape)
+    image_ok = len(input_shape) == 4 and input_shape[3] == 3 and input_shape[1] == input_shape[2] > 0
+    if not image_ok or len(output_shape) != 2 or output_shape[1] != 1:
+        raise TFLiteModelError(
+            f"{path.name} takes input {list(input_shape)} and returns {list(output_shape)}; a pneumonia classifier "
+            "takes (batch, size, size, 3) pixels and returns (batch, 1) probabilities. It is another model: "
+            "re-run notebook 06 to convert this project's model.")
+
+
 class TFLiteClassifier:
     """Run a single-input, single-output classifier ``.tflite`` on raw 0-255 pixels.
 
@@ -782,6 +793,7 @@ class TFLiteClassifier:
                                    "TFLiteClassifier expects one image input and one probability output.")
         self.input = TensorInfo.from_details(inputs[0])
         self.output = TensorInfo.from_details(outputs[0])
+        check_classifier_shapes(self.path, self.input.shape, self.output.shape)
         self._batch_size = self.input.shape[0] if self.input.shape[0] > 0 else 1
 
     @property

@@ -298,6 +298,18 @@ def test_corrupt_model_gives_a_clear_error(tmp_path, content):
         tflite.TFLiteClassifier(path)
 
 
+def test_single_output_engine_refuses_a_model_with_another_output_shape(tmp_path):
+    import keras
+
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    scores = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))  # (B, 3): three classes
+    path = tmp_path / "three_classes.tflite"
+    tflite.convert(keras.Model(inputs, scores), "float32", path)
+    with pytest.raises(tflite.TFLiteModelError, match=r"three_classes.tflite takes input \[1, 16, 16, 3\] "
+                                                      r"and returns \[1, 3\].*re-run notebook 06"):
+        tflite.TFLiteClassifier(path)
+
+
 def test_truncated_model_gives_a_clear_error(converted, tmp_path):
     content = converted["float32"].read_bytes()
     path = tmp_path / "truncated.tflite"
