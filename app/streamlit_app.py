@@ -96,7 +96,7 @@ def where_on_the_scale(result: screening.ScreeningResult) -> str:
     text = f"Raw P(pneumonia) {result.probability:.3f} vs threshold {result.threshold:.3f}"
     if result.band:
         low, high = result.band
-        place = "inside" if result.referred else ("below" if result.probability < low else "above")
+        place = "inside" if result.inside_band else ("below" if result.model_decision == "NORMAL" else "above")
         text += f"; {place} the refer band {low:.3f}-{high:.3f}"
     return text
 
@@ -106,9 +106,15 @@ def show_result(result: screening.ScreeningResult, overlay_png: bytes | None) ->
     if not result.accepted:
         st.error(result.message)
         return
-    box, words = DECISION_STYLE[result.decision]
-    box(f"**{words}** (calibrated P(pneumonia) = {result.calibrated_probability:.2f})")
-    st.caption(f"{where_on_the_scale(result)}. {result.total_ms:.0f} ms on {result.engine}.")
+    if result.outside_population:  # an X-ray unlike the validated population: the referral is the answer
+        st.warning(f"**Refer to a radiologist: outside the population this model was validated on.** {result.message}")
+        st.caption(f"For reference only, not a decision: the model leans {result.model_decision} "
+                   f"(calibrated P(pneumonia) = {result.calibrated_probability:.2f}). "
+                   f"{result.total_ms:.0f} ms on {result.engine}.")
+    else:
+        box, words = DECISION_STYLE[result.decision]
+        box(f"**{words}** (calibrated P(pneumonia) = {result.calibrated_probability:.2f})")
+        st.caption(f"{where_on_the_scale(result)}. {result.total_ms:.0f} ms on {result.engine}.")
     left, right = st.columns(2)
     left.image(result.image.astype("uint8"), caption="film as the model sees it (224x224)", width=IMAGE_WIDTH)
     right.image(overlay_png, caption=f"where the model looked (heat map of {result.model_decision})",

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
+from helpers.guard import UNLIKE_POPULATION
 from helpers.operating_point import OperatingPoint, outcomes
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 
@@ -301,7 +302,9 @@ class Explanation:
             return f"{self.name}: not analysed. {self.message}"
         text = (f"{self.name}: {self.decision} (calibrated P(pneumonia) = {self.calibrated_probability:.3f}, "
                 f"raw {self.probability:.3f}, threshold {self.threshold:.3f}, {self.engine})")
-        if self.referred:
+        if self.referred and self.ood is not None and self.ood.kind == UNLIKE_POPULATION:
+            text += "; outside the population the model was validated on: refer to a radiologist"
+        elif self.referred:
             text += "; inside the referral band: refer to a radiologist"
         if self.label is not None:
             text += f"; truth {CLASS_NAMES[self.label]} ({self.outcome})"
@@ -371,8 +374,12 @@ class Explainer:
         if check_ood and verdict is None:
             notes.append("No out-of-distribution check (no detector fitted): the model answers "
                          "for any picture.")
+        outside = verdict is not None and verdict.kind == UNLIKE_POPULATION
         if verdict is not None and not verdict.accepted and not refuse_ood:
-            notes.append("The OOD check would refuse this image if it were uploaded: " + verdict.message)
+            notes.append("The OOD check would not give a plain decision if this image were uploaded: "
+                         + verdict.message)
+        elif outside:
+            notes.append(verdict.message)
         elif verdict is not None and not verdict.accepted:
             return Explanation(name, False, verdict.message, chosen.name, image=image, label=label,
                                ood=verdict, info=info, threshold=threshold, notes=tuple(notes))
@@ -388,7 +395,8 @@ class Explainer:
             message=verdict.message if verdict is not None else "No OOD check.",
             engine=chosen.name, image=image, probability=probability,
             calibrated_probability=calibrated, logit=logit_value, threshold=threshold,
-            decision=CLASS_NAMES[decided_class], referred=bool(point.referred([probability])[0]),
+            decision=CLASS_NAMES[decided_class],
+            referred=bool(point.referred([probability])[0]) or (outside and refuse_ood),
             heatmap=heatmap, label=label, ood=verdict, info=info, notes=tuple(notes),
         )
 

@@ -23,6 +23,7 @@ split is used to report the false-rejection rate, and generated non-X-ray images
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import config
+from helpers import config, guard
 from helpers.jsonio import write_json
 
 DEFAULT_QUANTILE = 0.995
@@ -176,19 +177,38 @@ class FeatureDistribution:
         return np.sqrt(np.maximum(squared, 0.0))
 
 
+def _item(values, index: int) -> float | None:
+    return None if values is None else float(values[index])
+
+
 # --------------------------------------------------------------------------- #
-# The detector: both gates, with their thresholds
+# The detector: the gates, with their thresholds
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
 class OODVerdict:
-    """The check of one image: ``accepted`` or not, which gate decided, and why."""
+    """The guard's verdict on one image (see :mod:`helpers.guard` for the four kinds).
 
-    accepted: bool
-    gate: str  # "accepted", "colour" or "features"
+    ``kind``: ``chest_xray`` (the model answers), ``not_xray`` or ``wrong_way_round``
+    (refused), ``unlike_population`` (an X-ray the model was not validated on: refer,
+    the probability only as secondary information). ``gate`` names the test that
+    decided: ``accepted``, ``colour``, ``xray``, ``orientation`` or ``features``.
+    """
+
+    accepted: bool  # kind == chest_xray: the model's decision stands
+    gate: str
     colourfulness: float
     distance: float
     distance_threshold: float
     message: str
+    kind: str = guard.CHEST_XRAY
+    orientation: str | None = None  # what was detected when the film is the wrong way round
+    xray_probability: float | None = None
+    upright_probability: float | None = None
+
+    @property
+    def answered(self) -> bool:
+        """The model's probability is computed: a chest X-ray, or one unlike the training population."""
+        return self.kind in guard.ANSWERED_KINDS
 
 
 @dataclass(frozen=True)
@@ -200,46 +220,115 @@ class OODDetector:
     max_colourfulness: float = DEFAULT_MAX_COLOURFULNESS
     quantile: float = DEFAULT_QUANTILE
     info: dict = field(default_factory=dict)
+    xray_gate: guard.LinearGate | None = None  # X-ray or not (helpers.guard); None: the colour gate only
+    orientation_gate: guard.LinearGate | None = None  # upright or not; None: not checked
+
+    def with_gates(self, xray_gate: guard.LinearGate, orientation_gate: guard.LinearGate) -> "OODDetector":
+        """The same detector with the X-ray and orientation gates of :mod:`helpers.guard`."""
+        return dataclasses.replace(self, xray_gate=xray_gate, orientation_gate=orientation_gate)
 
     def check(self, images: np.ndarray, features: np.ndarray) -> list[OODVerdict]:
         """Verdicts for images (N, H, W, 3) 0-255 and their features (N, D)."""
         colour = colourfulness(images)
-        distance = self.distribution.distances(features)
-        if len(colour) != len(distance):
-            raise ValueError(f"{len(colour)} images but {len(distance)} feature rows.")
-        return [self._verdict(float(c), float(d)) for c, d in zip(colour, distance)]
+        measured = self.measure(features)
+        if len(colour) != len(measured["distance"]):
+            raise ValueError(f"{len(colour)} images but {len(measured['distance'])} feature rows.")
+        return [self._verdict(float(colour[i]), float(measured["distance"][i]),
+                              _item(measured["xray_probability"], i), _item(measured["upright_probability"], i),
+                              measured["orientation"][i] if measured["orientation"] is not None else None)
+                for i in range(len(colour))]
 
-    def accepted(self, colour: np.ndarray, distance: np.ndarray) -> np.ndarray:
-        """(N,) bool: passes both gates, from precomputed colourfulness and distances."""
-        return (np.asarray(colour) <= self.max_colourfulness) & (np.asarray(distance) <= self.distance_threshold)
+    def measure(self, features: np.ndarray) -> dict:
+        """What the gates look at, per image: distance, P(X-ray), P(upright), likeliest wrong orientation."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
+        measured = {"distance": self.distribution.distances(features), "xray_probability": None,
+                    "upright_probability": None, "orientation": None}
+        if self.xray_gate is not None:
+            measured["xray_probability"] = self.xray_gate.watched_probability(features)
+        if self.orientation_gate is not None:
+            probabilities = self.orientation_gate.probabilities(features)  # (N, 4)
+            upright = self.orientation_gate.classes.index(guard.UPRIGHT)
+            wrong = probabilities.copy()
+            wrong[:, upright] = -1.0
+            measured["upright_probability"] = probabilities[:, upright]
+            measured["orientation"] = [self.orientation_gate.classes[k] for k in wrong.argmax(axis=1)]
+        return measured
 
-    def _verdict(self, colour: float, distance: float) -> OODVerdict:
+    def kinds(self, colour: np.ndarray, distance: np.ndarray, xray_probability: np.ndarray | None = None,
+              upright_probability: np.ndarray | None = None) -> np.ndarray:
+        """(N,) verdict kinds from precomputed measurements, the gates in order (colour, X-ray, orientation, distance)."""
+        colour, distance = np.asarray(colour), np.asarray(distance)
+        kinds = np.full(len(distance), guard.CHEST_XRAY, dtype=object)
+        far = guard.UNLIKE_POPULATION if self.xray_gate is not None else guard.NOT_XRAY  # see _verdict
+        kinds[distance > self.distance_threshold] = far
+        if upright_probability is not None and self.orientation_gate is not None:
+            kinds[np.asarray(upright_probability) < self.orientation_gate.threshold] = guard.WRONG_WAY_ROUND
+        if xray_probability is not None and self.xray_gate is not None:
+            kinds[np.asarray(xray_probability) < self.xray_gate.threshold] = guard.NOT_XRAY
+        kinds[colour > self.max_colourfulness] = guard.NOT_XRAY
+        return kinds
+
+    def accepted(self, colour: np.ndarray, distance: np.ndarray, xray_probability: np.ndarray | None = None,
+                 upright_probability: np.ndarray | None = None) -> np.ndarray:
+        """(N,) bool: every gate passed (verdict ``chest_xray``), from precomputed measurements."""
+        return self.kinds(colour, distance, xray_probability, upright_probability) == guard.CHEST_XRAY
+
+    def _verdict(self, colour: float, distance: float, xray_probability: float | None = None,
+                 upright_probability: float | None = None, orientation: str | None = None) -> OODVerdict:
+        facts = {"xray_probability": xray_probability, "upright_probability": upright_probability}
         if colour > self.max_colourfulness:
-            gate = "colour"
-            message = (f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
-                       f"are grey: at most {self.max_colourfulness:.0f}). It does not look like "
-                       "a chest X-ray, so no prediction is made. Upload a frontal chest X-ray.")
-        elif distance > self.distance_threshold:
-            gate = "features"
-            message = (f"This image does not look like the chest X-rays the model was trained "
-                       f"on (feature distance {distance:.1f} > {self.distance_threshold:.1f}, "
-                       f"the {100 * self.quantile:g}th percentile of held-out training X-rays), "
-                       "so no prediction is made. Upload a frontal chest X-ray, upright and not "
-                       "inverted (bones light, air dark).")
-        else:
-            gate = "accepted"
-            message = (f"Looks like a chest X-ray (feature distance {distance:.1f} <= "
-                       f"{self.distance_threshold:.1f}).")
-        return OODVerdict(gate == "accepted", gate, colour, distance, self.distance_threshold, message)
+            return self._made("colour", guard.NOT_XRAY, colour, distance, facts, (
+                f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
+                f"are grey: at most {self.max_colourfulness:.0f}). It is not a chest X-ray, "
+                "so no prediction is made. Upload a frontal chest X-ray."))
+        if self.xray_gate is not None and xray_probability < self.xray_gate.threshold:
+            return self._made("xray", guard.NOT_XRAY, colour, distance, facts, (
+                f"This image does not look like a chest X-ray (X-ray score {xray_probability:.2f}, "
+                f"below {self.xray_gate.threshold:.2f}), so no prediction is made. "
+                "Upload a frontal chest X-ray."))
+        if self.orientation_gate is not None and upright_probability < self.orientation_gate.threshold:
+            words = guard.ORIENTATION_WORDS.get(orientation, "the wrong way round")
+            return self._made("orientation", guard.WRONG_WAY_ROUND, colour, distance, facts, (
+                f"This chest X-ray looks {words} (upright score {upright_probability:.2f}, "
+                f"below {self.orientation_gate.threshold:.2f}). No prediction is made on a film the "
+                "wrong way round: turn it upright (bones light, air dark, head at the top) and "
+                "upload it again."), orientation)
+        if distance > self.distance_threshold and self.xray_gate is None:
+            # Without the X-ray gate, distance cannot tell "not an X-ray" from "an unfamiliar X-ray": refuse.
+            return self._made("features", guard.NOT_XRAY, colour, distance, facts, (
+                f"This image does not look like the chest X-rays the model was trained on (feature "
+                f"distance {distance:.1f} > {self.distance_threshold:.1f}, the {100 * self.quantile:g}th "
+                "percentile of held-out training X-rays), so no prediction is made. Upload a frontal "
+                "chest X-ray, upright and not inverted (bones light, air dark)."))
+        if distance > self.distance_threshold:
+            return self._made("features", guard.UNLIKE_POPULATION, colour, distance, facts, (
+                f"This looks like a chest X-ray, but it lies outside the population this model was "
+                f"validated on (feature distance {distance:.1f} > {self.distance_threshold:.1f}, "
+                f"the {100 * self.quantile:g}th percentile of held-out training films): another "
+                "hospital, machine or patient group. Refer to a radiologist; the model's probability "
+                "is shown for reference only, not as a decision."))
+        return self._made("accepted", guard.CHEST_XRAY, colour, distance, facts, (
+            f"Looks like an upright chest X-ray like the training films (feature distance "
+            f"{distance:.1f} <= {self.distance_threshold:.1f})."))
+
+    def _made(self, gate: str, kind: str, colour: float, distance: float, facts: dict, message: str,
+              orientation: str | None = None) -> OODVerdict:
+        return OODVerdict(kind == guard.CHEST_XRAY, gate, colour, distance, self.distance_threshold, message,
+                          kind, orientation, facts["xray_probability"], facts["upright_probability"])
 
     # ------------------------------------------------------------------ io
     def save(self, path: str | Path | None = None) -> Path:
         """Write the detector as ``.npz`` (default ``<artifacts>/ood/detector.npz``)."""
         path = Path(path) if path else config.artifacts_dir("ood") / DETECTOR_FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        gates = {}
+        if self.xray_gate is not None:
+            gates.update(self.xray_gate.to_arrays("xray"))
+        if self.orientation_gate is not None:
+            gates.update(self.orientation_gate.to_arrays("orientation"))
         np.savez(path, mean=self.distribution.mean, precision=self.distribution.precision,
                  distance_threshold=self.distance_threshold, max_colourfulness=self.max_colourfulness,
-                 quantile=self.quantile, info=json.dumps(self.info))
+                 quantile=self.quantile, info=json.dumps(self.info), **gates)
         return path
 
     @classmethod
@@ -251,12 +340,18 @@ class OODDetector:
                 "notebooks/07_prediction_explorer.ipynb (or helpers.ood.fit_detector)."
             )
         with np.load(path, allow_pickle=False) as stored:
+            names = set(stored.files)
+            if not {"xray_mean", "orientation_mean"} <= names:
+                raise ValueError(f"The OOD detector {path} was fitted before the X-ray and orientation gates "
+                                 "existed (helpers.guard): re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
             return cls(
                 distribution=FeatureDistribution(stored["mean"], stored["precision"]),
                 distance_threshold=float(stored["distance_threshold"]),
                 max_colourfulness=float(stored["max_colourfulness"]),
                 quantile=float(stored["quantile"]),
                 info=json.loads(str(stored["info"])),
+                xray_gate=guard.LinearGate.from_arrays(stored, "xray"),
+                orientation_gate=guard.LinearGate.from_arrays(stored, "orientation"),
             )
 
 
@@ -295,47 +390,69 @@ def fit_detector(
 def evaluate_detector(
     detector: OODDetector,
     test_colourfulness: np.ndarray,
-    test_distances: np.ndarray,
+    test_features: np.ndarray,
     non_xray_colourfulness: np.ndarray,
-    non_xray_distances: np.ndarray,
+    non_xray_features: np.ndarray,
     non_xray_kinds: np.ndarray | list[str],
 ) -> dict:
-    """The ``ood.json`` report: false rejections on test X-rays, rejections of non-X-rays.
+    """The ``ood.json`` report: what the guard says of the test X-rays and of non-X-rays.
 
-    All arrays are (N,) per image; ``non_xray_kinds`` names each non-X-ray's generator.
+    All arrays are per image: colourfulness (N,), features (N, D); ``non_xray_kinds``
+    names each non-X-ray's generator. A test X-ray is *refused* when called not an
+    X-ray or the wrong way round; *unlike the population* means answered with a referral.
     """
-    test_accepted = detector.accepted(test_colourfulness, test_distances)
-    other_accepted = detector.accepted(non_xray_colourfulness, non_xray_distances)
+    test_verdicts = detector.kinds(test_colourfulness, **_gate_inputs(detector, test_features))
+    other_verdicts = detector.kinds(non_xray_colourfulness, **_gate_inputs(detector, non_xray_features))
+    test_distances = detector.distribution.distances(test_features)
+    other_distances = detector.distribution.distances(non_xray_features)
     kinds = np.asarray(non_xray_kinds)
-    if not len(kinds) == len(other_accepted):
-        raise ValueError(f"{len(kinds)} kinds for {len(other_accepted)} non-X-ray images.")
+    if not len(kinds) == len(other_verdicts):
+        raise ValueError(f"{len(kinds)} kinds for {len(other_verdicts)} non-X-ray images.")
+    test_refused = ~np.isin(test_verdicts, guard.ANSWERED_KINDS)
+    other_refused = ~np.isin(other_verdicts, guard.ANSWERED_KINDS)
     by_colour = np.asarray(non_xray_colourfulness) > detector.max_colourfulness
     per_kind = {
         str(kind): {
             "n": int(np.sum(kinds == kind)),
-            "rejection_rate": float(np.mean(~other_accepted[kinds == kind])),
+            "rejection_rate": float(np.mean(other_refused[kinds == kind])),
         }
         for kind in sorted(set(kinds.tolist()))
     }
     return {
-        "method": "colour gate (Hasler-Suesstrunk colourfulness) then Mahalanobis distance "
-                  "of global_pool features to train features (Ledoit-Wolf covariance)",
+        "method": "colour gate (Hasler-Suesstrunk colourfulness), X-ray gate and orientation gate "
+                  "(softmax regressions on global_pool features, helpers.guard), then Mahalanobis distance "
+                  "of global_pool features to train features (Ledoit-Wolf covariance): beyond it, "
+                  "'unlike the training population' (refer)",
         "threshold": float(detector.distance_threshold),
         "threshold_quantile": float(detector.quantile),
         "threshold_chosen_on": "validation split (held-out training X-rays)",
         "max_colourfulness": float(detector.max_colourfulness),
+        "xray_threshold": float(detector.xray_gate.threshold) if detector.xray_gate is not None else None,
         "n_fit": int(detector.info.get("n_fit", 0)),
         "n_threshold": int(detector.info.get("n_threshold", 0)),
-        "n_test": int(len(test_accepted)),
-        "false_rejection_rate_test": float(np.mean(~test_accepted)),
+        "n_test": int(len(test_verdicts)),
+        "false_rejection_rate_test": float(np.mean(test_refused)),
+        "test_verdicts": _verdict_counts(test_verdicts),
+        "unlike_population_rate_test": float(np.mean(test_verdicts == guard.UNLIKE_POPULATION)),
         "test_distance_median": float(np.median(test_distances)),
-        "n_non_xray": int(len(other_accepted)),
-        "rejection_rate_non_xray": float(np.mean(~other_accepted)),
+        "n_non_xray": int(len(other_verdicts)),
+        "rejection_rate_non_xray": float(np.mean(other_refused)),
+        "non_xray_verdicts": _verdict_counts(other_verdicts),
         "rejected_by_colour_gate": int(np.sum(by_colour)),
-        "rejected_by_feature_gate": int(np.sum(~by_colour & ~other_accepted)),
-        "non_xray_distance_median": float(np.median(non_xray_distances)),
+        "rejected_by_xray_gate": int(np.sum(~by_colour & other_refused)),
+        "non_xray_distance_median": float(np.median(other_distances)),
         "per_kind": per_kind,
     }
+
+
+def _gate_inputs(detector: OODDetector, features: np.ndarray) -> dict:
+    measured = detector.measure(features)
+    return {"distance": measured["distance"], "xray_probability": measured["xray_probability"],
+            "upright_probability": measured["upright_probability"]}
+
+
+def _verdict_counts(kinds: np.ndarray) -> dict[str, int]:
+    return {kind: int(np.sum(np.asarray(kinds) == kind)) for kind in guard.VERDICT_KINDS}
 
 
 def write_report(report: dict, path: str | Path | None = None) -> Path:
@@ -451,22 +568,6 @@ def non_xray_images(per_kind: int = 25, seed: int = config.DEFAULT_SEED, size: i
     return np.stack(images), np.array(kinds)
 
 
-def xray_variants(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Altered copies of X-rays (N, H, W, 3) to probe the detector's edges (not counted as OOD).
-
-    ``rotated 90``, ``upside down``, ``inverted`` (a negative) and ``mirrored``: still
-    X-rays, but not as the model saw them in training. Whether the detector accepts them
-    is informative, not right or wrong.
-    """
-    images = np.asarray(images)
-    return {
-        "mirrored": images[:, :, ::-1],
-        "rotated 90": np.rot90(images, k=1, axes=(1, 2)),
-        "upside down": images[:, ::-1],
-        "inverted": (255 - images.astype(np.int16)).astype(images.dtype),
-    }
-
-
 # --------------------------------------------------------------------------- #
 # Figures
 # --------------------------------------------------------------------------- #
@@ -502,8 +603,8 @@ def plot_gallery(images: np.ndarray, titles, verdicts, columns: int = 8, image_s
         ax.axis("off")
     for ax, image, title, verdict in zip(axes.ravel(), images, titles, verdicts):
         ax.imshow(np.clip(image, 0, 255).astype(np.uint8))
-        label = "accepted" if verdict.accepted else f"rejected ({verdict.gate})"
+        label = "accepted" if verdict.accepted else verdict.kind.replace("_", " ")
         ax.set_title(f"{title}\n{label} d={verdict.distance:.0f}", fontsize=7,
-                     color="green" if verdict.accepted else "red")
+                     color="green" if verdict.accepted else ("darkorange" if verdict.answered else "red"))
     figure.tight_layout()
     return figure

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import config, imaging
+from helpers import config, guard, imaging
 from helpers.errors import UnusableInput
 from helpers.operating_point import OperatingPoint
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
@@ -46,7 +46,7 @@ OUTPUT_ROLES = ("probability", "logit_map", "pooled_features")
 PRODUCE_COMMAND = "make run (notebook 06 writes artifacts/tflite/; python -m helpers.notebooks --only 06 after 03-04)"
 NOT_A_MEDICAL_DEVICE = ("Teaching project, not a medical device: never use it to diagnose or treat anyone. "
                         "A radiologist reads every film.")
-CSV_COLUMNS = ("file", "status", "decision", "calibrated_probability", "probability", "threshold",
+CSV_COLUMNS = ("file", "status", "guard", "decision", "calibrated_probability", "probability", "threshold",
                "refer_band", "referred", "reason", "engine", "model_version", "total_ms")
 
 
@@ -278,10 +278,17 @@ class ScreeningResult:
     timings_ms: dict = field(default_factory=dict)
     info: ImageInfo | None = None
     notes: tuple[str, ...] = ()
+    inside_band: bool = False  # the raw probability lies in the operating point's refer band
+    guard: str = ""  # the guard's verdict (helpers.guard.VERDICT_KINDS); "" when no check ran (unreadable file)
 
     @property
     def referred(self) -> bool:
         return self.decision == "REFER"
+
+    @property
+    def outside_population(self) -> bool:
+        """An X-ray unlike the population the model was validated on: referred, probability secondary."""
+        return self.guard == guard.UNLIKE_POPULATION
 
     @property
     def total_ms(self) -> float:
@@ -297,6 +304,10 @@ class ScreeningResult:
         """One line: the decision with its calibrated probability, or the refusal."""
         if not self.accepted:
             return f"{self.name}: not analysed. {self.message}"
+        if self.outside_population:
+            return (f"{self.name}: refer to a radiologist: outside the population the model was validated on "
+                    f"(for reference only: model leans {self.model_decision}, calibrated P(pneumonia) = "
+                    f"{self.calibrated_probability:.3f}; {self.engine})")
         words = {"PNEUMONIA": "PNEUMONIA", "NORMAL": "NORMAL",
                  "REFER": f"refer to a radiologist (model leans {self.model_decision})"}[self.decision]
         return (f"{self.name}: {words}; calibrated P(pneumonia) = {self.calibrated_probability:.3f} "
@@ -307,11 +318,11 @@ class ScreeningResult:
         def rounded(value, digits=4):
             return None if value is None else round(float(value), digits)
 
-        return {"file": self.name, "status": "decided" if self.accepted else "refused",
+        return {"file": self.name, "status": "decided" if self.accepted else "refused", "guard": self.guard,
                 "decision": self.decision or "", "calibrated_probability": rounded(self.calibrated_probability),
                 "probability": rounded(self.probability), "threshold": rounded(self.threshold),
                 "refer_band": "" if not self.band else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
-                "referred": self.referred if self.accepted else "", "reason": "" if self.accepted else self.message,
+                "referred": self.referred if self.accepted else "", "reason": self.message if not self.accepted or self.outside_population else "",
                 "engine": self.engine, "model_version": self.model_version, "total_ms": round(self.total_ms, 1)}
 
 
@@ -397,9 +408,10 @@ class Screener:
         timings["model"] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
         notes = []
+        guard_kind = guard.CHEST_XRAY
         if self.detector is not None:
             verdict = self.detector.check(pixels[np.newaxis], features[np.newaxis])[0]
-            accepted, message, distance = verdict.accepted, verdict.message, verdict.distance
+            accepted, message, distance, guard_kind = verdict.answered, verdict.message, verdict.distance, verdict.kind
         else:
             colour = float(colourfulness(pixels[np.newaxis])[0])
             accepted = colour <= DEFAULT_MAX_COLOURFULNESS
@@ -407,12 +419,13 @@ class Screener:
                        f"This image is in colour (colourfulness {colour:.0f}); chest X-rays are grey. "
                        "Upload a frontal chest X-ray.")
             distance = None
+            guard_kind = guard.CHEST_XRAY if accepted else guard.NOT_XRAY
             notes.append("No OOD detector found (artifacts/ood/detector.npz, notebook 07): only the colour "
                          "check ran, so the model may answer for pictures that are not chest X-rays.")
         timings["ood"] = (time.perf_counter() - start) * 1e3
         if not accepted:
             return self._refusal(name, f"{name}: {message}", timings, distance=distance, info=info,
-                                 notes=tuple(notes))
+                                 notes=tuple(notes), guard=guard_kind)
         start = time.perf_counter()
         point = self.point
         if self.site is not None:  # the site's head re-weighs the same pooled features
@@ -421,15 +434,17 @@ class Screener:
         positive = bool(point.predicted([probability])[0])
         model_decision = "PNEUMONIA" if positive else "NORMAL"
         referred = bool(point.referred([probability])[0])
+        outside = guard_kind == guard.UNLIKE_POPULATION  # an X-ray unlike the validated population: refer
         heatmap = heatmap_from_logit_map(logit_map, self.engine.bias, positive)
         timings["heatmap"] = (time.perf_counter() - start) * 1e3
         band = (point.band_low, point.band_high) if point.band_low is not None else None
         return ScreeningResult(
             name=name, accepted=True, message=message, engine=self.engine.name, model_version=self.engine.version,
-            decision="REFER" if referred else model_decision, model_decision=model_decision,
+            decision="REFER" if referred or outside else model_decision, model_decision=model_decision,
             probability=probability, calibrated_probability=float(point.calibrated_from_probability(probability)),
             threshold=point.threshold, band=band, distance=distance, image=np.asarray(pixels, dtype=np.float32),
-            heatmap=heatmap, timings_ms=timings, info=info, notes=tuple(notes))
+            heatmap=heatmap, timings_ms=timings, info=info, notes=tuple(notes), inside_band=referred,
+            guard=guard_kind)
 
     def screen_and_overlay(self, content: bytes, name: str = "upload", alpha: float = 0.4) -> tuple[ScreeningResult, bytes | None]:
         """:meth:`screen_bytes` plus the overlay as PNG bytes (timed as ``overlay``): the app's whole path."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from helpers import explorer, imaging
 from helpers.data import CLASS_NAMES
+from helpers.guard import UNLIKE_POPULATION
 
 IMAGE_WIDTH = "224px"
 UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.bmp,.gif,.webp,image/*"
@@ -58,6 +59,14 @@ def explanation_html(explanation: explorer.Explanation) -> str:
     if not explanation.accepted:
         return (f"<div><p><b>{name}</b></p><p style='color:#b00'><b>Not analysed.</b> "
                 f"{html.escape(explanation.message)}</p></div>")
+    outside = explanation.referred and explanation.ood is not None and explanation.ood.kind == UNLIKE_POPULATION
+    if outside:  # an X-ray unlike the validated population: the referral is the answer, the probability secondary
+        return ("<div>" + f"<p><b>{name}</b> &middot; engine: {html.escape(explanation.engine)}</p>"
+                "<p style='font-size:1.2em;color:#a60'><b>REFER to a radiologist</b></p>"
+                f"<p style='color:#a60'>{html.escape(explanation.ood.message)}</p>"
+                f"<p style='color:#555'>For reference only: the model leans {explanation.decision} "
+                f"(calibrated P(pneumonia) {explanation.calibrated_probability:.3f}), outside the population "
+                "its numbers were measured on.</p></div>")
     colour = "#b00" if explanation.decision == CLASS_NAMES[1] else "#070"
     lines = [
         f"<p><b>{name}</b> &middot; engine: {html.escape(explanation.engine)}</p>",

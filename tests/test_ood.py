@@ -105,14 +105,18 @@ def test_check_gives_one_verdict_per_image_with_the_deciding_gate():
 
 
 def test_detector_save_and_load_round_trip(tmp_path):
-    detector = ood.fit_detector(gaussian_features(200), gaussian_features(100, seed=1), quantile=0.98,
-                                max_colourfulness=12.0)
+    from tests.test_guard import toy_detector
+
+    gates = toy_detector()
+    detector = ood.fit_detector(gaussian_features(200, dimensions=2), gaussian_features(100, dimensions=2, seed=1),
+                                quantile=0.98, max_colourfulness=12.0).with_gates(gates.xray_gate, gates.orientation_gate)
     path = detector.save(tmp_path / "ood" / "detector.npz")
     loaded = ood.OODDetector.load(path)
     assert loaded.distance_threshold == detector.distance_threshold
     assert (loaded.quantile, loaded.max_colourfulness, loaded.info) == (0.98, 12.0, detector.info)
-    probe = gaussian_features(4, seed=3)
+    probe = gaussian_features(4, dimensions=2, seed=3)
     np.testing.assert_allclose(loaded.distribution.distances(probe), detector.distribution.distances(probe))
+    np.testing.assert_allclose(loaded.xray_gate.probabilities(probe), detector.xray_gate.probabilities(probe))
     assert ood.OODDetector.load is not None and detector.save().name == ood.DETECTOR_FILE_NAME
     with pytest.raises(FileNotFoundError, match="07_prediction_explorer"):
         ood.OODDetector.load(tmp_path / "missing.npz")
@@ -121,25 +125,26 @@ def test_detector_save_and_load_round_trip(tmp_path):
 # --------------------------------------------------------------------------- #
 # The report
 # --------------------------------------------------------------------------- #
-def test_evaluate_detector_counts_rejections_per_gate_and_kind():
+def test_evaluate_detector_without_gates_refuses_far_images():
     detector = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=1.0,
                                info={"n_fit": 10, "n_threshold": 5})
+    on_axis = lambda distances: np.stack([np.asarray(distances, float), np.zeros(len(distances))], axis=1)
     report = ood.evaluate_detector(
         detector,
-        test_colourfulness=np.zeros(4), test_distances=np.array([0.1, 0.5, 0.9, 1.5]),
+        test_colourfulness=np.zeros(4), test_features=on_axis([0.1, 0.5, 0.9, 1.5]),
         non_xray_colourfulness=np.array([50.0, 0.0, 0.0, 0.0]),
-        non_xray_distances=np.array([0.2, 3.0, 0.5, 2.0]),
+        non_xray_features=on_axis([0.2, 3.0, 0.5, 2.0]),
         non_xray_kinds=["photo_colour", "text", "text", "flat"],
     )
     assert report["false_rejection_rate_test"] == 0.25
     assert report["rejection_rate_non_xray"] == 0.75 and report["n_non_xray"] == 4
-    assert (report["rejected_by_colour_gate"], report["rejected_by_feature_gate"]) == (1, 2)
+    assert (report["rejected_by_colour_gate"], report["rejected_by_xray_gate"]) == (1, 2)
     assert report["per_kind"]["text"] == {"n": 2, "rejection_rate": 0.5}
-    assert report["threshold"] == 1.0 and report["n_fit"] == 10
+    assert report["threshold"] == 1.0 and report["n_fit"] == 10 and report["xray_threshold"] is None
     path = ood.write_report(report)
     assert path.name == "ood.json" and json.loads(path.read_text()) == report
     with pytest.raises(ValueError, match="kinds"):
-        ood.evaluate_detector(detector, np.zeros(1), np.zeros(1), np.zeros(2), np.zeros(2), ["x"])
+        ood.evaluate_detector(detector, np.zeros(1), np.zeros((1, 2)), np.zeros(2), np.zeros((2, 2)), ["x"])
 
 
 # --------------------------------------------------------------------------- #

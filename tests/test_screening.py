@@ -195,6 +195,44 @@ def test_feature_gate_refuses_what_the_detector_rejects(models):
     assert not result.accepted and "does not look like the chest X-rays" in result.message
 
 
+def gated_detector(features: np.ndarray, distance_threshold: float, upright: bool = True):
+    """A detector on the tiny model's 8 features whose X-ray gate always passes and orientation gate is fixed."""
+    from helpers import guard, ood
+
+    dimensions = features.shape[1]
+    zeros = np.zeros(dimensions, np.float32)
+    xray = guard.LinearGate(guard.XRAY_CLASSES, zeros, np.ones(dimensions, np.float32),
+                            np.zeros((dimensions, 2), np.float32), np.array([0.0, 20.0], np.float32), 0.5, 1)
+    orientation = guard.LinearGate(guard.ORIENTATIONS, zeros, np.ones(dimensions, np.float32),
+                                   np.zeros((dimensions, 4), np.float32),
+                                   np.array([20.0 if upright else 0.0, 0.0 if upright else 20.0, 0.0, 0.0],
+                                            np.float32), 0.5, 0)
+    fitted = ood.fit_detector(features[:10], features[10:], quantile=0.5)
+    return ood.OODDetector(fitted.distribution, distance_threshold=distance_threshold).with_gates(xray, orientation)
+
+
+def test_an_xray_unlike_the_population_is_referred_with_the_probability_secondary(models):
+    engine = screening.OnePassEngine(models["float32"])
+    features = np.stack([engine.run(film)[2] for film in grey_films(20, seed=11)])  # (20, 8)
+    result = screening.Screener(engine, gated_detector(features, 0.0)).screen_bytes(film_bytes(), "adult.png")
+    assert result.accepted and result.guard == "unlike_population" and result.outside_population
+    assert result.decision == "REFER" and result.model_decision in ("NORMAL", "PNEUMONIA")
+    assert result.probability is not None and result.heatmap is not None
+    assert "outside the population" in result.summary() and "for reference only" in result.summary()
+    row = result.row()
+    assert row["guard"] == "unlike_population" and row["referred"] is True and "Refer to a radiologist" in row["reason"]
+
+
+def test_a_film_the_wrong_way_round_is_refused_naming_the_orientation(models):
+    engine = screening.OnePassEngine(models["float32"])
+    features = np.stack([engine.run(film)[2] for film in grey_films(20, seed=11)])
+    detector = gated_detector(features, 1e9, upright=False)
+    result = screening.Screener(engine, detector).screen_bytes(film_bytes(), "negative.png")
+    assert not result.accepted and result.guard == "wrong_way_round" and result.decision is None
+    assert "negative.png" in result.message and "inverted" in result.message and "turn it upright" in result.message
+    assert result.row()["status"] == "refused" and result.row()["guard"] == "wrong_way_round"
+
+
 def test_results_csv_has_one_row_per_file(screener):
     results = [screener.screen_bytes(film_bytes(seed), f"film{seed}.png") for seed in (1, 2)]
     results.append(screener.screen_bytes(b"", "empty.png"))
