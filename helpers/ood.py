@@ -308,7 +308,8 @@ class OODDetector:
                 "hospital, machine or patient group. Refer to a radiologist; the model's probability "
                 "is shown for reference only, not as a decision."))
         return self._made("accepted", guard.CHEST_XRAY, colour, distance, facts, (
-            f"Looks like an upright chest X-ray like the training films (feature distance "
+            f"Looks like a chest X-ray{', upright,' if self.orientation_gate is not None else ''} like the "
+            f"training films (feature distance "
             f"{distance:.1f} <= {self.distance_threshold:.1f})."))
 
     def _made(self, gate: str, kind: str, colour: float, distance: float, facts: dict, message: str,
