@@ -18,7 +18,8 @@ Writes ``<artifacts>/app_benchmark.json``:
 * ``decisions`` -- the app's decision at the threshold on every test film against
   notebook 04's Keras decisions (``predictions/test.csv``), with the number of int8
   flips notebook 06's parity table recorded;
-* ``ood`` -- test films the app's OOD check refuses (features from the int8 model).
+* ``ood`` -- test films the app's guard refuses, and those it refers as unlike the training
+  population (features from the int8 model).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ for index, path in enumerate(files):
     begin = time.perf_counter()
     result, _ = screener.screen_and_overlay(content, path.name)
     record["films"].append({"total_ms": (time.perf_counter() - begin) * 1e3, "accepted": result.accepted,
-                            "probability": result.probability, "stages_ms": result.timings_ms})
+                            "guard": result.guard, "probability": result.probability, "stages_ms": result.timings_ms})
     if index + 1 == %d:
         record["rss_mb_after_%d"] = peak_mb()
 record["rss_mb_end"] = peak_mb()
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                       "float32_one_pass_flips_vs_keras": float32_flips,
                       "note": "decisions at the threshold (before the refer band) on films the app decided"},
         "ood": {"test_films_refused": int(refused.sum()), "refusal_rate": float(refused.mean()),
+                "test_films_referred_unlike_population": sum(film["guard"] == "unlike_population"
+                                                             for film in app["films"]),
                 "refused": [name for (name, _), film in zip(films, app["films"]) if not film["accepted"]][:20]},
         "machine": {"cpu": tflite.cpu_description(), "python": platform.python_version()},
         "method": "app side in a fresh interpreter without TensorFlow (as the app runs), 2 threads, after "

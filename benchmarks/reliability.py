@@ -12,7 +12,11 @@ Writes ``<artifacts>/reliability.json``:
   detector export looks like) gets the same decision as the 8-bit original, after the
   documented windowing (:func:`helpers.imaging.window_to_8bit`);
 * ``dicom_agreement`` -- the same for three DICOM copies of each film (8-bit with its
-  window, 12-bit without one, stored inverted as MONOCHROME1).
+  window, 12-bit without one, stored inverted as MONOCHROME1);
+* ``guard`` -- the guard's verdict (:mod:`helpers.guard`) through the app's own path
+  (PNG bytes -> Pillow -> int8 phone model's features) for every test film upright,
+  inverted, upside down and rotated either way, and for generated non-X-rays per kind:
+  ``{input kind: {verdict: count}}``.
 
 Prints the counts and the slowest input. Nothing from an upload is written to disk.
 """
@@ -44,6 +48,27 @@ def sixteen_bit_png(content: bytes) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(grey * 257).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def guard_outcomes(screener, films: list[np.ndarray], per_kind: int, seed: int) -> dict:
+    """``{input kind: {verdict: count}}`` for films turned each way and generated non-X-rays, as PNG uploads."""
+    from collections import Counter
+
+    from helpers import guard, imaging, ood
+
+    def verdicts(pictures) -> dict:
+        counts = Counter(screener.screen_bytes(imaging.png_bytes(np.asarray(picture)), "film.png").guard
+                         for picture in pictures)
+        return {kind: int(counts.get(kind, 0)) for kind in guard.VERDICT_KINDS}
+
+    stacked = np.stack([np.repeat(film[..., np.newaxis], 3, axis=-1) for film in films])  # (N, H, W, 3) uint8
+    outcomes = {"upright test films": verdicts(stacked)}
+    for name, turned in guard.orientation_variants(stacked).items():
+        outcomes[f"test films, {name.replace('_', ' ')}"] = verdicts(np.clip(turned, 0, 255).astype(np.uint8))
+    pictures, kinds = ood.non_xray_images(per_kind=per_kind, seed=seed)
+    for kind in ood.NON_XRAY_KINDS:
+        outcomes[f"not an X-ray: {kind.replace('_', ' ')}"] = verdicts(pictures[kinds == kind])
+    return outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
             if eight.accepted and result.accepted:
                 dicom_compared += 1
                 dicom_same += eight.model_decision == result.model_decision
+    square = [np.asarray(Image.open(io.BytesIO(content)).convert("L").resize((224, 224), Image.BILINEAR))
+              for content in originals]  # (224, 224) uint8 each: the orientation variants need square films
+    outcomes = guard_outcomes(screener, square, per_kind=25, seed=arguments.seed)
     record = {
         "engine": screener.engine.name, "model_version": screener.engine.version,
         "fuzz": report.to_dict(),
@@ -96,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         "dicom_agreement": dicom_same / dicom_compared if dicom_compared else None,
         "dicom_copies_compared": dicom_compared,
         "dicom_copies": "per film: 8-bit MONOCHROME2 with its window, 12-bit without a window, MONOCHROME1",
+        "guard": outcomes,
     }
     path = write_json(record, config.artifacts_dir() / REPORT_FILE_NAME)
     print(json.dumps({key: record["fuzz"][key] for key in ("inputs", "decided", "refused", "unhandled",
                                                              "slowest_s", "slowest_input")}, indent=1))
     print(f"16-bit copies with the 8-bit decision: {record['bit16_agreement']} of {compared} films")
     print(f"DICOM copies with the 8-bit decision: {record['dicom_agreement']} of {dicom_compared}")
+    for kind, counts in outcomes.items():
+        print(f"{kind}: " + ", ".join(f"{verdict} {count}" for verdict, count in counts.items() if count))
     print(f"wrote {path}")
     return 1 if report.unhandled else 0
 

@@ -3,8 +3,9 @@
 A block of the README between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` is
 rewritten from the artifacts a run wrote, so the figures a reader sees are the ones
 measured, not typed. Blocks whose results file is missing are left as they are (and
-the command says so). Blocks so far: ``new_site`` (``new_site.json``) and ``app``
-(``app_benchmark.json``, ``tflite/parity.json``, ``reliability.json``).
+the command says so). Blocks so far: ``new_site`` (``new_site.json``), ``app``
+(``app_benchmark.json``, ``tflite/parity.json``) and ``reliability`` (``reliability.json``,
+``ood.json``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _ms(value: float) -> str:
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
-def app_block(benchmark: dict, parity: dict | None = None, reliability: dict | None = None) -> str:
+def app_block(benchmark: dict, parity: dict | None = None) -> str:
     """The web app's measured figures as a Markdown table (from the JSON records)."""
     decisions = benchmark["decisions"]
     stages = ", ".join(f"{stage} {_ms(value)}" for stage, value in benchmark["stages_p50_ms"].items())
@@ -48,29 +49,61 @@ def app_block(benchmark: dict, parity: dict | None = None, reliability: dict | N
          f"{decisions['flips_vs_keras_notebook_04']} of {decisions['films_decided']} differ "
          f"(float32 one pass: {decisions.get('float32_one_pass_flips_vs_keras', '?')}; notebook 06's int8 "
          f"parity: {decisions['int8_disagreements_in_parity_json']:.0f}); "
-         f"{benchmark['ood']['test_films_refused']} test films refused by the OOD check"),
+         f"{benchmark['ood']['test_films_refused']} test films refused by the guard"
+         + (f", {benchmark['ood']['test_films_referred_unlike_population']} referred as unlike the population"
+            if "test_films_referred_unlike_population" in benchmark["ood"] else "")),
     ]
     if parity and "one_pass" in parity:
         one_pass = parity["one_pass"]
         rows.append((f"heat map vs Keras Grad-CAM, Spearman per film ({one_pass['n_heatmap_images']} test films)",
                      ", ".join(f"{variant} {one_pass[f'heatmap_spearman_{variant}']:.3f}"
                                for variant in ("float32", "float16", "int8"))))
-    if reliability:
-        fuzz = reliability["fuzz"]
-        rows.append((f"damaged inputs (truncated, bit-flipped, lying headers, ...): {fuzz['inputs']:,}",
-                     f"{fuzz['decided']:,} decided, {fuzz['refused']:,} refused with a message, "
-                     f"{fuzz['unhandled']} unhandled; slowest {fuzz['slowest_s'] * 1e3:.0f} ms"))
-        if reliability.get("bit16_agreement") is not None:
-            rows.append(("16-bit PNG copies of the test films with the 8-bit decision",
-                         f"{reliability['bit16_agreement']:.1%} of {reliability['bit16_films_compared']}"))
-        if reliability.get("dicom_agreement") is not None:
-            rows.append(("DICOM copies (8-bit windowed, 12-bit, MONOCHROME1) with the 8-bit decision",
-                         f"{reliability['dicom_agreement']:.1%} of {reliability['dicom_copies_compared']}"))
-    lines = ["| web app (`make benchmark`, `make reliability`) | measured |", "|---|---|"]
+    lines = ["| web app (`make benchmark`) | measured |", "|---|---|"]
     lines += [f"| {what} | {value} |" for what, value in rows]
     flags = ", ".join(cpu.get("cpu_flags") or []) or "no speed-relevant flags found"
     lines.append(f"\nMeasured on {cpu.get('cpu_model') or 'an unnamed CPU'} ({flags}), 2 threads; latency depends "
                  "on the CPU (int8 gains most with AVX-512 VNNI).")
+    return "\n".join(lines)
+
+
+VERDICT_WORDS = {"chest_xray": "decided", "not_xray": "not an X-ray", "wrong_way_round": "wrong way round",
+                 "unlike_population": "unlike the population (refer)"}
+
+
+def reliability_block(reliability: dict, ood_report: dict | None = None) -> str:
+    """``make reliability`` (and notebook 07's ``ood.json``) as Markdown tables: what each kind of input gets."""
+    fuzz = reliability["fuzz"]
+    lines = ["| damaged input (`make reliability`) | tried | decided | refused with a message | unhandled |",
+             "|---|---|---|---|---|"]
+    for kind, counts in fuzz["by_kind"].items():
+        tried = counts["decided"] + counts["refused"] + counts["unhandled"]
+        lines.append(f"| {kind.replace('_', ' ')} | {tried:,} | {counts['decided']:,} | {counts['refused']:,} | "
+                     f"{counts['unhandled']} |")
+    lines.append(f"| **all** | **{fuzz['inputs']:,}** | {fuzz['decided']:,} | {fuzz['refused']:,} | "
+                 f"**{fuzz['unhandled']}** |")
+    lines.append(f"\nSlowest input {fuzz['slowest_s'] * 1e3:.0f} ms ({fuzz['slowest_input']}). "
+                 + (f"16-bit PNG copies of the test films get the 8-bit decision for "
+                    f"{reliability['bit16_agreement']:.1%} of {reliability['bit16_films_compared']}; "
+                    if reliability.get("bit16_agreement") is not None else "")
+                 + (f"DICOM copies (8-bit windowed, 12-bit, MONOCHROME1) for {reliability['dicom_agreement']:.1%} "
+                    f"of {reliability['dicom_copies_compared']}." if reliability.get("dicom_agreement") is not None
+                    else ""))
+    outcomes = reliability.get("guard")
+    if outcomes:
+        kinds = list(VERDICT_WORDS)
+        lines += ["", "| through the app (int8 phone model) | " + " | ".join(VERDICT_WORDS[k] for k in kinds) + " |",
+                  "|---|" + "---|" * len(kinds)]
+        lines += [f"| {name} | " + " | ".join(str(counts.get(kind, 0)) for kind in kinds) + " |"
+                  for name, counts in outcomes.items()]
+    if ood_report and "orientation" in ood_report:
+        orientation = ood_report["orientation"]
+        lines.append(f"\nOrientation gate on the Keras features of the {orientation['n_test']} test films (notebook 07, "
+                     f"`ood.json`): inverted {orientation['inverted_detected']:.1%}, upside down "
+                     f"{orientation['upside_down_detected']:.1%}, rotated {orientation['rotated_detected']:.1%} "
+                     f"detected; upright films flagged {orientation['upright_false_alarm']:.2%}. Test X-rays refused "
+                     f"{ood_report['false_rejection_rate_test']:.2%}, referred as unlike the population "
+                     f"{ood_report.get('unlike_population_rate_test', 0):.2%}; generated non-X-rays refused "
+                     f"{ood_report['rejection_rate_non_xray']:.0%}.")
     return "\n".join(lines)
 
 
@@ -123,13 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     benchmark_path = artifacts / "app_benchmark.json"
     if benchmark_path.is_file():
         parity_path = artifacts / "tflite" / "parity.json"
-        reliability_path = artifacts / "reliability.json"
         text = replace_block(text, "app", app_block(
-            read_json_object(benchmark_path), read_json_object(parity_path) if parity_path.is_file() else None,
-            read_json_object(reliability_path) if reliability_path.is_file() else None))
+            read_json_object(benchmark_path), read_json_object(parity_path) if parity_path.is_file() else None))
         print(f"rewrote the app block from {benchmark_path}")
     else:
         print(f"left the app block as it is: no {benchmark_path} (run make benchmark)")
+    reliability_path = artifacts / "reliability.json"
+    if reliability_path.is_file():
+        ood_path = artifacts / "ood.json"
+        text = replace_block(text, "reliability", reliability_block(
+            read_json_object(reliability_path), read_json_object(ood_path) if ood_path.is_file() else None))
+        print(f"rewrote the reliability block from {reliability_path}")
+    else:
+        print(f"left the reliability block as it is: no {reliability_path} (run make reliability)")
     README.write_text(text)
     return 0
 

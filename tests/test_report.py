@@ -27,13 +27,34 @@ def test_only_the_named_block_is_rewritten():
 def test_app_block_states_the_measured_figures():
     block = report.app_block(BENCHMARK, {"one_pass": {"n_heatmap_images": 100, "heatmap_spearman_float32": 1.0,
                                                       "heatmap_spearman_float16": 0.9994,
-                                                      "heatmap_spearman_int8": 0.982}},
-                             {"fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0,
-                                       "slowest_s": 0.12}, "bit16_agreement": 0.995, "bit16_films_compared": 618})
+                                                      "heatmap_spearman_int8": 0.982}})
     assert "median 14 ms, p95 22 ms" in block and "6.7x faster" in block
     assert "4 of 618 differ (float32 one pass: 1; notebook 06's int8 parity: 3)" in block
-    assert "int8 0.982" in block and "5,000" in block and "0 unhandled" in block and "99.5% of 618" in block
+    assert "int8 0.982" in block
     assert "AMD EPYC (avx2, fma)" in block
+
+
+def test_reliability_block_has_a_row_per_input_kind_and_the_guard_table():
+    reliability = {
+        "fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0, "slowest_s": 0.12,
+                 "slowest_input": "fuzz_1.gif", "by_kind": {"truncate": {"decided": 0, "refused": 2500, "unhandled": 0},
+                                                             "bit_flip": {"decided": 100, "refused": 2400, "unhandled": 0}}},
+        "bit16_agreement": 0.995, "bit16_films_compared": 618, "dicom_agreement": 0.993, "dicom_copies_compared": 1843,
+        "guard": {"test films, inverted": {"chest_xray": 1, "not_xray": 0, "wrong_way_round": 623, "unlike_population": 0}},
+    }
+    ood_report = {"orientation": {"n_test": 624, "inverted_detected": 1.0, "upside_down_detected": 0.998,
+                                  "rotated_detected": 1.0, "upright_false_alarm": 0.0016},
+                  "false_rejection_rate_test": 0.0016, "unlike_population_rate_test": 0.006,
+                  "rejection_rate_non_xray": 1.0}
+    block = report.reliability_block(reliability, ood_report)
+    assert "| truncate | 2,500 | 0 | 2,500 | 0 |" in block and "| **all** | **5,000** | 100 | 4,900 | **0** |" in block
+    assert "99.5% of 618" in block and "99.3% of 1843" in block
+    assert "| test films, inverted | 1 | 0 | 623 | 0 |" in block
+    assert "upside down 99.8%" in block and "upright films flagged 0.16%" in block
+
+
+def test_the_readme_has_the_reliability_block():
+    assert "<!-- begin:reliability -->" in report.README.read_text()
 
 
 def test_the_readme_has_the_app_block():
