@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.dicom import is_dicom
 from helpers.download import download_public_tfrecords
 from helpers.errors import UnusableInput
 from helpers.uploads import ImageRejected, dataset_film_bytes
@@ -436,7 +437,7 @@ def decode_and_resize(image_bytes, image_size: int = IMAGE_SIZE):
 
 
 def load_image(source: str | os.PathLike | bytes, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """Load one image file (path or bytes) as float32 (image_size, image_size, 3) 0-255.
+    """Load one image file (path or bytes; JPEG, PNG, ... or DICOM) as float32 (image_size, image_size, 3) 0-255.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -454,6 +455,11 @@ def load_image(source: str | os.PathLike | bytes, image_size: int = IMAGE_SIZE) 
         raise TypeError(f"Expected a path or bytes, got {type(source).__name__}.")
     if len(source) == 0:
         raise DataError(f"{name} is empty (0 bytes): choose a JPEG or PNG image file.")
+    if is_dicom(bytes(source)):  # windowed and MONOCHROME1-inverted as an upload is (helpers.dicom)
+        try:
+            source = dataset_film_bytes(bytes(source), name)
+        except ImageRejected as rejection:
+            raise DataError(str(rejection)) from rejection
     try:
         image = decode_and_resize(tf.constant(bytes(source)), image_size)
     except tf.errors.InvalidArgumentError as error:

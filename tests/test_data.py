@@ -127,6 +127,18 @@ def test_load_image_bad_bytes_give_clear_errors(payload, message):
         data.load_image(payload)
 
 
+def test_load_image_reads_a_dicom_film_like_its_png(tmp_path):
+    from helpers import dicom
+
+    film = synthetic_image(5, size=96)
+    path = tmp_path / "film.dcm"
+    path.write_bytes(dicom.film_bytes(film, window=(127.5, 256)))
+    np.testing.assert_allclose(data.load_image(path), data.load_image(encode_image(film, "PNG")), atol=1.5)  # rounding
+    path.write_bytes(dicom.film_bytes(film, modality="CT"))
+    with pytest.raises(data.DataError, match=r"film.dcm is a CT scan"):
+        data.load_image(path)
+
+
 def test_load_image_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="No image file"):
         data.load_image(tmp_path / "nope.jpeg")
