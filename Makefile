@@ -50,7 +50,7 @@ browser:
 
 test: $(STAMP) browser
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
-		$(BIN)/python -m pytest tests --nbval-lax notebooks
+		$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \

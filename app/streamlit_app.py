@@ -20,6 +20,7 @@ if str(PROJECT_ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` wi
 import streamlit as st  # noqa: E402
 
 from helpers import screening, uploads  # noqa: E402
+from helpers.errors import UnusableInput  # noqa: E402
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "bmp", "gif", "webp"]
 IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map
@@ -57,7 +58,7 @@ def sidebar() -> tuple[screening.Screener | None, float]:
             index=1 if os.environ.get(screening.SITE_ENVIRONMENT_VARIABLE) else 0,
             help=f"The site calibration is {site} (notebook 08).") == "site calibration"
         screener = load_screener(variant, str(model), str(site) if use_site else "")
-    except screening.ScreeningModelError as error:
+    except UnusableInput as error:  # any unusable model, metadata, detector or site file: one message
         st.sidebar.error("No model loaded.")
         st.error(str(error))
         return None, alpha

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from helpers import imaging, screening
+from helpers.errors import UnusableInput, one_line
 
 EXIT_ALL_DECIDED, EXIT_SOME_REFUSED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         screener = screening.Screener.load(arguments.engine, arguments.model, allow_stale=arguments.allow_stale,
                                            site=arguments.site)
-    except screening.ScreeningModelError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UnusableInput as error:  # the model, its metadata, the detector or the site file
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_UNUSABLE
     if screener.engine.provenance_note:
         print(screener.engine.provenance_note, file=sys.stderr)

@@ -1,9 +1,11 @@
 """The numbered notebooks: committed clean, and executed end to end (smoke) with papermill.
 
-The papermill chain runs every notebook in order in the smoke profile, into the test
-artifacts folder (``CXR_ARTIFACTS_DIR``, set by conftest), then checks that each one
-left the artifacts later notebooks rely on. nbval re-runs them separately
-(``pytest --nbval-lax notebooks``) and compares the ``# NBVAL_CHECK_OUTPUT`` cells.
+The papermill chain runs every notebook once, in order, in the smoke profile, into the
+test artifacts folder (``CXR_ARTIFACTS_DIR``, set by conftest), then checks that each one
+left the artifacts later notebooks rely on, and that every ``# NBVAL_CHECK_OUTPUT`` cell
+printed exactly what the committed notebook shows (what ``nbval --nbval-lax`` compares,
+without running every notebook a second time; ``pytest --nbval-lax notebooks`` still
+works by hand).
 """
 
 from __future__ import annotations
@@ -120,3 +122,33 @@ def test_notebook_runs_in_smoke_profile_and_leaves_its_artifacts(smoke_chain, na
     if smoke_chain[name] is not None:
         raise smoke_chain[name]
     ARTIFACT_CHECKS[name]()
+    for cell_id, committed, executed in checked_outputs(name):
+        assert executed == committed, f"{name}, cell {cell_id}: the output changed from the committed one"
+
+
+def _printed(outputs) -> str:
+    """The text a cell printed or returned (streams and text/plain results), as nbval compares it."""
+    parts = []
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        elif output.get("output_type") == "execute_result":
+            parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def checked_outputs(name: str) -> list[tuple[str, str, str]]:
+    """(cell id, committed text, executed text) of each checked cell of notebook ``name``."""
+    committed = nbformat.read(notebooks.NOTEBOOK_DIR / name, as_version=4)
+    executed = {cell.get("id"): cell for cell in nbformat.read(_artifact(f"executed/{name}"), as_version=4).cells}
+    return [(cell.get("id"), _printed(cell.outputs), _printed(executed[cell.get("id")].outputs))
+            for cell in committed.cells if notebooks.is_checked_cell(cell)]
+
+
+def test_checked_cells_compare_what_was_printed():
+    import nbformat.v4 as builder
+
+    outputs = [builder.new_output("stream", name="stdout", text="a\n"),
+               builder.new_output("execute_result", data={"text/plain": "42"}, execution_count=1),
+               builder.new_output("display_data", data={"image/png": "..."})]
+    assert _printed(outputs) == "a\n42"
