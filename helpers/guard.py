@@ -149,7 +149,11 @@ class LinearGate:
 
     def fires(self, features: np.ndarray) -> np.ndarray:
         """(N,) bool: the watched class's probability is below the threshold."""
-        return self.watched_probability(features) < self.threshold
+        return self.fires_at(self.watched_probability(features))
+
+    def fires_at(self, watched_probabilities) -> np.ndarray:
+        """(N,) bool from precomputed watched-class probabilities: the gate's one rule."""
+        return np.asarray(watched_probabilities) < self.threshold
 
     def with_threshold(self, threshold: float) -> "LinearGate":
         if not 0.0 < threshold < 1.0:
@@ -314,7 +318,7 @@ def orientation_report(gate: LinearGate, test_variants: dict[str, np.ndarray]) -
         truth = orientation_label(name)
         if truth == UPRIGHT or "+" in name:
             continue
-        fired = values[:, gate.watched] < gate.threshold
+        fired = gate.fires_at(values[:, gate.watched])
         wrong = values.copy()
         wrong[:, gate.watched] = -1.0
         named += int(np.sum(np.array(gate.classes)[wrong.argmax(axis=1)][fired] == truth))

@@ -108,73 +108,6 @@ def strategy_inputs(strategy: str, labels, seed: int = config.DEFAULT_SEED) -> S
     return StrategyInputs(everything, None, None)
 
 
-def compare_strategies(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    validation_features: np.ndarray,
-    validation_labels: np.ndarray,
-    strategies: tuple[str, ...] = STRATEGIES,
-    epochs: int = 10,
-    learning_rate: float = 1e-3,
-    batch_size: int = 32,
-    dropout: float = 0.2,
-    seed: int = config.DEFAULT_SEED,
-    strategy=None,
-) -> list[dict]:
-    """Train one fresh head per imbalance strategy on the same cached features.
-
-    Every run gets the same budget (``epochs`` over the original train-set size, so
-    oversampling does not get more steps) and the same seed.
-
-    Args:
-        train_features: (N, F) float32 pooled features of the train split.
-        train_labels: (N,) 0/1.
-        validation_features: (M, F) float32.
-        validation_labels: (M,) 0/1.
-        strategy: ``tf.distribute`` strategy (default: the current one).
-    Returns:
-        One row per strategy: name, validation recall / specificity / precision /
-        accuracy at threshold 0.5, ROC-AUC, PR-AUC, the probabilities and the history.
-    """
-    from helpers import model as model_lib
-    from helpers import training
-
-    strategy = training.resolve_strategy(strategy)
-    train_labels = np.asarray(train_labels).reshape(-1)
-    steps_per_epoch = int(np.ceil(len(train_labels) / batch_size))
-    rows = []
-    for name in strategies:
-        config.set_seeds(seed)
-        inputs = strategy_inputs(name, train_labels, seed)
-        with strategy.scope():
-            head = model_lib.build_head_model(train_features.shape[1], dropout, inputs.output_bias)
-            training.compile_classifier(head, learning_rate)
-        x = train_features[inputs.indices]
-        y = train_labels[inputs.indices].astype(np.float32)
-        # Same number of gradient steps for every strategy: the oversampled set is
-        # repeated and cut to epochs * steps_per_epoch batches.
-        dataset = training.array_batches(x, y, batch_size, shuffle=True, seed=seed, repeat=True)
-        history = head.fit(
-            dataset,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=(validation_features, validation_labels.astype(np.float32)),
-            class_weight=inputs.class_weight,
-            shuffle=False,  # the dataset is already shuffled (seeded)
-            verbose=0,
-        )
-        probabilities = head.predict(validation_features, batch_size=256, verbose=0).reshape(-1)
-        row = {"strategy": name}
-        row.update(training.probability_metrics(validation_labels, probabilities, threshold=0.5))
-        row["class_weight"] = inputs.class_weight
-        row["output_bias"] = inputs.output_bias
-        row["train_examples"] = int(len(inputs.indices))
-        row["probabilities"] = probabilities
-        row["history"] = {key: [float(v) for v in values] for key, values in history.history.items()}
-        rows.append(row)
-    return rows
-
-
 def comparison_table(rows: list[dict]):
     """A pandas DataFrame of the comparison (one row per strategy)."""
     import pandas as pd
@@ -225,7 +158,7 @@ def choose_strategy(rows: list[dict], tolerance: float = 0.01) -> str:
     fine-tuning phase then learns features under that balance.
     """
     if not rows:
-        raise ValueError("No comparison rows: run compare_strategies first.")
+        raise ValueError("No comparison rows: run helpers.training.compare_strategies first.")
     best = max(row["balanced_accuracy"] for row in rows)
     tied = [row["strategy"] for row in rows if row["balanced_accuracy"] >= best - tolerance]
     return min(tied, key=lambda name: PREFERENCE.index(name) if name in PREFERENCE else len(PREFERENCE))

@@ -262,9 +262,9 @@ class OODDetector:
         far = guard.UNLIKE_POPULATION if self.xray_gate is not None else guard.NOT_XRAY  # see _verdict
         kinds[distance > self.distance_threshold] = far
         if upright_probability is not None and self.orientation_gate is not None:
-            kinds[np.asarray(upright_probability) < self.orientation_gate.threshold] = guard.WRONG_WAY_ROUND
+            kinds[self.orientation_gate.fires_at(upright_probability)] = guard.WRONG_WAY_ROUND
         if xray_probability is not None and self.xray_gate is not None:
-            kinds[np.asarray(xray_probability) < self.xray_gate.threshold] = guard.NOT_XRAY
+            kinds[self.xray_gate.fires_at(xray_probability)] = guard.NOT_XRAY
         kinds[colour > self.max_colourfulness] = guard.NOT_XRAY
         return kinds
 
@@ -281,12 +281,12 @@ class OODDetector:
                 f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
                 f"are grey: at most {self.max_colourfulness:.0f}). It is not a chest X-ray, "
                 "so no prediction is made. Upload a frontal chest X-ray."))
-        if self.xray_gate is not None and xray_probability < self.xray_gate.threshold:
+        if self.xray_gate is not None and self.xray_gate.fires_at(xray_probability):
             return self._made("xray", guard.NOT_XRAY, colour, distance, facts, (
                 f"This image does not look like a chest X-ray (X-ray score {xray_probability:.2f}, "
                 f"below {self.xray_gate.threshold:.2f}), so no prediction is made. "
                 "Upload a frontal chest X-ray."))
-        if self.orientation_gate is not None and upright_probability < self.orientation_gate.threshold:
+        if self.orientation_gate is not None and self.orientation_gate.fires_at(upright_probability):
             words = guard.ORIENTATION_WORDS.get(orientation, "the wrong way round")
             return self._made("orientation", guard.WRONG_WAY_ROUND, colour, distance, facts, (
                 f"This chest X-ray looks {words} (upright score {upright_probability:.2f}, "

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import config
+from helpers import config, imbalance
 from helpers import model as model_lib
 
 DEFAULT_CUT_LAYER = "block_11_expand"
@@ -105,14 +105,12 @@ def monitor_mode(monitor: str) -> str:
 
 def chosen_imbalance_strategy(comparison_file: str | Path, default: str = "class_weights") -> str:
     """The strategy notebook 02 chose (``"chosen"`` in its ``comparison.json``), else ``default``."""
-    from helpers.imbalance import STRATEGIES
-
     path = Path(comparison_file)
     if not path.is_file():
         return default
     chosen = json.loads(path.read_text()).get("chosen", default)
-    if chosen not in STRATEGIES:
-        raise ValueError(f"{path} names an unknown strategy {chosen!r} (known: {STRATEGIES}). "
+    if chosen not in imbalance.STRATEGIES:
+        raise ValueError(f"{path} names an unknown strategy {chosen!r} (known: {imbalance.STRATEGIES}). "
                          "Re-run notebooks/02_class_imbalance.ipynb.")
     return chosen
 
@@ -582,7 +580,6 @@ def train_two_phase(
     """
     import keras
 
-    from helpers.imbalance import strategy_inputs
 
     strategy = resolve_strategy(strategy)
     cfg = training_config
@@ -602,7 +599,7 @@ def train_two_phase(
         raise ValueError(f"Activations have shape {train_activations.shape[1:]} but the input of "
                          f"{cfg.unfreeze_from!r} is {expected}: compute them with "
                          f"cached_activations(model, examples, {cfg.unfreeze_from!r}).")
-    inputs = strategy_inputs(cfg.imbalance, train_labels, cfg.seed)
+    inputs = imbalance.strategy_inputs(cfg.imbalance, train_labels, cfg.seed)
     if inputs.output_bias is not None:
         model.get_layer(model_lib.LOGIT_LAYER).bias.assign([inputs.output_bias])
     indices = inputs.indices
@@ -728,3 +725,70 @@ def training_record(training_config: TrainingConfig, result: TrainingResult, val
     }
     record.update(extra or {})
     return record
+
+
+# --------------------------------------------------------------------------- #
+# Notebook 02: one head per imbalance strategy (helpers.imbalance), same budget
+# --------------------------------------------------------------------------- #
+def compare_strategies(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    validation_features: np.ndarray,
+    validation_labels: np.ndarray,
+    strategies: tuple[str, ...] = imbalance.STRATEGIES,
+    epochs: int = 10,
+    learning_rate: float = 1e-3,
+    batch_size: int = 32,
+    dropout: float = 0.2,
+    seed: int = config.DEFAULT_SEED,
+    strategy=None,
+) -> list[dict]:
+    """Train one fresh head per imbalance strategy on the same cached features.
+
+    Every run gets the same budget (``epochs`` over the original train-set size, so
+    oversampling does not get more steps) and the same seed.
+
+    Args:
+        train_features: (N, F) float32 pooled features of the train split.
+        train_labels: (N,) 0/1.
+        validation_features: (M, F) float32.
+        validation_labels: (M,) 0/1.
+        strategy: ``tf.distribute`` strategy (default: the current one).
+    Returns:
+        One row per strategy: name, validation recall / specificity / precision /
+        accuracy at threshold 0.5, ROC-AUC, PR-AUC, the probabilities and the history.
+    """
+    strategy = resolve_strategy(strategy)
+    train_labels = np.asarray(train_labels).reshape(-1)
+    steps_per_epoch = int(np.ceil(len(train_labels) / batch_size))
+    rows = []
+    for name in strategies:
+        config.set_seeds(seed)
+        inputs = imbalance.strategy_inputs(name, train_labels, seed)
+        with strategy.scope():
+            head = model_lib.build_head_model(train_features.shape[1], dropout, inputs.output_bias)
+            compile_classifier(head, learning_rate)
+        x = train_features[inputs.indices]
+        y = train_labels[inputs.indices].astype(np.float32)
+        # Same number of gradient steps for every strategy: the oversampled set is
+        # repeated and cut to epochs * steps_per_epoch batches.
+        dataset = array_batches(x, y, batch_size, shuffle=True, seed=seed, repeat=True)
+        history = head.fit(
+            dataset,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=(validation_features, validation_labels.astype(np.float32)),
+            class_weight=inputs.class_weight,
+            shuffle=False,  # the dataset is already shuffled (seeded)
+            verbose=0,
+        )
+        probabilities = head.predict(validation_features, batch_size=256, verbose=0).reshape(-1)
+        row = {"strategy": name}
+        row.update(probability_metrics(validation_labels, probabilities, threshold=0.5))
+        row["class_weight"] = inputs.class_weight
+        row["output_bias"] = inputs.output_bias
+        row["train_examples"] = int(len(inputs.indices))
+        row["probabilities"] = probabilities
+        row["history"] = {key: [float(v) for v in values] for key, values in history.history.items()}
+        rows.append(row)
+    return rows
