@@ -54,6 +54,19 @@ def test_notebook_is_committed_clean_with_one_parameters_cell(path):
             assert cell.outputs == [], f"stray output in {path.name}: {cell.source[:60]!r}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_exercises_whose_solutions_are_hidden_code(path):
+    document = nbformat.read(path, as_version=4)
+    headings = [index for index, cell in enumerate(document.cells)
+                if cell.cell_type == "markdown" and cell.source.startswith("## Exercises")]
+    assert len(headings) == 1, "one '## Exercises' section"
+    solutions = [cell for cell in document.cells[headings[0]:] if "solution" in cell.metadata.get("tags", [])]
+    assert len(solutions) >= 2, "at least two exercises, each with a solution cell"
+    for cell in solutions:
+        assert cell.cell_type == "code", "solutions are code, so every run (and CI) executes them"
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, "a solution is collapsed until revealed"
+
+
 def _artifact(relative: str):
     path = config.artifacts_dir() / relative
     assert path.exists(), f"missing artifact {path}"
