@@ -35,6 +35,7 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/python -m helpers.notebooks --profile full
+	$(BIN)/python -m helpers.report
 
 smoke: $(STAMP)
 	$(BIN)/python -m helpers.notebooks --profile smoke

@@ -1,4 +1,10 @@
-"""README figures from the results files: ``python -m helpers.report`` (``make report``).
+"""README figures and the model card from the results files: ``python -m helpers.report`` (``make report``).
+
+Headline figures go through a committed **reference results file**,
+``results/reference.json``: ``make report`` refreshes it from the artifacts of a
+*full* run (a smoke run never overwrites it), then renders the README's ``results``
+block and ``docs/model_card.md`` from it, so a test can check, without any
+artifacts, that what the README and the card say is what the file says.
 
 A block of the README between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` is
 rewritten from the artifacts a run wrote, so the figures a reader sees are the ones
@@ -14,9 +20,14 @@ import re
 import sys
 
 from helpers import config
-from helpers.jsonio import read_json_object
+from helpers.jsonio import read_json_object, write_json
 
 README = config.PROJECT_ROOT / "README.md"
+REFERENCE = config.PROJECT_ROOT / "results" / "reference.json"
+MODEL_CARD = config.PROJECT_ROOT / "docs" / "model_card.md"
+HEADLINE_METRICS = ("recall", "specificity", "precision", "accuracy", "roc_auc", "pr_auc")
+METRIC_NAMES = {"recall": "recall (sensitivity)", "specificity": "specificity", "precision": "precision",
+                "accuracy": "accuracy", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"}
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -144,9 +155,168 @@ def new_site_block(report: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- #
+# The reference results file, the README's results block and the model card
+# --------------------------------------------------------------------------- #
+def reference_results(artifacts) -> dict:
+    """The headline figures of the run in ``artifacts`` (needs ``metrics.json``; the rest is optional)."""
+    metrics = read_json_object(artifacts / "metrics.json")
+    record = {
+        "profile": metrics.get("profile"),
+        "n_images": metrics["n_images"],
+        "threshold": metrics["threshold"], "threshold_rule": metrics.get("threshold_rule"),
+        "bootstrap": metrics.get("bootstrap"),
+        "test": {name: metrics["test"][name] for name in HEADLINE_METRICS},
+        "validation": {name: metrics["validation"][name] for name in HEADLINE_METRICS},
+        "calibration": {"ece_before": metrics["ece_before"], "ece_after": metrics["ece_after"],
+                        "temperature": metrics["temperature"]},
+        "band": {key: metrics["band"][key] for key in ("coverage", "accuracy_outside", "recall_outside",
+                                                      "validation_coverage")} if metrics.get("band") else None,
+        "dataset_shift_auc": metrics.get("dataset_shift_auc"),
+    }
+    parity_path = artifacts / "tflite" / "parity.json"
+    if parity_path.is_file():
+        int8 = read_json_object(parity_path)["variants"]["int8"]
+        record["int8"] = {key: int8[key] for key in ("size_mb", "agreement", "disagreements", "accuracy_delta_points")}
+    ood_path = artifacts / "ood.json"
+    if ood_path.is_file():
+        guard_report = read_json_object(ood_path)
+        record["guard"] = {key: guard_report.get(key) for key in (
+            "false_rejection_rate_test", "unlike_population_rate_test", "rejection_rate_non_xray")}
+        if "orientation" in guard_report:
+            record["guard"].update({key: guard_report["orientation"][key] for key in (
+                "inverted_detected", "upside_down_detected", "rotated_detected", "upright_false_alarm")})
+    site_path = artifacts / "new_site.json"
+    if site_path.is_file():
+        site = read_json_object(site_path)
+        record["new_site"] = {"zero_shot_accuracy": site["zero_shot"]["accuracy"]["mean"],
+                              "calibrated_accuracy": {k: entry["accuracy"]["mean"] for k, entry in site["calibrated"].items()}}
+    return record
+
+
+def _with_interval(entry: dict) -> str:
+    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+
+
+def results_block(reference: dict) -> str:
+    """The README's headline table: test and validation metrics with 95% intervals, from ``reference.json``."""
+    bootstrap = reference.get("bootstrap") or {}
+    lines = [f"| metric (threshold {reference['threshold']:.3f}, chosen on validation) | "
+             f"test ({reference['n_images']['test']} images) | validation ({reference['n_images']['validation']} images) |",
+             "|---|---|---|"]
+    lines += [f"| {METRIC_NAMES[name]} | {_with_interval(reference['test'][name])} | "
+              f"{_with_interval(reference['validation'][name])} |" for name in HEADLINE_METRICS]
+    calibration = reference["calibration"]
+    lines.append("")
+    lines.append(f"95% intervals: {bootstrap.get('unit', 'patient')}-level bootstrap, "
+                 f"{bootstrap.get('n_resamples', '?'):,} resamples. Test ECE {calibration['ece_before']:.3f} "
+                 f"(after temperature scaling, T = {calibration['temperature']:.2f}: {calibration['ece_after']:.3f}).")
+    if reference.get("band"):
+        band = reference["band"]
+        lines.append(f"With the referral band the model decides {band['coverage']:.0%} of the test films "
+                     f"({band['validation_coverage']:.0%} on validation) at accuracy {band['accuracy_outside']:.3f}.")
+    shift = reference.get("dataset_shift_auc") or {}
+    if shift:
+        lines.append(f"Two-sample AUC (notebook 04; 0.5 = indistinguishable): training vs test NORMAL films "
+                     f"{shift['train_vs_test_NORMAL']:.2f}, training vs validation NORMAL films "
+                     f"{shift['train_vs_validation_NORMAL']:.2f}.")
+    if reference.get("int8"):
+        int8 = reference["int8"]
+        lines.append(f"The int8 phone model ({int8['size_mb']:.1f} MB) agrees with Keras on {int8['agreement']:.1%} "
+                     f"of the test films ({int8['disagreements']:.0f} differ; accuracy {int8['accuracy_delta_points']:+.2f} "
+                     "points).")
+    return "\n".join(lines)
+
+
+def model_card(reference: dict) -> str:
+    """A model card (after Mitchell et al. 2019) from ``reference.json``."""
+    test, validation = reference["test"], reference["validation"]
+    shift = reference.get("dataset_shift_auc") or {}
+    guard_figures = reference.get("guard") or {}
+    site = reference.get("new_site") or {}
+    lines = [
+        "# Model card: MobileNetV2 pneumonia classifier (paediatric chest X-rays)",
+        "",
+        "Generated by `make report` from `results/reference.json` (the last full run); do not edit by hand.",
+        "",
+        "## Model details",
+        "",
+        "MobileNetV2 pre-trained on ImageNet, fine-tuned in two phases (head, then the top blocks) with class "
+        "weights and acquisition-style augmentation (notebooks 02-03). Input: one frontal chest X-ray, 224x224 RGB, "
+        "raw 0-255. Output: P(PNEUMONIA). Shipped as TensorFlow Lite (float32, float16, dynamic range, int8; "
+        "notebook 06) with the operating point in its metadata.",
+        "",
+        "## Intended use",
+        "",
+        "Teaching: how such a model is built, evaluated and deployed. **Not a medical device**: never use it to "
+        "diagnose or treat anyone; a radiologist reads every film. Out of scope: adults, lateral views, other "
+        "body parts, other diseases.",
+        "",
+        "## Data",
+        "",
+        "Kermany et al., Cell 2018 (ChestXRay2017, CC BY 4.0): children aged one to five from one hospital in "
+        f"Guangzhou. Train split carved by patient into train and validation ({reference['n_images']['validation']} "
+        f"validation films); the official test split ({reference['n_images']['test']} films) is used only to report.",
+        "",
+        "## Metrics",
+        "",
+        f"Decision threshold {reference['threshold']:.3f}, chosen on validation ({reference.get('threshold_rule') or 'see metrics.json'}).",
+        "",
+        "| metric | test [95% CI] | validation [95% CI] |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {METRIC_NAMES[name]} | {_with_interval(test[name])} | {_with_interval(validation[name])} |"
+              for name in HEADLINE_METRICS]
+    calibration = reference["calibration"]
+    lines += ["", "## Calibration", "",
+              f"Expected calibration error on test {calibration['ece_before']:.3f}; temperature scaling fitted on "
+              f"validation (T = {calibration['temperature']:.2f}) gives {calibration['ece_after']:.3f}: the miscalibration "
+              "on test comes from the population shift below, which a temperature cannot fix.", "",
+              "## Population shift and subgroups", ""]
+    if shift:
+        lines.append(f"A two-sample test on ImageNet features (notebook 04; 0.5 = indistinguishable) tells training "
+                     f"NORMAL films from test NORMAL films with AUC {shift.get('train_vs_test_NORMAL', float('nan')):.2f} "
+                     f"(train vs validation {shift.get('train_vs_validation_NORMAL', float('nan')):.2f}); for PNEUMONIA "
+                     f"{shift.get('train_vs_test_PNEUMONIA', float('nan')):.2f}. The test normals are another population: "
+                     "validation specificity does not carry over.")
+    if site:
+        calibrated = ", ".join(f"k = {k}: {value:.3f}" for k, value in site["calibrated_accuracy"].items())
+        lines.append(f"At a new site (notebook 08, the test set as site A, cross-fitted protocol): zero-shot accuracy "
+                     f"{site['zero_shot_accuracy']:.3f}; after a site calibration on k labelled films per class "
+                     f"{calibrated}.")
+    if guard_figures:
+        lines += ["", "## Input checks", "",
+                  f"The guard refuses {guard_figures['rejection_rate_non_xray']:.0%} of generated non-X-rays and "
+                  f"{guard_figures['false_rejection_rate_test']:.1%} of test X-rays, and refers "
+                  f"{guard_figures.get('unlike_population_rate_test') or 0:.1%} of test X-rays as unlike the training "
+                  "population."
+                  + (f" Films the wrong way round are detected: inverted {guard_figures['inverted_detected']:.1%}, upside "
+                     f"down {guard_figures['upside_down_detected']:.1%}, rotated {guard_figures['rotated_detected']:.1%} "
+                     f"(upright films flagged {guard_figures['upright_false_alarm']:.1%})."
+                     if "inverted_detected" in guard_figures else "")]
+    lines += ["", "## Limitations", "",
+              "- One hospital, children only: expect lower specificity and worse calibration elsewhere; measure with a "
+              "shift report and calibrate on local films (notebook 08) before any use.",
+              "- Grad-CAM maps are coarse (7x7) and explain the score, not the disease.",
+              "- A mirrored film, a lateral view or another body part may pass the guard.",
+              ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     artifacts = config.artifacts_dir(create=False)
     text = README.read_text()
+    metrics_path = artifacts / "metrics.json"
+    if metrics_path.is_file() and read_json_object(metrics_path).get("profile") == "full":
+        write_json(reference_results(artifacts), REFERENCE)
+        print(f"refreshed {REFERENCE} from {artifacts}")
+    else:
+        print(f"kept {REFERENCE}: no full-profile {metrics_path}")
+    reference = read_json_object(REFERENCE)
+    text = replace_block(text, "results", results_block(reference))
+    MODEL_CARD.parent.mkdir(parents=True, exist_ok=True)
+    MODEL_CARD.write_text(model_card(reference))
+    print(f"rewrote the results block and {MODEL_CARD} from {REFERENCE}")
     site_path = artifacts / "new_site.json"
     if site_path.is_file():
         text = replace_block(text, "new_site", new_site_block(read_json_object(site_path)))
@@ -170,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"left the reliability block as it is: no {reliability_path} (run make reliability)")
     README.write_text(text)
+    if artifacts.is_dir():  # everything in one page beside the results files
+        blocks = re.findall(r"<!-- begin:(\w+) -->\n(.*?)<!-- end:\1 -->", text, re.S)
+        page = model_card(reference) + "".join(f"\n## {name}\n\n{content}" for name, content in blocks)
+        (artifacts / "report.md").write_text(page)
+        print(f"wrote {artifacts / 'report.md'}")
     return 0
 
 

@@ -76,3 +76,33 @@ def test_new_site_block_has_every_row_and_the_targets():
     assert "k=20 accuracy mean >= 0.92 **missed**" in block and "k=20 recall mean >= 0.96 met" in block
     assert "4 layers +0.07, all layers -0.95" in block
     assert "simulated darker machine site (whole site): accuracy 0.900 → 0.500" in block
+
+
+def test_readme_results_block_and_model_card_match_the_reference_file():
+    from helpers.jsonio import read_json_object
+
+    reference = read_json_object(report.REFERENCE)
+    text = report.README.read_text()
+    block = text.split("<!-- begin:results -->\n", 1)[1].split("<!-- end:results -->", 1)[0]
+    assert block.rstrip("\n") == report.results_block(reference), "run `make report` after a full run"
+    assert report.MODEL_CARD.read_text() == report.model_card(reference), "run `make report` after a full run"
+
+
+def test_reference_results_collects_the_headline_figures(tmp_path):
+    from helpers.jsonio import write_json
+
+    entry = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
+    write_json({"profile": "full", "n_images": {"validation": 10, "test": 20}, "threshold": 0.6,
+                "threshold_rule": "recall >= 0.98", "bootstrap": {"unit": "patient", "n_resamples": 2000},
+                "test": {name: entry for name in report.HEADLINE_METRICS},
+                "validation": {name: entry for name in report.HEADLINE_METRICS},
+                "ece_before": 0.12, "ece_after": 0.11, "temperature": 0.9, "band": None,
+                "dataset_shift_auc": {"train_vs_test_NORMAL": 0.93, "train_vs_validation_NORMAL": 0.53}},
+               tmp_path / "metrics.json")
+    reference = report.reference_results(tmp_path)
+    assert reference["threshold"] == 0.6 and reference["test"]["recall"] == entry and "int8" not in reference
+    block = report.results_block(reference)
+    assert "| recall (sensitivity) | 0.900 [0.850, 0.950] | 0.900 [0.850, 0.950] |" in block
+    assert "threshold 0.600" in block and "training vs test NORMAL films 0.93" in block
+    card = report.model_card(reference)
+    assert "Not a medical device" in card and "## Limitations" in card and "| accuracy | 0.900 [0.850, 0.950]" in card
