@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
 from helpers import tflite  # noqa: E402
+from helpers.jsonio import write_json  # noqa: E402
 
 BENCHMARK_FILE_NAME = "benchmark.json"
 
@@ -202,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = run_benchmark(args)
     output = args.output or (args.model_dir or tflite.tflite_dir()) / BENCHMARK_FILE_NAME
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, output)
     print("\n".join(summary_lines(report)))
     print(f"wrote {output}")
     return 0

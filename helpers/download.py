@@ -13,6 +13,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+from helpers.jsonio import write_json
 from helpers.progress import progress_bar
 
 PUBLIC_TFRECORD_URL = (
@@ -80,7 +81,7 @@ def download(url: str, target: str | Path, expected_sha256: str | None = None) -
         raise OSError(f"{url} has SHA-256 {digest}, expected {expected_sha256}. Run again; "
                       "if it persists the file changed upstream.")
     shutil.move(partial, target)
-    _record_path(target).write_text(json.dumps({"url": url, "size_bytes": size, "sha256": digest}))
+    write_json({"url": url, "size_bytes": size, "sha256": digest}, _record_path(target))
     return target
 
 

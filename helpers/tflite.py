@@ -69,6 +69,7 @@ import numpy as np
 from helpers import config
 from helpers.data import CLASS_NAMES
 from helpers.errors import UnusableInput
+from helpers.jsonio import json_ready, write_json
 from helpers.operating_point import OperatingPoint, called_pneumonia
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
@@ -1033,11 +1034,7 @@ def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     missing = [key for key in _REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ValueError(f"Metadata lacks {missing}: build it with helpers.tflite.build_metadata.")
-    path = metadata_path(model_path)
-    temporary = path.with_suffix(".part.json")
-    temporary.write_text(json.dumps(metadata, indent=2, sort_keys=False, default=_json_default) + "\n")
-    temporary.replace(path)
-    return path
+    return write_json(metadata, metadata_path(model_path))
 
 
 EMBEDDED_METADATA_NAME = "cxr_pneumonia_metadata"  # the entry in the .tflite flatbuffer's metadata table
@@ -1074,7 +1071,7 @@ def embed_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
         raise TFLiteModelError(f"{path} keeps its weights outside the flatbuffer (a model over 2 GB); "
                                "embedding metadata is not supported for it.")
     payload = {key: value for key, value in metadata.items() if key not in FILE_IDENTITY_KEYS}
-    data = np.frombuffer(json.dumps(payload, default=_json_default).encode("utf-8"), np.uint8)
+    data = np.frombuffer(json.dumps(json_ready(payload), allow_nan=False).encode("utf-8"), np.uint8)
     entry = _embedded_entry(model)
     if entry is not None:
         model.buffers[entry.buffer].data = data  # replace the earlier copy in place
@@ -1130,14 +1127,6 @@ def publish_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     embed_metadata(model_path, metadata)
     final = {**metadata, "model_sha256": file_sha256(model_path), "size_bytes": Path(model_path).stat().st_size}
     return write_metadata(model_path, final)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON.")
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -1306,9 +1295,7 @@ def write_parity(results: dict[str, dict], paths: dict[str, Path], threshold: fl
         for variant, result in results.items() if variant in paths}}
     if one_pass is not None:
         record["one_pass"] = one_pass
-    path = directory / PARITY_FILE_NAME
-    path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-    return path
+    return write_json(record, directory / PARITY_FILE_NAME)
 
 
 def read_parity(paths: dict[str, Path], directory: str | os.PathLike | None = None) -> dict[str, dict]:
