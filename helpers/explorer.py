@@ -35,9 +35,10 @@ from typing import Callable
 import numpy as np
 
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
+from helpers.errors import UnusableInput, one_line
 from helpers.guard import UNLIKE_POPULATION
 from helpers.operating_point import OperatingPoint, outcomes
-from helpers.uploads import ImageInfo, ImageRejected, decode_upload
+from helpers.uploads import ImageInfo, decode_upload
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
 OUTCOME_DESCRIPTIONS = {
@@ -405,9 +406,9 @@ class Explainer:
         """Explain an uploaded file; any unusable input gives a rejected Explanation."""
         try:
             image, info = decode_upload(content, name)
-        except ImageRejected as rejection:
-            return Explanation(name, False, str(rejection), engine or "", threshold=threshold)
-        return self.explain_image(image, name, engine, threshold, info=info)
+            return self.explain_image(image, name, engine, threshold, info=info)
+        except UnusableInput as rejection:  # the file, or the engine's model file: one message, no traceback
+            return Explanation(name, False, one_line(rejection), engine or "", threshold=threshold)
 
 
 # --------------------------------------------------------------------------- #

@@ -444,3 +444,19 @@ def test_an_out_of_date_tflite_model_is_skipped_with_the_remedy(model, tmp_path)
     keras_file.write_bytes(b"trained again since")
     engines, notes = explorer.discover_engines(model, artifacts / "tflite")
     assert list(engines) == ["Keras"] and "another Keras model" in notes[0] and "notebook 06" in notes[0]
+
+
+def test_an_engine_whose_model_file_breaks_gives_a_message_not_a_traceback(model):
+    from helpers.tflite import TFLiteModelError
+
+    class BrokenEngine:
+        name = "int8 (TFLite)"
+
+        def predict(self, images):
+            raise TFLiteModelError("pneumonia_mobilenetv2_int8.tflite is not a TFLite model: convert again "
+                                   "(re-run notebook 06).")
+
+    explainer = explorer.Explainer(model, explorer.OperatingPoint(), engines={"int8 (TFLite)": BrokenEngine()})
+    result = explainer.explain_bytes(encode(fake_xray(1)), "film.png", engine="int8 (TFLite)")
+    assert not result.accepted and result.probability is None and result.heatmap is None
+    assert "pneumonia_mobilenetv2_int8.tflite" in result.message and "re-run notebook 06" in result.message
