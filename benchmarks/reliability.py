@@ -15,8 +15,10 @@ Writes ``<artifacts>/reliability.json``:
   window, 12-bit without one, stored inverted as MONOCHROME1);
 * ``guard`` -- the guard's verdict (:mod:`helpers.guard`) through the app's own path
   (PNG bytes -> Pillow -> int8 phone model's features) for every test film upright,
-  inverted, upside down and rotated either way, and for generated non-X-rays per kind:
-  ``{input kind: {verdict: count}}``.
+  inverted, upside down and rotated either way, for 120 test films under changes the
+  guard never saw in training (heavy blur, posterisation, a wide black canvas, ...:
+  they should be X-rays, referred when far from the training films, not refused), and
+  for generated non-X-rays per kind: ``{input kind: {verdict: count}}``.
 
 Prints the counts and the slowest input. Nothing from an upload is written to disk.
 """
@@ -50,6 +52,37 @@ def sixteen_bit_png(content: bytes) -> bytes:
     return buffer.getvalue()
 
 
+UNSEEN_FILMS = 120
+
+
+def unseen_changes(films: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Grey films (H, W) uint8 under acquisition changes absent from the guard's training variants."""
+    from PIL import Image, ImageFilter, ImageOps
+
+    def each(change):
+        return [np.asarray(change(Image.fromarray(film)), dtype=np.uint8) for film in films]
+
+    def wide_canvas(image):  # the film small inside a wider black field, as an adult film or a scanned print
+        canvas = Image.new("L", (int(image.width * 1.4), int(image.height * 1.2)), 0)
+        canvas.paste(image, (int(image.width * 0.2), int(image.height * 0.1)))
+        return canvas
+
+    def gamma(value):
+        return lambda image: Image.fromarray(np.round(255.0 * (np.asarray(image) / 255.0) ** value).astype(np.uint8))
+
+    return {
+        "much darker (gamma 2)": each(gamma(2.0)),
+        "much brighter (gamma 0.5)": each(gamma(0.5)),
+        "heavy blur (radius 3)": each(lambda image: image.filter(ImageFilter.GaussianBlur(3))),
+        "posterised (3 bits)": each(lambda image: ImageOps.posterize(image, 3)),
+        "tilted 10 degrees": each(lambda image: image.rotate(10, resample=Image.BILINEAR)),
+        "centre half only": each(lambda image: image.crop((image.width // 4, image.height // 4,
+                                                           3 * image.width // 4, 3 * image.height // 4))),
+        "wide black canvas": each(wide_canvas),
+        "squeezed sideways": each(lambda image: image.resize((int(image.width * 0.7), image.height))),
+    }
+
+
 def guard_outcomes(screener, films: list[np.ndarray], per_kind: int, seed: int) -> dict:
     """``{input kind: {verdict: count}}`` for films turned each way and generated non-X-rays, as PNG uploads."""
     from collections import Counter
@@ -65,6 +98,8 @@ def guard_outcomes(screener, films: list[np.ndarray], per_kind: int, seed: int) 
     outcomes = {"upright test films": verdicts(stacked)}
     for name, turned in guard.orientation_variants(stacked).items():
         outcomes[f"test films, {name.replace('_', ' ')}"] = verdicts(np.clip(turned, 0, 255).astype(np.uint8))
+    for name, changed in unseen_changes(films[:UNSEEN_FILMS]).items():
+        outcomes[f"test films, unseen change: {name}"] = verdicts(changed)
     pictures, kinds = ood.non_xray_images(per_kind=per_kind, seed=seed)
     for kind in ood.NON_XRAY_KINDS:
         outcomes[f"not an X-ray: {kind.replace('_', ' ')}"] = verdicts(pictures[kinds == kind])
