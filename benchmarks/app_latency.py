@@ -97,6 +97,7 @@ def app_process(films: list[tuple[str, bytes]], variant: str = "int8", warmup: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import timing
     from helpers import data, explorer, ood, operating_point, predict, screening, tflite
     from helpers import model as model_lib
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 "test_films_referred_unlike_population": sum(film["guard"] == "unlike_population"
                                                              for film in app["films"]),
                 "refused": [name for (name, _), film in zip(films, app["films"]) if not film["accepted"]][:20]},
-        "machine": {"cpu": tflite.cpu_description(), "python": platform.python_version()},
+        "machine": {"cpu": timing.cpu_description(), "python": platform.python_version()},
         "method": "app side in a fresh interpreter without TensorFlow (as the app runs), 2 threads, after "
                   "a warm-up; Keras side in this process",
     }

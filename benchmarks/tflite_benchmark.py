@@ -10,7 +10,7 @@ with one entry per variant: ``size_bytes``, ``latency_ms_1thread_median``,
 ``test_accuracy`` and more.
 
 Method. All variants are timed in the same process and run, on the same real test
-image, round-robin in blocks of 10 invocations (``helpers.tflite.interleaved_latency``),
+image, round-robin in blocks of 10 invocations (``helpers.timing.interleaved_latency``),
 so a load change on a shared machine hits every variant alike and the ratios hold.
 Peak memory is measured in a fresh subprocess per variant (``ru_maxrss`` after loading
 and 10 invocations) so the variants do not inflate each other. Agreement and test
@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
+from benchmarks import timing  # noqa: E402
 from helpers import tflite  # noqa: E402
 from helpers.jsonio import write_json  # noqa: E402
 
@@ -140,9 +141,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for threads in thread_counts:
         classifiers = {variant: tflite.TFLiteClassifier(path, num_threads=threads) for variant, path in paths.items()}
         start = time.perf_counter()
-        samples = tflite.interleaved_latency(classifiers, image, runs=args.runs, warmup=args.warmup)
+        samples = timing.interleaved_latency(classifiers, image, runs=args.runs, warmup=args.warmup)
         print(f"latency, {threads} thread(s): {time.perf_counter() - start:.0f} s", flush=True)
-        latency[threads] = {variant: tflite.latency_summary(values) for variant, values in samples.items()}
+        latency[threads] = {variant: timing.latency_summary(values) for variant, values in samples.items()}
         del classifiers
 
     parity = tflite.read_parity(paths, model_dir)
@@ -172,11 +173,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    **tflite.cpu_description(),  # int8 / float32 ratios depend on these
+                    **timing.cpu_description(),  # int8 / float32 ratios depend on these
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "settings": {"runs": args.runs, "warmup": args.warmup, "thread_counts": thread_counts,
                      "interleaved_block": 10, "parity_source": parity_source,
-                     "runtime": tflite._interpreter_class().__module__},
+                     "runtime": tflite.interpreter_class().__module__},
         "variants": variants,
     }
 

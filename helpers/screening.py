@@ -195,7 +195,7 @@ class OnePassEngine:
 
         self.path = Path(path)
         try:
-            self.interpreter = tflite._load_interpreter(self.path, num_threads)
+            self.interpreter = tflite.load_interpreter(self.path, num_threads)
             self.metadata = tflite.read_metadata(self.path)
         except (FileNotFoundError, ValueError) as error:  # TFLiteModelError is a ValueError
             raise ScreeningModelError(str(error)) from error

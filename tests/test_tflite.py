@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
+from benchmarks import timing
 from helpers import tflite
 from helpers.operating_point import OperatingPoint, load_operating_point
 
@@ -462,9 +463,9 @@ def test_interpret_applies_threshold_band_and_temperature():
 # --------------------------------------------------------------------------- #
 def test_interleaved_latency_gives_runs_samples_per_model(converted, test_images):
     classifiers = {v: tflite.TFLiteClassifier(converted[v]) for v in ("float32", "int8")}
-    samples = tflite.interleaved_latency(classifiers, test_images[0], runs=7, warmup=2, block=3)
+    samples = timing.interleaved_latency(classifiers, test_images[0], runs=7, warmup=2, block=3)
     assert {k: len(v) for k, v in samples.items()} == {"float32": 7, "int8": 7}
-    summary = tflite.latency_summary(samples["int8"])
+    summary = timing.latency_summary(samples["int8"])
     assert summary["runs"] == 7 and 0 < summary["min"] <= summary["median"] <= summary["p90"]
 
 
@@ -513,16 +514,16 @@ Model\t\t: Raspberry Pi 5 Model B Rev 1.0
 
 
 def test_parse_cpuinfo_x86_takes_the_first_processor_and_the_speed_flags():
-    description = tflite.parse_cpuinfo(X86_CPUINFO)
+    description = timing.parse_cpuinfo(X86_CPUINFO)
     assert description == {"cpu_model": "Intel(R) Xeon(R) Processor",
                            "cpu_flags": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"]}
 
 
 def test_parse_cpuinfo_arm_reads_features_and_model():
-    assert tflite.parse_cpuinfo(ARM_CPUINFO) == {"cpu_model": "Raspberry Pi 5 Model B Rev 1.0",
+    assert timing.parse_cpuinfo(ARM_CPUINFO) == {"cpu_model": "Raspberry Pi 5 Model B Rev 1.0",
                                                  "cpu_flags": ["asimd", "asimddp", "i8mm"]}
 
 
 def test_cpu_description_without_cpuinfo_falls_back(tmp_path):
-    assert tflite.parse_cpuinfo("") == {"cpu_model": None, "cpu_flags": []}
-    assert tflite.cpu_description(tmp_path / "no-cpuinfo") == {"cpu_model": None, "cpu_flags": []}
+    assert timing.parse_cpuinfo("") == {"cpu_model": None, "cpu_flags": []}
+    assert timing.cpu_description(tmp_path / "no-cpuinfo") == {"cpu_model": None, "cpu_flags": []}

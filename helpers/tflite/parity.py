@@ -1,0 +1,131 @@
+"""Parity with the Keras model: decisions, agreement, and the ``parity.json`` record."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from helpers.jsonio import write_json
+from helpers.operating_point import called_pneumonia
+from helpers.tflite.paths import file_sha256, tflite_dir
+
+
+def decision_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, recall (sensitivity), specificity and precision at ``threshold``."""
+    from helpers.evaluation import confusion_counts, metrics_from_counts
+
+    metrics = metrics_from_counts(**confusion_counts(np.asarray(labels).astype(np.int64),
+                                                     np.asarray(probabilities).reshape(-1), threshold))
+    return {name: metrics[name] for name in ("accuracy", "recall", "specificity", "precision")}
+
+
+def parity(
+    reference_probabilities: np.ndarray,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+) -> dict[str, float]:
+    """How closely one variant follows the Keras model on the same images.
+
+    Args:
+        reference_probabilities: (N,) Keras P(PNEUMONIA).
+        probabilities: (N,) the variant's P(PNEUMONIA) on the same images.
+        labels: (N,) 1 = PNEUMONIA.
+        threshold: the operating point (from metrics.json).
+
+    Returns:
+        ``agreement`` (share of identical decisions), ``disagreements`` (count),
+        ``max_abs_diff`` / ``mean_abs_diff`` of probabilities, and the variant's
+        ``test_accuracy``, ``test_recall``, ``test_specificity``, ``test_precision``
+        with ``accuracy_delta_points`` (variant - Keras, percentage points).
+    """
+    reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)
+    candidate = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if not (len(reference) == len(candidate) == len(labels)) or len(labels) == 0:
+        raise ValueError(f"Need as many reference probabilities ({len(reference)}) as probabilities "
+                         f"({len(candidate)}) and labels ({len(labels)}), at least one.")
+    same = called_pneumonia(reference, threshold) == called_pneumonia(candidate, threshold)
+    difference = np.abs(reference - candidate)
+    mine = decision_metrics(candidate, labels, threshold)
+    theirs = decision_metrics(reference, labels, threshold)
+    result = {
+        "n_images": int(len(labels)),
+        "agreement": float(np.mean(same)),
+        "disagreements": int(np.sum(~same)),
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+    }
+    result.update({f"test_{name}": float(value) for name, value in mine.items()})
+    result["accuracy_delta_points"] = 100.0 * (mine["accuracy"] - theirs["accuracy"])
+    return result
+
+
+def parity_table(
+    reference_probabilities: np.ndarray,
+    variant_probabilities: dict[str, np.ndarray],
+    labels: np.ndarray,
+    threshold: float,
+    sizes: dict[str, int] | None = None,
+):
+    """One row per variant (plus a ``keras`` reference row): a pandas DataFrame."""
+    import pandas as pd
+
+    rows = {"keras": parity(reference_probabilities, reference_probabilities, labels, threshold)}
+    for variant, probabilities in variant_probabilities.items():
+        rows[variant] = parity(reference_probabilities, probabilities, labels, threshold)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    if sizes:
+        table.insert(0, "size_mb", pd.Series({k: v / 1e6 for k, v in sizes.items()}))
+    table.index.name = "variant"
+    return table
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: write None instead."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+PARITY_FILE_NAME = "parity.json"
+
+
+def write_parity(results: dict[str, dict], paths: dict[str, Path], threshold: float,
+                 directory: str | os.PathLike | None = None, one_pass: dict | None = None) -> Path:
+    """Write {variant: parity(...)} with each model's SHA-256 to ``tflite/parity.json``.
+
+    ``one_pass``: the one-pass models' checks (``heatmap_spearman_<variant>`` and
+    friends, from notebook 06), written as they are under ``"one_pass"``.
+    """
+    directory = Path(directory) if directory is not None else tflite_dir()
+    record = {"threshold": float(threshold), "variants": {
+        variant: {"model_sha256": file_sha256(paths[variant]),
+                  **{k: finite_or_none(v) for k, v in result.items()}}
+        for variant, result in results.items() if variant in paths}}
+    if one_pass is not None:
+        record["one_pass"] = one_pass
+    return write_json(record, directory / PARITY_FILE_NAME)
+
+
+def read_parity(paths: dict[str, Path], directory: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Parity results from ``tflite/parity.json`` for the variants whose file is unchanged.
+
+    A variant is left out when parity.json is missing or its SHA-256 no longer
+    matches the ``.tflite`` (the model was converted again since).
+    """
+    directory = Path(directory) if directory is not None else tflite_dir(create=False)
+    path = directory / PARITY_FILE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    found = {}
+    for variant, result in record.get("variants", {}).items():
+        if variant in paths and Path(paths[variant]).is_file() and result.get("model_sha256") == file_sha256(paths[variant]):
+            found[variant] = result
+    return found
