@@ -527,10 +527,12 @@ def expected_calibration_error(labels, probabilities, n_bins: int = DEFAULT_ECE_
 
 
 def brier_score(labels, probabilities) -> float:
-    """Mean squared error between P(PNEUMONIA) and the 0/1 label (lower is better)."""
+    """Mean squared error between P(PNEUMONIA) and the 0/1 label (lower is better); scikit-learn's."""
+    from sklearn.metrics import brier_score_loss
+
     labels = _as_labels(labels)
     probabilities = _as_probabilities(probabilities, len(labels))
-    return float(np.mean((probabilities - labels) ** 2))
+    return float(brier_score_loss(labels, probabilities))
 
 
 def calibration_summary(split: ScoredSplit, temperature: float, n_bins: int = DEFAULT_ECE_BINS) -> dict:
