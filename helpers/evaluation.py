@@ -532,7 +532,7 @@ def brier_score(labels, probabilities) -> float:
 
     labels = _as_labels(labels)
     probabilities = _as_probabilities(probabilities, len(labels))
-    return float(brier_score_loss(labels, probabilities))
+    return float(brier_score_loss(labels, probabilities, pos_label=1))
 
 
 def calibration_summary(split: ScoredSplit, temperature: float, n_bins: int = DEFAULT_ECE_BINS) -> dict:
