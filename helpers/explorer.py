@@ -157,7 +157,7 @@ class Engine:
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B,), logits (B,)) for images (B, 224, 224, 3) 0-255."""
-        from helpers.evaluation import sigmoid
+        from helpers.operating_point import sigmoid
 
         logits = np.asarray(self.logits(np.asarray(images, dtype=np.float32)), dtype=np.float64).reshape(-1)
         return sigmoid(logits), logits
@@ -181,7 +181,7 @@ def keras_engine(model, name: str = KERAS_ENGINE_NAME) -> Engine:
 def probability_engine(name: str, predict_probabilities: Callable[[np.ndarray], np.ndarray],
                        description: str = "") -> Engine:
     """Wrap any callable returning P(PNEUMONIA) (B,) as an :class:`Engine` (logit = log(p/(1-p)))."""
-    from helpers.evaluation import logit
+    from helpers.operating_point import logit
 
     def logits(images: np.ndarray) -> np.ndarray:
         return logit(np.asarray(predict_probabilities(images), dtype=np.float64).reshape(-1))

@@ -41,7 +41,7 @@ def predict(model, examples, batch_size: int = 64, progress: bool = True):
     import pandas as pd
 
     from helpers.data import make_dataset
-    from helpers.evaluation import sigmoid
+    from helpers.operating_point import sigmoid
     from helpers.model import logit_model
     from helpers.progress import progress_bar
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from helpers import evaluation
+from helpers import evaluation, operating_point
 from helpers.operating_point import called_pneumonia
 
 # The int8 model's output is a uint8 probability (steps of 1/256): its logit means
@@ -42,7 +42,7 @@ PROBABILITY_EPSILON = 1e-7
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
     """(N,) probabilities, checked (finite, in [0, 1]) -> float64 logits, p clipped to [1e-7, 1 - 1e-7]."""
-    return evaluation.logit(evaluation._as_probabilities(probabilities), PROBABILITY_EPSILON)
+    return operating_point.logit(evaluation.as_probabilities(probabilities), PROBABILITY_EPSILON)
 
 
 def _as_probability_vectors(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -104,7 +104,7 @@ def flip_probabilities(reference_probabilities: np.ndarray, threshold: float, er
         raise ValueError("errors must be a non-empty array of finite logit errors (helpers.quantization_noise.logit_errors).")
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)  # (N,)
     reference_logits = logit(reference)  # (N,)
-    threshold_logit = float(evaluation.logit(threshold, PROBABILITY_EPSILON))
+    threshold_logit = float(operating_point.logit(threshold, PROBABILITY_EPSILON))
     positive = called_pneumonia(reference, threshold)  # (N,) Keras decisions
     sorted_errors = np.sort(errors)
     margin = threshold_logit - reference_logits  # (N,) logit change needed to reach the threshold

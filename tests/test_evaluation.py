@@ -11,7 +11,7 @@ import pytest
 
 from helpers import evaluation
 from helpers.evaluation import ScoredSplit, TestSplitError
-from helpers.operating_point import OperatingPoint
+from helpers.operating_point import OperatingPoint, sigmoid
 
 # Ten images, threshold 0.5 (PNEUMONIA when probability >= 0.5), checked by hand:
 #   label        1    1    1    1    1    1    0    0    0    0
@@ -26,9 +26,9 @@ def synthetic_split(name="validation", n=600, seed=0, separation=2.0, overconfid
     """Scores from a logistic model: true logit z ~ N(+-separation/2 ...), label ~ Bernoulli(sigmoid(z))."""
     rng = np.random.default_rng(seed)
     true_logits = rng.normal(0.8, separation, size=n)  # (n,) more positives than negatives
-    labels = (rng.random(n) < evaluation.sigmoid(true_logits)).astype(int)
+    labels = (rng.random(n) < sigmoid(true_logits)).astype(int)
     logits = overconfidence * true_logits
-    return ScoredSplit(name, labels, evaluation.sigmoid(logits), logits)
+    return ScoredSplit(name, labels, sigmoid(logits), logits)
 
 
 # --------------------------------------------------------------------------- #
@@ -287,8 +287,8 @@ def test_scored_split_derives_logits_and_reads_frames():
 # --------------------------------------------------------------------------- #
 def test_apply_temperature():
     logits = np.array([-2.0, 0.0, 4.0])
-    assert evaluation.apply_temperature(logits, 1.0) == pytest.approx(evaluation.sigmoid(logits))
-    assert evaluation.apply_temperature(logits, 2.0) == pytest.approx(evaluation.sigmoid(logits / 2))
+    assert evaluation.apply_temperature(logits, 1.0) == pytest.approx(sigmoid(logits))
+    assert evaluation.apply_temperature(logits, 2.0) == pytest.approx(sigmoid(logits / 2))
     assert evaluation.apply_temperature(np.array([1000.0, -1000.0]), 1.0) == pytest.approx([1.0, 0.0])
     with pytest.raises(ValueError, match="positive"):
         evaluation.apply_temperature(logits, 0.0)

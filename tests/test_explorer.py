@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from helpers import data, evaluation, explorer, imaging, ood, uploads
-from helpers.operating_point import load_operating_point
+from helpers.operating_point import load_operating_point, sigmoid
 from helpers.uploads import ImageRejected
 
 
@@ -109,7 +109,7 @@ def predictions_frame() -> pd.DataFrame:
     return pd.DataFrame({
         "path": [f"chest_xray/test/X/{i}.jpeg" for i in range(8)],
         "label": [0, 0, 1, 0, 1, 1, 1, 1],
-        "probability": evaluation.sigmoid(logits),
+        "probability": sigmoid(logits),
         "logit": logits,
     })
 
@@ -139,7 +139,7 @@ def test_operating_point_from_metrics_json(tmp_path):
     point = load_operating_point(path)
     assert (point.threshold, point.temperature, point.band_low, point.band_high) == (0.4, 2.0, 0.3, 0.6)
     assert point.warning == "" and str(path) in point.describe()
-    np.testing.assert_allclose(point.calibrated([2.0]), evaluation.sigmoid(1.0))
+    np.testing.assert_allclose(point.calibrated([2.0]), sigmoid(1.0))
     # band is [low, high) on the raw probability
     assert point.referred([0.29, 0.3, 0.59, 0.6]).tolist() == [False, True, True, False]
 
@@ -160,7 +160,7 @@ def test_outcome_table_columns_and_outcomes():
     # probabilities: .047 .269 .450 .525 .599 .881 .953 .119 ; labels 0 0 1 0 1 1 1 1
     assert table["outcome"].tolist() == ["TN", "TN", "FN", "FP", "TP", "TP", "TP", "FN"]
     assert table["referred"].tolist() == [False, False, True, True, True, False, False, False]
-    np.testing.assert_allclose(table["calibrated_probability"], evaluation.sigmoid(table["logit"] / 2.0))
+    np.testing.assert_allclose(table["calibrated_probability"], sigmoid(table["logit"] / 2.0))
     assert (table["confidence"] >= 0.5).all()
     assert table["decision"].tolist()[:4] == ["NORMAL", "NORMAL", "NORMAL", "PNEUMONIA"]
     assert explorer.outcome_counts(table) == {"all": 8, "TP": 3, "TN": 2, "FP": 1, "FN": 2, "referred": 3}
@@ -276,7 +276,7 @@ def test_keras_engine_matches_the_model(model):
     images = np.stack([data.load_image(encode(fake_xray(seed))) for seed in range(3)])
     probabilities, logits = explorer.keras_engine(model).predict(images)
     np.testing.assert_allclose(probabilities, model.predict(images, verbose=0)[:, 0], atol=1e-5)
-    np.testing.assert_allclose(evaluation.sigmoid(logits), probabilities)
+    np.testing.assert_allclose(sigmoid(logits), probabilities)
 
 
 def test_probability_engine_recovers_logits():
@@ -317,7 +317,7 @@ def test_explain_a_valid_upload(model, detector):
     result = explainer.explain_bytes(encode(fake_xray(200, 600, 500), "JPEG"), "mine.jpg")
     assert result.accepted, result.message
     assert result.decision == ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL")
-    assert result.calibrated_probability == pytest.approx(evaluation.sigmoid(result.logit / 2.0))
+    assert result.calibrated_probability == pytest.approx(sigmoid(result.logit / 2.0))
     assert result.heatmap.shape == (224, 224) and 0 <= result.heatmap.min() <= result.heatmap.max() <= 1
     assert result.referred  # the band covers everything
     assert result.ood.gate == "accepted" and result.info.width == 500

@@ -7,6 +7,7 @@ import pytest
 
 from helpers import data, evaluation, predict
 from helpers.model import build_model
+from helpers.operating_point import sigmoid
 from tests.conftest import SYNTHETIC_FILES, encode_image, synthetic_image
 
 
@@ -47,7 +48,7 @@ def test_predict_returns_one_row_per_image_in_order(predictions, examples):
     assert list(frame["path"]) == list(examples.paths)
     assert list(frame["label"]) == list(examples.labels)
     assert frame["probability"].between(0, 1).all()
-    assert np.allclose(frame["probability"], evaluation.sigmoid(frame["logit"]))
+    assert np.allclose(frame["probability"], sigmoid(frame["logit"]))
 
 
 def test_predict_matches_the_model_output(tiny_model, predictions, examples):
