@@ -198,14 +198,19 @@ def _with_interval(entry: dict) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
+def _metric_rows(reference: dict) -> list[str]:
+    """One Markdown row per headline metric: name, test and validation value with its interval."""
+    return [f"| {METRIC_NAMES[name]} | {_with_interval(reference['test'][name])} | "
+            f"{_with_interval(reference['validation'][name])} |" for name in HEADLINE_METRICS]
+
+
 def results_block(reference: dict) -> str:
     """The README's headline table: test and validation metrics with 95% intervals, from ``reference.json``."""
     bootstrap = reference.get("bootstrap") or {}
     lines = [f"| metric (threshold {reference['threshold']:.3f}, chosen on validation) | "
              f"test ({reference['n_images']['test']} images) | validation ({reference['n_images']['validation']} images) |",
              "|---|---|---|"]
-    lines += [f"| {METRIC_NAMES[name]} | {_with_interval(reference['test'][name])} | "
-              f"{_with_interval(reference['validation'][name])} |" for name in HEADLINE_METRICS]
+    lines += _metric_rows(reference)
     calibration = reference["calibration"]
     lines.append("")
     lines.append(f"95% intervals: {bootstrap.get('unit', 'patient')}-level bootstrap, "
@@ -230,7 +235,6 @@ def results_block(reference: dict) -> str:
 
 def model_card(reference: dict) -> str:
     """A model card (after Mitchell et al. 2019) from ``reference.json``."""
-    test, validation = reference["test"], reference["validation"]
     shift = reference.get("dataset_shift_auc") or {}
     guard_figures = reference.get("guard") or {}
     site = reference.get("new_site") or {}
@@ -265,8 +269,7 @@ def model_card(reference: dict) -> str:
         "| metric | test [95% CI] | validation [95% CI] |",
         "|---|---|---|",
     ]
-    lines += [f"| {METRIC_NAMES[name]} | {_with_interval(test[name])} | {_with_interval(validation[name])} |"
-              for name in HEADLINE_METRICS]
+    lines += _metric_rows(reference)
     calibration = reference["calibration"]
     lines += ["", "## Calibration", "",
               f"Expected calibration error on test {calibration['ece_before']:.3f}; temperature scaling fitted on "
