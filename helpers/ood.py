@@ -233,7 +233,9 @@ class OODDetector:
         measured = self.measure(features)
         if len(colour) != len(measured["distance"]):
             raise ValueError(f"{len(colour)} images but {len(measured['distance'])} feature rows.")
-        return [self._verdict(float(colour[i]), float(measured["distance"][i]),
+        kinds = self.kinds(colour, measured["distance"], measured["xray_probability"],
+                           measured["upright_probability"])  # the rule, once
+        return [self._verdict(kinds[i], float(colour[i]), float(measured["distance"][i]),
                               _item(measured["xray_probability"], i), _item(measured["upright_probability"], i),
                               measured["orientation"][i] if measured["orientation"] is not None else None)
                 for i in range(len(colour))]
@@ -273,44 +275,44 @@ class OODDetector:
         """(N,) bool: every gate passed (verdict ``chest_xray``), from precomputed measurements."""
         return self.kinds(colour, distance, xray_probability, upright_probability) == guard.CHEST_XRAY
 
-    def _verdict(self, colour: float, distance: float, xray_probability: float | None = None,
+    def _verdict(self, kind: str, colour: float, distance: float, xray_probability: float | None = None,
                  upright_probability: float | None = None, orientation: str | None = None) -> OODVerdict:
+        """The verdict of one image whose ``kind`` :meth:`kinds` decided: which gate, and the message."""
         facts = {"xray_probability": xray_probability, "upright_probability": upright_probability}
-        if colour > self.max_colourfulness:
-            return self._made("colour", guard.NOT_XRAY, colour, distance, facts, (
+        if kind == guard.NOT_XRAY and colour > self.max_colourfulness:
+            return self._made("colour", kind, colour, distance, facts, (
                 f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
                 f"are grey: at most {self.max_colourfulness:.0f}). It is not a chest X-ray, "
                 "so no prediction is made. Upload a frontal chest X-ray."))
-        if self.xray_gate is not None and self.xray_gate.fires_at(xray_probability):
-            return self._made("xray", guard.NOT_XRAY, colour, distance, facts, (
+        if kind == guard.NOT_XRAY and self.xray_gate is not None:
+            return self._made("xray", kind, colour, distance, facts, (
                 f"This image does not look like a chest X-ray (X-ray score {xray_probability:.2f}, "
                 f"below {self.xray_gate.threshold:.2f}), so no prediction is made. "
                 "Upload a frontal chest X-ray."))
-        if self.orientation_gate is not None and self.orientation_gate.fires_at(upright_probability):
-            words = guard.ORIENTATION_WORDS.get(orientation, "the wrong way round")
-            return self._made("orientation", guard.WRONG_WAY_ROUND, colour, distance, facts, (
-                f"This chest X-ray looks {words} (upright score {upright_probability:.2f}, "
-                f"below {self.orientation_gate.threshold:.2f}). No prediction is made on a film the "
-                "wrong way round: turn it upright (bones light, air dark, head at the top) and "
-                "upload it again."), orientation)
-        if distance > self.distance_threshold and self.xray_gate is None:
+        if kind == guard.NOT_XRAY:
             # Without the X-ray gate, distance cannot tell "not an X-ray" from "an unfamiliar X-ray": refuse.
-            return self._made("features", guard.NOT_XRAY, colour, distance, facts, (
+            return self._made("features", kind, colour, distance, facts, (
                 f"This image does not look like the chest X-rays the model was trained on (feature "
                 f"distance {distance:.1f} > {self.distance_threshold:.1f}, the {100 * self.quantile:g}th "
                 "percentile of held-out training X-rays), so no prediction is made. Upload a frontal "
                 "chest X-ray, upright and not inverted (bones light, air dark)."))
-        if distance > self.distance_threshold:
-            return self._made("features", guard.UNLIKE_POPULATION, colour, distance, facts, (
+        if kind == guard.WRONG_WAY_ROUND:
+            words = guard.ORIENTATION_WORDS.get(orientation, "the wrong way round")
+            return self._made("orientation", kind, colour, distance, facts, (
+                f"This chest X-ray looks {words} (upright score {upright_probability:.2f}, "
+                f"below {self.orientation_gate.threshold:.2f}). No prediction is made on a film the "
+                "wrong way round: turn it upright (bones light, air dark, head at the top) and "
+                "upload it again."), orientation)
+        if kind == guard.UNLIKE_POPULATION:
+            return self._made("features", kind, colour, distance, facts, (
                 f"This looks like a chest X-ray, but it lies outside the population this model was "
                 f"validated on (feature distance {distance:.1f} > {self.distance_threshold:.1f}, "
                 f"the {100 * self.quantile:g}th percentile of held-out training films): another "
                 "hospital, machine or patient group. Refer to a radiologist; the model's probability "
                 "is shown for reference only, not as a decision."))
-        return self._made("accepted", guard.CHEST_XRAY, colour, distance, facts, (
+        return self._made("accepted", kind, colour, distance, facts, (
             f"Looks like a chest X-ray{', upright,' if self.orientation_gate is not None else ''} like the "
-            f"training films (feature distance "
-            f"{distance:.1f} <= {self.distance_threshold:.1f})."))
+            f"training films (feature distance {distance:.1f} <= {self.distance_threshold:.1f})."))
 
     def _made(self, gate: str, kind: str, colour: float, distance: float, facts: dict, message: str,
               orientation: str | None = None) -> OODVerdict:
