@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helpers import augment
+from helpers.operating_point import logit, sigmoid
 
 CHEST_XRAY = "chest_xray"
 NOT_XRAY = "not_xray"
@@ -51,6 +52,7 @@ ORIENTATION_WORDS = {
 }
 XRAY_CLASSES = ("not_xray", "xray")
 EDGE_QUANTILE = 0.005  # threshold_between: each group's edge is this far into its tail
+LOGIT_EPSILON = 1e-9  # gate probabilities saturate near 0 and 1: clip before taking the logit
 STRONG_ACQUISITION = augment.AugmentConfig(min_crop=0.5, brightness=0.25, contrast=0.5, gamma=0.5,
                                            noise_std=24.0, sharpness=1.5)
 
@@ -219,14 +221,9 @@ def threshold_between(accepted_scores: np.ndarray, refused_scores: np.ndarray, q
     them leaves the same margin on both sides, which is what lets an X-ray from
     elsewhere, a little less X-ray-like than the training films, still pass.
     """
-    low_edge = np.quantile(_logit(accepted_scores), quantile)
-    high_edge = np.quantile(_logit(refused_scores), 1.0 - quantile)
-    return float(1.0 / (1.0 + np.exp(-0.5 * (low_edge + high_edge))))
-
-
-def _logit(probabilities: np.ndarray) -> np.ndarray:
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-9, 1 - 1e-9)
-    return np.log(clipped) - np.log1p(-clipped)
+    low_edge = np.quantile(logit(accepted_scores, LOGIT_EPSILON), quantile)
+    high_edge = np.quantile(logit(refused_scores, LOGIT_EPSILON), 1.0 - quantile)
+    return float(sigmoid(0.5 * (low_edge + high_edge)))
 
 
 # --------------------------------------------------------------------------- #
