@@ -126,7 +126,7 @@ def notebook_widgets_render(url: str, token: str, notebook: str, screenshot: Pat
 
     Returns ``{"widgets": rendered widget views, "errors": "Error displaying widget"
     messages, "tracebacks": error outputs, "unrun": code cells without an execution
-    count, "text": the notebook's text}``.
+    count (a collapsed input: without output), "text": the notebook's text}``.
     """
     from playwright.sync_api import sync_playwright
 
@@ -148,11 +148,16 @@ def notebook_widgets_render(url: str, token: str, notebook: str, screenshot: Pat
                 widget.scroll_into_view_if_needed()
                 page.screenshot(path=str(screenshot))
             text = page.locator(".jp-NotebookPanel").first.inner_text()
-            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            # A cell ran when its input prompt shows an execution count. A collapsed input (the
+            # exercise solutions) shows no prompt: it ran when its output is there (every solution prints).
+            prompts = page.locator(".jp-CodeCell").evaluate_all(
+                "cells => cells.map(cell => cell.querySelector('.jp-InputPlaceholder')"
+                " ? (cell.querySelector('.jp-OutputArea-output') ? '[ran]' : '')"
+                " : cell.querySelector('.jp-InputPrompt').textContent)")
             return {"widgets": page.locator(".jp-OutputArea-output .jupyter-widgets").count(),
                     "errors": text.count("Error displaying widget"),
                     "tracebacks": page.locator("[data-mime-type='application/vnd.jupyter.error']").count(),
-                    "unrun": sum(not re.search(r"\[\d+\]", prompt) for prompt in prompts), "text": text}
+                    "unrun": sum(not re.search(r"\[(\d+|ran)\]", prompt) for prompt in prompts), "text": text}
         finally:
             browser.close()
 
