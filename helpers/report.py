@@ -283,6 +283,7 @@ def model_card(reference: dict) -> str:
                      f"{shift.get('train_vs_test_PNEUMONIA', float('nan')):.2f}. The test normals are another population: "
                      "validation specificity does not carry over.")
     if site:
+        lines.append("")
         calibrated = ", ".join(f"k = {k}: {value:.3f}" for k, value in site["calibrated_accuracy"].items())
         lines.append(f"At a new site (notebook 08, the test set as site A, cross-fitted protocol): zero-shot accuracy "
                      f"{site['zero_shot_accuracy']:.3f}; after a site calibration on k labelled films per class "
