@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers.dicom import DicomRejected, is_dicom, read_film
 from helpers.errors import UnusableInput
-from helpers.imaging import HIGH_BIT_DEPTH_MODES, IMAGE_SIZE, channels, decode_pixels
+from helpers.imaging import HIGH_BIT_DEPTH_MODES, IMAGE_SIZE, channels, decode_pixels, png_bytes, resize_plane
 
 MIN_IMAGE_SIDE = 64
 MAX_IMAGE_PIXELS = 50_000_000
@@ -95,11 +96,8 @@ def _check_pixel_size(info: ImageInfo, name: str) -> None:
                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP. Resize it first.")
 
 
-def decode_dicom_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
-    """A DICOM film -> (pixels float32 (224, 224, 3) 0-255, info); see :mod:`helpers.dicom`."""
-    from helpers.dicom import DicomRejected, read_film
-    from helpers.imaging import resize_plane
-
+def read_dicom_film(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
+    """A DICOM film checked by the upload rules -> (film (H, W) float32 0-255 at full size, info)."""
     content = bytes(content)
     _check_byte_size(content, name)
     try:
@@ -108,6 +106,12 @@ def decode_dicom_upload(content: bytes, name: str = "the file") -> tuple[np.ndar
         raise ImageRejected(str(rejection)) from rejection
     info = ImageInfo("DICOM", facts["columns"], facts["rows"], facts["photometric"], len(content))
     _check_pixel_size(info, name)
+    return film, info
+
+
+def decode_dicom_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, ImageInfo]:
+    """A DICOM film -> (pixels float32 (224, 224, 3) 0-255, info); see :mod:`helpers.dicom`."""
+    film, info = read_dicom_film(content, name)
     plane = resize_plane(film, IMAGE_SIZE)  # (224, 224)
     return np.clip(np.repeat(plane[..., np.newaxis], 3, axis=-1), 0.0, 255.0), info
 
@@ -119,8 +123,6 @@ def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, I
     orientation applied, any size resized, high bit depth windowed). Raises :class:`ImageRejected` for any unusable file,
     including truncated ones that only fail while decoding.
     """
-    from helpers.dicom import is_dicom
-
     if is_dicom(content):
         return decode_dicom_upload(content, name)
     info = inspect_image_bytes(content, name)
@@ -148,16 +150,9 @@ def dataset_film_bytes(content: bytes, name: str = "the file") -> bytes:
     Raises:
         ImageRejected: the file breaks an upload rule or cannot be decoded (names ``name``).
     """
-    from helpers.dicom import DicomRejected, is_dicom, read_film
-    from helpers.imaging import png_bytes
-
     content = bytes(content)
     if is_dicom(content):
-        _check_byte_size(content, name)
-        try:
-            film, _ = read_film(content, name)  # (H, W) float32 0-255
-        except DicomRejected as rejection:
-            raise ImageRejected(str(rejection)) from rejection
+        film, _ = read_dicom_film(content, name)  # (H, W) float32 0-255, the same rules as an upload
         return png_bytes(np.round(film).astype(np.uint8))
     _, info = decode_upload(content, name)  # every rule, and a full decode (truncation shows here)
     if info.format in TENSORFLOW_FORMATS and info.mode not in HIGH_BIT_DEPTH_MODES and info.orientation == 1:
