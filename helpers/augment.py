@@ -8,10 +8,10 @@ machines and technicians is
   (a random crop of 75-100 % of the side, moved anywhere, resized back);
 * **exposure** -- brightness, contrast and gamma;
 * **sensor and storage** -- sharpness (detector, resampling), pixel noise (dose)
-  and JPEG re-compression. Notebook 03 measures why this matters: on the
-  validation split, Gaussian noise of 5 grey levels (2 % of the range) flagged 9 %
-  of the NORMAL films of a model trained without it, and noise of 12 levels 26 %.
-  Fine texture is not evidence of pneumonia, so every view gets a random amount
+  and JPEG re-compression. Notebook 03's stress test measures why this matters:
+  a model trained without them calls NORMAL films with a little grey noise
+  PNEUMONIA far more often (``docs/design_decisions.md`` keeps the run that chose
+  them). Fine texture is not evidence of pneumonia, so every view gets a random amount
   of each;
 * **markers** -- the burnt-in laterality letter ("R"/"L") and text labels. A model
   trained on one hospital's films can learn *where the marker is* instead of the

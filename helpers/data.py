@@ -10,7 +10,7 @@ Three layouts are understood (all give the same :class:`Examples`):
    patient id), found in ``<dir>/<split>/*.tfrecord``.
 
 Examples are sorted by path, so every layout yields the same order. Label 1 is
-PNEUMONIA, 0 is NORMAL. Images stay encoded in memory (the 224x224 copy is ~40 MB)
+PNEUMONIA, 0 is NORMAL. Images stay encoded in memory (a small fraction of their decoded size)
 and are decoded by :func:`decode_and_resize`, the one image-loading function that
 training, evaluation, Grad-CAM, TFLite parity and the explorer all use.
 """

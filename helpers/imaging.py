@@ -22,7 +22,7 @@ import numpy as np
 
 IMAGE_SIZE = 224  # the model's input height = width (helpers.data.IMAGE_SIZE)
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
-PNG_COMPRESS_LEVEL = 1  # fast zlib: a 224x224 overlay in ~2 ms instead of ~25 ms, a little larger
+PNG_COMPRESS_LEVEL = 1  # fast zlib: many times faster than the default level, a little larger
 WINDOW_PERCENTILES = (0.5, 99.5)  # high-bit-depth films: this range of the film's pixels -> 0-255
 
 
@@ -167,8 +167,9 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> b
     """:func:`overlay` with :data:`JET`, as PNG bytes, computed in 8 bits: the web app's fast path.
 
     Same blend as :func:`overlay` to within one grey level (``tests/test_imaging.py``),
-    stored without compression: about 5 ms instead of 10 for a 224x224 film, which
-    matters when it runs for every upload (the PNG is 150 kB instead of 60).
+    stored without compression: encoding takes about half the time at a larger file,
+    which matters when it runs for every upload (``benchmarks/app_latency.py`` times
+    the whole path).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
@@ -179,7 +180,7 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> b
     pixels = np.clip(image, 0, 255).astype(np.float32)  # (H, W, 3) 0-255
     index = (np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * (len(JET) - 1) + 0.5).astype(np.uint8)
     blended = (1.0 - alpha) * pixels + (alpha * 255.0) * JET[index]  # (H, W, 3) 0-255
-    return png_bytes((blended + 0.5).astype(np.uint8), compress_level=0)  # stored: 3 ms instead of 6, 150 kB
+    return png_bytes((blended + 0.5).astype(np.uint8), compress_level=0)  # stored, not compressed: faster
 
 
 def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:

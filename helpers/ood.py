@@ -169,7 +169,7 @@ class FeatureDistribution:
         centred = features - self.mean  # (N, D)
         if len(centred) <= SINGLE_FILM_ROWS:
             # One upload: a plain loop in float32 (half the memory to stream, relative error ~1e-6), so
-            # BLAS threads do not wake up and then spin while the phone model runs (measured: +8 ms).
+            # BLAS threads do not wake up and then spin while the phone model runs (benchmarks/app_latency.py).
             projected = np.einsum("nd,de->ne", centred.astype(np.float32), self._precision32, optimize=False)
         else:
             projected = centred @ self.precision  # (N, D): one BLAS product for many images

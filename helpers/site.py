@@ -626,9 +626,9 @@ def depth_control(model, training_images, training_labels, prevalence: float, si
 
     Adapting one sample of training films to another of the same population should
     change nothing; every BatchNorm layer adapted adds the sampling noise of the two
-    samples' channel moments, and deep layers compound it (measured on this model:
-    a mean logit change of about -0.02 with the first 4 layers, -0.2 with 10, -0.4
-    with 20 and +4 with all 52, for 400 films a side). No site label is used.
+    samples' channel moments, and deep layers compound it: the change grows with the
+    number of layers adapted, from next to nothing for the first few to several logits
+    for all of them (notebook 08 prints ``shifts``). No site label is used.
 
     Args:
         training_images: (N, S, S, 3) 0-255 training films; ``training_labels`` (N,).

@@ -46,29 +46,28 @@ def float_stem_layers(model, end_layer: str = FLOAT_STEM_END_LAYER) -> tuple[str
     (depthwise + projection), the 112x112 layers before the first stride-2 block.
     Everything after it (blocks 1-16, the last conv, pooling and the logit) is int8.
 
-    Why (measured, notebook 06):
+    Why (notebook 06 measures it on the current model; ``docs/design_decisions.md``
+    keeps the dated runs that chose this rule):
 
-    * The Quantization Debugger, on 100 training images, finds the largest int8 error
-      of the whole network in ``expanded_conv_depthwise`` (rmse/scale 1.18, the only
-      conv above the 0.7 flag; every other conv is at most 0.59). This is a known
+    * The Quantization Debugger finds the largest int8 error of the whole network in
+      ``expanded_conv_depthwise``, the only conv above the
+      :data:`SUSPECT_RMSE_OVER_SCALE` flag. This is a known
       MobileNetV2 trait: its first depthwise layer, batch norm folded in, has
       per-channel ranges spread over orders of magnitude (Nagel et al. 2019,
       "Data-Free Quantization"). Keeping only that layer float is not enough, since it
       still amplifies the int8 noise of ``Conv1``'s output, so the whole prefix from
       the input stays float (the input rescaling then costs nothing either).
     * The float part ends on the block's 16-channel output, the smallest tensor there
-      is to quantize, and holds 0.1% of the weights: +3 KB and about +0.1 ms on one core.
+      is to quantize, and holds a tiny share of the weights (``ops_kept_float`` and the
+      size in notebook 06 show what it costs).
     * These are ImageNet weights that training never changes (fine-tuning unfreezes
       from ``block_11_expand``, see ``helpers.training``), so the rule carries over to
       a retrained model; notebook 06 re-measures every op and lists any other op above
       the flag (:meth:`Int8Quantization.suspects`) before a model ships.
 
-    On the 1,044 validation images (bias-corrected, threshold from metrics.json) the
-    float stem agreed with Keras on 99.52% of decisions (5 disagreements, accuracy
-    +0.10 points) against 99.43% (6) fully int8, at 2.72 MB and 1.96x float32's
-    single-thread speed; with two other calibration sets 4 and 5 against 7 and 7.
-    The speed ratio depends on the CPU: on a Xeon with AVX-512 the float stem gave
-    1.64-1.73x and fully int8 only 1.47-1.50x.
+    On validation the float stem disagreed with Keras less often than a fully int8
+    model, with three different calibration sets, at the same size; its speed ratio
+    to float32 depends on the CPU (``benchmarks/tflite_benchmark.py`` measures it).
 
     Returns ``()`` (fully int8) for a model without ``end_layer``.
     """
@@ -240,9 +239,9 @@ def _write_uint8_saved_model(model, directory: str | os.PathLike) -> None:
 def tflite_pooled_features(path: str | os.PathLike, images: np.ndarray, pool_layer: str = "global_pool") -> np.ndarray:
     """Pooled features (N, F) float32 inside a ``.tflite``, dequantized.
 
-    Runs without the XNNPACK delegate and with intermediate tensors kept (slow,
-    ~0.2 s per image for MobileNetV2): a diagnostic and bias-correction tool, not
-    an inference path.
+    Runs without the XNNPACK delegate and with intermediate tensors kept (many times
+    slower than the shipped engine): a diagnostic and bias-correction tool, not an
+    inference path.
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -275,8 +274,8 @@ def estimate_logit_shift(model, int8_path: str | os.PathLike, images: np.ndarray
     systematic bias that :func:`with_logit_bias_shift` can remove ("bias correction",
     Nagel et al. 2019). Use training images only, like the calibration set, with
     both classes in their usual mix (:func:`evenly_spaced`, not the first N of a
-    class-sorted array: the shift differs by class, 0.21 on NORMAL images only vs
-    0.34 on all 500 calibration images for the float-stem int8 model).
+    class-sorted array: the shift differs by class, so a one-class slice gives the
+    wrong correction).
 
     Returns:
         ``{"mean", "std", "n_images"}`` of the per-image logit shift.
