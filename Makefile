@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 
 CHROMIUM ?= /usr/bin/chromium
+# Two pytest-xdist workers, whole test files each: tests/test_notebooks.py (the smoke notebook
+# chain) runs on one while the other takes the rest. PYTEST_WORKERS= runs everything in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app browser clean-test
 
@@ -51,11 +54,11 @@ browser:
 
 test: $(STAMP) browser
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
-		$(BIN)/python -m pytest tests
+		$(BIN)/python -m pytest tests $(PYTEST_WORKERS)
 
 test-fast: $(STAMP)
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
-		$(BIN)/python -m pytest tests -m "not notebooks"
+		$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_WORKERS)
 
 quality: $(STAMP)
 	$(BIN)/python benchmarks/quality_bar.py

@@ -11,8 +11,8 @@ from helpers.tflite.runtime import TFLiteClassifier
 
 
 # Instruction-set extensions that decide which XNNPACK kernels run, so how int8 and
-# float32 compare: the same files gave int8 1.93-1.97x float32's single-thread speed
-# on one x86 CPU and 1.64-1.73x on an AVX-512 Xeon (float32 gains more from AVX-512).
+# float32 compare: the same files ran int8 faster relative to float32 on a plain x86 CPU
+# than on an AVX-512 Xeon, where float32 gains more (docs/design_decisions.md, notebook 06).
 SPEED_RELEVANT_CPU_FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
     "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16",  # x86

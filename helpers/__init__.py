@@ -23,6 +23,12 @@ Modules (import the one you need; importing ``helpers`` itself does nothing heav
 * ``helpers.widgets``    -- the thin ipywidgets layer over ``helpers.explorer`` (07)
 * ``helpers.site``       -- a new hospital: shift report, label-free adaptation, site calibration (08)
 * ``helpers.notebooks``  -- run the numbered notebooks with papermill
+
+Imports sit at the top of each module, except TensorFlow/Keras, imported inside the
+functions that need them: the web app and the CLI (``helpers.screening``) never load
+TensorFlow. In the modules they import, scikit-learn, SciPy, pandas and Matplotlib are
+imported where used too, for a fast cold start. ``tests/test_architecture.py`` checks both
+rules and the layer order in ``.importlinter``.
 """
 
 __version__ = "0.1.0"

@@ -28,9 +28,11 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.cache import load_or_compute
 from helpers.dicom import is_dicom
 from helpers.download import download_public_tfrecords
 from helpers.errors import UnusableInput
+from helpers.progress import progress_bar
 from helpers.uploads import ImageRejected, dataset_film_bytes
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
@@ -484,8 +486,6 @@ def decode_images(examples: Examples, image_size: int = IMAGE_SIZE, progress: bo
     """
     import tensorflow as tf
 
-    from helpers.progress import progress_bar
-
     images = np.empty((len(examples), image_size, image_size, 3), dtype=np.uint8)
     bad = []
     for i in progress_bar(range(len(examples)), desc="decode", disable=not progress):
@@ -631,8 +631,6 @@ def decode_images_cached(examples: Examples, image_size: int = IMAGE_SIZE) -> np
     The cache key is the SHA-1 of the images' content hashes and the size, so a
     different subset or a changed file gets its own entry.
     """
-    from helpers.cache import load_or_compute
-
     key = hashlib.sha1(("".join(examples.content_hashes()) + f"|{image_size}").encode()).hexdigest()[:16]
     return load_or_compute(f"images-{len(examples)}-{key}.npy",
                            lambda: decode_images(examples, image_size))

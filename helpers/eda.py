@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from helpers import config
-from helpers.data import CLASS_NAMES, Examples, find_duplicate_groups
+from helpers.data import CLASS_NAMES, Examples, find_duplicate_groups, load_image
 
 
 def class_table(splits: dict[str, Examples]):
@@ -16,8 +21,6 @@ def class_table(splits: dict[str, Examples]):
     Returns a DataFrame indexed by (split, class) with columns images, patients,
     images_per_patient, share.
     """
-    import pandas as pd
-
     rows = []
     for split, examples in splits.items():
         patients = examples.patient_ids
@@ -38,8 +41,6 @@ def class_table(splits: dict[str, Examples]):
 
 def images_per_patient(examples: Examples):
     """One row per patient: patient, class, images."""
-    import pandas as pd
-
     frame = pd.DataFrame({"patient": examples.patient_ids, "class": examples.class_names})
     return frame.groupby(["patient", "class"]).size().rename("images").reset_index()
 
@@ -51,8 +52,6 @@ def shared_patient_ids(first: Examples, second: Examples) -> list[str]:
 
 def duplicate_table(splits: dict[str, Examples]):
     """Byte-identical images within each split: split, group, path, patient."""
-    import pandas as pd
-
     rows = []
     for split, examples in splits.items():
         patients = examples.patient_ids
@@ -70,9 +69,6 @@ def duplicates_across(first: Examples, second: Examples) -> int:
 
 def stored_image_sizes(examples: Examples):
     """Width, height and colour mode of each stored file, read from its header."""
-    import pandas as pd
-    from PIL import Image
-
     rows = []
     for path, blob in zip(examples.paths, examples.image_bytes):
         with Image.open(io.BytesIO(blob)) as image:
@@ -89,8 +85,6 @@ def intensity_histograms(images: np.ndarray, labels: np.ndarray, bins: int = 64)
         labels: (N,) 0/1.
     Returns a DataFrame with columns intensity (bin centre), class, density.
     """
-    import pandas as pd
-
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels.")
     edges = np.linspace(0, 256, bins + 1)
@@ -112,9 +106,6 @@ def intensity_histograms(images: np.ndarray, labels: np.ndarray, bins: int = 64)
 # --------------------------------------------------------------------------- #
 def plot_class_counts(table):
     """Bar chart of images per class and split from :func:`class_table`."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     figure, axis = plt.subplots(figsize=(6, 3.5))
     frame = table.reset_index()
     sns.barplot(data=frame, x="split", y="images", hue="class", ax=axis,
@@ -127,12 +118,7 @@ def plot_class_counts(table):
 
 def plot_images_per_patient(per_patient):
     """Histogram of images per patient, one panel per class."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    from matplotlib.ticker import MaxNLocator
-
     sns.histplot(data=per_patient, x="images", hue="class", multiple="dodge", shrink=0.8,
                  discrete=True, ax=axis, palette={"NORMAL": "tab:blue", "PNEUMONIA": "tab:red"})
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -142,9 +128,6 @@ def plot_images_per_patient(per_patient):
 
 
 def plot_intensity_histograms(histograms):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     figure, axis = plt.subplots(figsize=(6, 3.5))
     sns.lineplot(data=histograms, x="intensity", y="density", hue="class", ax=axis,
                  palette={"NORMAL": "tab:blue", "PNEUMONIA": "tab:red"})
@@ -155,10 +138,6 @@ def plot_intensity_histograms(histograms):
 
 def plot_sample_grid(examples: Examples, per_class: int = 4, seed: int = config.DEFAULT_SEED):
     """A labelled grid: one row per class, ``per_class`` random images each."""
-    import matplotlib.pyplot as plt
-
-    from helpers.data import load_image
-
     rng = np.random.default_rng(seed)
     figure, axes = plt.subplots(len(CLASS_NAMES), per_class, figsize=(2.2 * per_class, 4.8))
     axes = np.atleast_2d(axes)

@@ -7,10 +7,12 @@ The numbers they draw are computed by tested functions in ``helpers.evaluation``
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from helpers import evaluation
-from helpers.data import CLASS_NAMES
+from helpers.data import CLASS_NAMES, load_image
 
 
 def plot_roc_and_pr(labels, probabilities, thresholds: dict[str, float], title: str = "test"):
@@ -19,9 +21,6 @@ def plot_roc_and_pr(labels, probabilities, thresholds: dict[str, float], title: 
     Args:
         thresholds: {legend label: threshold}, e.g. {"chosen on validation": 0.71, "0.5": 0.5}.
     """
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     ranking = evaluation.ranking_metrics(labels, probabilities)
@@ -52,8 +51,6 @@ def plot_roc_and_pr(labels, probabilities, thresholds: dict[str, float], title: 
 
 def plot_confusion_matrices(labels, probabilities, threshold: float, title: str = "test"):
     """Counts and per-true-class rates side by side."""
-    import matplotlib.pyplot as plt
-
     counts = evaluation.confusion_table(labels, probabilities, threshold)
     rates = evaluation.confusion_table(labels, probabilities, threshold, normalize=True)
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -80,8 +77,6 @@ def plot_reliability(labels, probability_sets: dict[str, np.ndarray], n_bins: in
     Args:
         probability_sets: {panel name: (N,) probabilities}, e.g. before / after scaling.
     """
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(1, len(probability_sets), figsize=(5.2 * len(probability_sets), 4.8),
                                 squeeze=False)
     for axis, (name, probabilities) in zip(axes[0], probability_sets.items()):
@@ -109,8 +104,6 @@ def plot_reliability(labels, probability_sets: dict[str, np.ndarray], n_bins: in
 def plot_coverage_curve(curve, chosen_target: float | None = None, reported: str = "test",
                         accuracy_target: float | None = None):
     """Accuracy and recall of the decided cases vs coverage (from :func:`evaluation.coverage_curve`)."""
-    import matplotlib.pyplot as plt
-
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for split, style in (("validation", "--"), (reported, "-")):
         axis.plot(curve[f"{split}_coverage"], curve[f"{split}_accuracy_outside"], style, marker="o",
@@ -138,10 +131,6 @@ def plot_error_gallery(examples, errors, title: str, columns: int = 6):
         errors: DataFrame with ``path``, ``label``, ``probability``
             (e.g. :func:`evaluation.most_confident_errors`).
     """
-    import matplotlib.pyplot as plt
-
-    from helpers.data import load_image
-
     index_of_path = {path: index for index, path in enumerate(examples.paths)}
     count = len(errors)
     if count == 0:

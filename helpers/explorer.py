@@ -32,12 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from PIL import Image
 
+from helpers import ood
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
 from helpers.errors import UnusableInput, one_line
+from helpers.evaluation import binary_metrics, confusion_counts, metrics_from_counts
+from helpers.gradcam import compute_gradcam, overlay
 from helpers.guard import UNLIKE_POPULATION
-from helpers.operating_point import OperatingPoint, outcomes
+from helpers.model import logit_model
+from helpers.operating_point import OperatingPoint, logit, outcomes, sigmoid
+from helpers.predict import predict, predictions_path, read_predictions_for
+from helpers.screening import ONE_PASS_STEM, check_provenance
+from helpers.tflite import VARIANTS, TFLiteClassifier, TFLiteModelError, metadata_path, read_metadata, tflite_dir
 from helpers.uploads import ImageInfo, decode_upload
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
@@ -122,8 +132,6 @@ def metrics_at_threshold(labels, probabilities, threshold: float) -> dict:
     ``helpers.evaluation.binary_metrics``: tp, fp, tn, fn, accuracy, precision,
     recall, specificity, f1 (NaN where undefined), roc_auc, pr_auc.
     """
-    from helpers.evaluation import binary_metrics
-
     return binary_metrics(labels, probabilities, threshold)
 
 
@@ -132,10 +140,6 @@ def threshold_curves(labels, probabilities, thresholds: np.ndarray | None = None
 
     Returns a DataFrame with ``threshold``, ``precision``, ``recall``, ``specificity``.
     """
-    import pandas as pd
-
-    from helpers.evaluation import confusion_counts, metrics_from_counts
-
     thresholds = np.linspace(0.0, 1.0, 101) if thresholds is None else np.asarray(thresholds)
     rows = []
     for threshold in thresholds:
@@ -157,8 +161,6 @@ class Engine:
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (B,), logits (B,)) for images (B, 224, 224, 3) 0-255."""
-        from helpers.operating_point import sigmoid
-
         logits = np.asarray(self.logits(np.asarray(images, dtype=np.float32)), dtype=np.float64).reshape(-1)
         return sigmoid(logits), logits
 
@@ -168,8 +170,6 @@ KERAS_ENGINE_NAME = "Keras"
 
 def keras_engine(model, name: str = KERAS_ENGINE_NAME) -> Engine:
     """The Keras model, scored through its ``logit`` layer (exact logits)."""
-    from helpers.model import logit_model
-
     scorer = logit_model(model)  # (B, 224, 224, 3) -> (B, 1)
 
     def logits(images: np.ndarray) -> np.ndarray:
@@ -181,8 +181,6 @@ def keras_engine(model, name: str = KERAS_ENGINE_NAME) -> Engine:
 def probability_engine(name: str, predict_probabilities: Callable[[np.ndarray], np.ndarray],
                        description: str = "") -> Engine:
     """Wrap any callable returning P(PNEUMONIA) (B,) as an :class:`Engine` (logit = log(p/(1-p)))."""
-    from helpers.operating_point import logit
-
     def logits(images: np.ndarray) -> np.ndarray:
         return logit(np.asarray(predict_probabilities(images), dtype=np.float64).reshape(-1))
 
@@ -197,9 +195,6 @@ def tflite_engine(path: str | os.PathLike, name: str | None = None) -> Engine:
     with metadata must come from the current Keras model
     (:func:`helpers.screening.check_provenance`): an out-of-date one is refused.
     """
-    from helpers.screening import check_provenance
-    from helpers.tflite import TFLiteClassifier, metadata_path, read_metadata
-
     classifier = TFLiteClassifier(path)
     if metadata_path(path).is_file():  # converted by notebook 06: it must come from the current Keras model
         check_provenance(read_metadata(path), Path(path))  # raises ScreeningModelError (a ValueError) if not
@@ -215,9 +210,6 @@ def discover_engines(model=None, tflite_directory: str | os.PathLike | None = No
         engines: {name: Engine}, Keras first, then TFLite variants by file name.
         notes: human-readable lines about missing or unloadable TFLite files.
     """
-    from helpers.screening import ONE_PASS_STEM
-    from helpers.tflite import VARIANTS, TFLiteModelError, tflite_dir
-
     engines, notes = {}, []
     if model is not None:
         engines[KERAS_ENGINE_NAME] = keras_engine(model)
@@ -325,13 +317,11 @@ class Explainer:
     """
 
     def __init__(self, model, point: OperatingPoint, detector=None, engines: dict | None = None):
-        from helpers.ood import feature_model
-
         self.model = model
         self.point = point
         self.detector = detector
         self.engines = dict(engines) if engines else {KERAS_ENGINE_NAME: keras_engine(model)}
-        self._features = feature_model(model) if detector is not None else None
+        self._features = ood.feature_model(model) if detector is not None else None
 
     def engine(self, name: str | None) -> Engine:
         if name is None:
@@ -342,11 +332,9 @@ class Explainer:
 
     def check_ood(self, image: np.ndarray):
         """The OOD verdict for one (224, 224, 3) image, or None without a detector."""
-        from helpers.ood import compute_features
-
         if self.detector is None:
             return None
-        features = compute_features(self._features, image[np.newaxis])  # (1, 1280)
+        features = ood.compute_features(self._features, image[np.newaxis])  # (1, 1280)
         return self.detector.check(image[np.newaxis], features)[0]
 
     def explain_image(self, image: np.ndarray, name: str = "image", engine: str | None = None,
@@ -361,8 +349,6 @@ class Explainer:
                 cases, known X-rays) the prediction is still made and a note says the
                 check would have refused the image.
         """
-        from helpers.gradcam import compute_gradcam
-
         image = np.asarray(image, dtype=np.float32)
         if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"Expected one ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) image, got {image.shape}; "
@@ -416,8 +402,6 @@ class Explainer:
 # --------------------------------------------------------------------------- #
 def overlay_image(explanation: Explanation, alpha: float = 0.4) -> np.ndarray | None:
     """The Grad-CAM overlay (224, 224, 3) float in [0, 1], or None without a heatmap."""
-    from helpers.gradcam import overlay
-
     if explanation.heatmap is None or explanation.image is None:
         return None
     return overlay(explanation.image, explanation.heatmap, alpha)
@@ -425,8 +409,6 @@ def overlay_image(explanation: Explanation, alpha: float = 0.4) -> np.ndarray | 
 
 def plot_explanation(explanation: Explanation, alpha: float = 0.4):
     """Image and Grad-CAM overlay side by side, the result as the title. Returns the figure."""
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
     for ax in axes:
         ax.axis("off")
@@ -454,8 +436,6 @@ def plot_explanation(explanation: Explanation, alpha: float = 0.4):
 def plot_threshold_curves(curves, threshold: float, chosen_threshold: float | None = None, ax=None,
                           chosen_label: str = "validation-chosen"):
     """Precision / recall / specificity against the threshold, current and chosen marked."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(5.0, 3.0))
     for column in ("precision", "recall", "specificity"):
@@ -474,8 +454,6 @@ def plot_threshold_curves(curves, threshold: float, chosen_threshold: float | No
 
 def figure_png(figure) -> bytes:
     """A Matplotlib figure as PNG bytes; the figure is closed (no duplicate display)."""
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
@@ -493,8 +471,6 @@ def load_test_predictions(model, examples, split: str = "test", spot_checks: int
     image and agrees with ``model`` on ``spot_checks`` images (logits within
     ``tolerance``); otherwise predicts with ``model`` and says why.
     """
-    from helpers.predict import predict, predictions_path, read_predictions_for
-
     notes = []
     path = predictions_path(split)
     if path.is_file():
@@ -527,10 +503,6 @@ def demo_uploads(xray_bytes: bytes, seed: int = 42) -> dict[str, bytes]:
     X-ray with a warm phone-camera tint (JPEG, RGB), a colour photo, a grey portrait,
     a text page, a truncated JPEG, a text file renamed .png, and a 48x48 thumbnail.
     """
-    from PIL import Image
-
-    from helpers import ood
-
     def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format=fmt, **options)
@@ -558,8 +530,6 @@ def demo_uploads(xray_bytes: bytes, seed: int = 42) -> dict[str, bytes]:
 
 def upload_results_table(results: list[Explanation]):
     """One row per explained upload: accepted, decision / reason (for the notebook)."""
-    import pandas as pd
-
     rows = []
     for result in results:
         rows.append({
@@ -582,8 +552,6 @@ def compare_engines(explainer: Explainer, images: np.ndarray, names, threshold: 
     Returns a DataFrame with image, engine, probability, calibrated probability,
     decision and referral.
     """
-    import pandas as pd
-
     point = explainer.point if threshold is None else explainer.point.with_threshold(threshold)
     images = np.asarray(images, dtype=np.float32)
     rows = []

@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from helpers.dicom import film_bytes
 
@@ -28,8 +29,6 @@ FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
 
 def encodings(film: np.ndarray) -> dict[str, bytes]:
     """One grey film (H, W) uint8 encoded in every format of :data:`FORMATS` (16-bit PNG and DICOM too)."""
-    from PIL import Image
-
     encoded = {}
     for fmt in FORMATS:
         buffer = io.BytesIO()

@@ -40,11 +40,18 @@ import weakref
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
+from scipy.ndimage import gaussian_filter
+from scipy.stats import spearmanr
 
 from helpers import config, imaging
 from helpers.jsonio import write_json
 from helpers.operating_point import outcomes
+from helpers.predict import predictions_path, read_predictions_for
+from helpers.training import predict_in_batches
 
 CONV_LAYER = "out_relu"
 LOGIT_LAYER = "logit"
@@ -277,8 +284,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
         alpha: opacity of the heatmap (0 = image only, 1 = heatmap only).
         colormap: a Matplotlib colormap name.
     """
-    import matplotlib
-
     colours = matplotlib.colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3]  # (256, 3)
     return imaging.overlay(image, heatmap, alpha, colours)
 
@@ -292,8 +297,6 @@ def plot_side_by_side(images, heatmaps, titles: Sequence[str] | None = None, alp
         titles: one per image (e.g. ``"P=0.93"``).
     Returns the Matplotlib figure.
     """
-    import matplotlib.pyplot as plt
-
     images, heatmaps = np.asarray(images), np.asarray(heatmaps)
     if images.ndim == 3:
         images, heatmaps = images[np.newaxis], heatmaps[np.newaxis]
@@ -321,8 +324,6 @@ def plot_side_by_side(images, heatmaps, titles: Sequence[str] | None = None, alp
 def plot_steps(image: np.ndarray, steps: dict, index: int = 0, alpha: float = 0.4, colormap: str = "jet"):
     """The Grad-CAM steps of one image, left to right: image, weighted sum (7x7),
     ReLU, normalized, upsampled heatmap, overlay. ``steps`` from :func:`gradcam_steps`."""
-    import matplotlib.pyplot as plt
-
     panels = [
         ("image", np.clip(image, 0, 255).astype(np.uint8), None),
         (f"weighted sum {steps['weighted_sum'][index].shape}", steps["weighted_sum"][index], "RdBu_r"),
@@ -353,8 +354,6 @@ def plot_outcome_gallery(model, images, labels, probabilities, threshold: float,
 
     Returns ``(figure, chosen)`` where ``chosen`` maps "TP"/"TN"/"FP"/"FN" to test indices.
     """
-    import matplotlib.pyplot as plt
-
     groups = outcome_groups(labels, probabilities, threshold)
     chosen = {name: choose(indices, per_group, seed) for name, indices in groups.items()}
     figure, axes = plt.subplots(2 * len(groups), per_group, figsize=(2.3 * per_group, 2.3 * 2 * len(groups)),
@@ -388,8 +387,6 @@ def plot_outcome_gallery(model, images, labels, probabilities, threshold: float,
 def plot_randomization(images, original, randomized, correlations, count: int = 5,
                        alpha: float = 0.4, colormap: str = "jet"):
     """Rows: image, Grad-CAM of the trained model, Grad-CAM after randomization."""
-    import matplotlib.pyplot as plt
-
     count = min(count, len(images))
     figure, axes = plt.subplots(3, count, figsize=(2.3 * count, 7.2), squeeze=False)
     for column in range(count):
@@ -409,9 +406,6 @@ def plot_average_maps(mean_images: dict, mean_heatmaps: dict, border: float = 0.
                       alpha: float = 0.5, colormap: str = "jet"):
     """Per group (e.g. "PNEUMONIA (TP)"): the mean image and the mean heatmap over it,
     with the ``border`` band outlined (where text markers and edges sit)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
     figure, axes = plt.subplots(1, 2 * len(mean_images), figsize=(3.2 * 2 * len(mean_images), 3.4), squeeze=False)
     for group_index, name in enumerate(mean_images):
         image, heatmap = mean_images[name], mean_heatmaps[name]
@@ -472,8 +466,6 @@ def randomized_clone(model, layer_names: Sequence[str], seed: int = config.DEFAU
 
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
     """Spearman rank correlation of two maps (NaN when either map is constant)."""
-    from scipy.stats import spearmanr
-
     first, second = np.ravel(first), np.ravel(second)
     if np.ptp(first) == 0 or np.ptp(second) == 0:
         return float("nan")
@@ -544,8 +536,6 @@ def baseline_images(images: np.ndarray, fill: str = "mean", blur_sigma: float = 
     if fill == "mean":
         return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape).astype(np.float32)
     if fill == "blur":
-        from scipy.ndimage import gaussian_filter
-
         return np.stack([gaussian_filter(image, sigma=(blur_sigma, blur_sigma, 0)) for image in images])
     raise ValueError(f"fill must be 'mean' or 'blur', got {fill!r}.")
 
@@ -587,8 +577,6 @@ def deletion_curves(model, images, heatmaps, target="pneumonia", steps: int = 10
     the curves, ``auc_gradcam`` and ``auc_random`` (their means; lower = faster drop),
     ``fill``, ``grid``.
     """
-    from helpers.training import predict_in_batches
-
     images = check_images(images, model)
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     if heatmaps.shape != images.shape[:3]:
@@ -638,8 +626,6 @@ def subset_deletion(result: dict, rows) -> dict:
 
 def plot_deletion_curves(result: dict, ax=None, label: str = "P(explained class)"):
     """Mean deletion curves (Grad-CAM order vs random order) with their areas."""
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     fractions = result["fractions"]
@@ -753,9 +739,6 @@ def probabilities_for_paths(model, paths: Sequence[str], images: np.ndarray, spl
 
     Returns ``((N,) float32, source)``.
     """
-    from helpers.predict import predictions_path, read_predictions_for
-    from helpers.training import predict_in_batches
-
     saved = read_predictions_for(paths, split)
     if saved is not None:
         return saved["probability"].to_numpy(dtype=np.float32), str(predictions_path(split))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helpers import config
+from helpers.model import initial_output_bias
 
 STRATEGIES = ("none", "class_weights", "output_bias", "oversampling")
 
@@ -55,8 +56,6 @@ def class_weights(labels) -> dict[int, float]:
 
 def output_bias(labels) -> float:
     """``log(n_pneumonia / n_normal)``, the logit that predicts the class prior."""
-    from helpers.model import initial_output_bias
-
     negative, positive = _class_counts(labels)
     return initial_output_bias(positive, negative)
 

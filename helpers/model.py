@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from helpers.config import artifacts_dir
 from helpers.data import IMAGE_SIZE
 from helpers.errors import MissingFile, ModelFileError
 
@@ -146,8 +147,6 @@ def logit_model(model):
 
 
 def default_model_path() -> Path:
-    from helpers.config import artifacts_dir
-
     return artifacts_dir("model") / MODEL_FILE_NAME
 
 

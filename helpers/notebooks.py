@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+import papermill
+
 from helpers import config
 
 NOTEBOOK_DIR = config.PROJECT_ROOT / "notebooks"
@@ -38,8 +41,6 @@ def numbered_notebooks(only: list[str] | None = None) -> list[Path]:
 
 def run_notebook(notebook: Path, profile: str, output_dir: Path, timeout_s: int = 3600) -> Path:
     """Execute one notebook with ``profile`` injected; returns the executed copy's path."""
-    import papermill
-
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / notebook.name
     papermill.execute_notebook(
@@ -81,8 +82,6 @@ def strip_outputs(notebook: Path, executed: Path | None = None) -> None:
     Only ``# NBVAL_CHECK_OUTPUT`` cells keep outputs in git; their outputs are taken
     from the executed copy, matched by cell id, when it is given.
     """
-    import nbformat
-
     document = nbformat.read(notebook, as_version=4)
     executed_cells = {}
     if executed is not None and executed.is_file():

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import screening, tflite
+from helpers.gradcam import rank_correlation
 from helpers.model import LAST_CONV_LAYER, LOGIT_LAYER, POOL_LAYER
 from helpers.operating_point import OperatingPoint
 
@@ -91,8 +92,6 @@ def convert_one_pass(model, variant: str, point: OperatingPoint, calibration_ima
 
 def heatmap_agreement(keras_heatmaps: np.ndarray, one_pass_heatmaps: np.ndarray) -> dict[str, float]:
     """Spearman rank correlation of two sets of (N, H, W) heat maps, per image: mean, min, median."""
-    from helpers.gradcam import rank_correlation
-
     if keras_heatmaps.shape != one_pass_heatmaps.shape:
         raise ValueError(f"Heat maps differ in shape: {keras_heatmaps.shape} vs {one_pass_heatmaps.shape}.")
     correlations = np.array([rank_correlation(a, b) for a, b in zip(keras_heatmaps, one_pass_heatmaps)])

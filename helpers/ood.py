@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from helpers import config, guard
+from helpers.cache import load_or_compute, weights_fingerprint
 from helpers.jsonio import write_json
+from helpers.model import POOL_LAYER
 
 DEFAULT_QUANTILE = 0.995
 DEFAULT_MAX_COLOURFULNESS = 25.0
@@ -87,8 +89,6 @@ def feature_model(model):
 def _build_feature_model(model):
     import keras
 
-    from helpers.model import POOL_LAYER
-
     try:
         pool = model.get_layer(POOL_LAYER)
     except ValueError as error:
@@ -129,8 +129,6 @@ def cached_features(model, images: np.ndarray, batch_size: int = 64, extractor=N
     The key is the model's weights and the images' bytes, so a retrained model or another
     subset gets its own entry.
     """
-    from helpers.cache import load_or_compute, weights_fingerprint
-
     return load_or_compute(
         f"features-{weights_fingerprint(model)}-{images_fingerprint(images)}.npy",
         lambda: compute_features(extractor or feature_model(model), images, batch_size),

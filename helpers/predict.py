@@ -18,8 +18,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from helpers import config
+from helpers.data import make_dataset
+from helpers.evaluation import ScoredSplit
+from helpers.model import logit_model
+from helpers.operating_point import sigmoid
+from helpers.progress import progress_bar
 
 PREDICTION_COLUMNS = ("path", "label", "probability", "logit")
 PREDICTION_SPLITS = ("validation", "test")
@@ -38,13 +44,6 @@ def predict(model, examples, batch_size: int = 64, progress: bool = True):
         DataFrame with columns path, label, probability, logit; one row per image,
         same order as ``examples``.
     """
-    import pandas as pd
-
-    from helpers.data import make_dataset
-    from helpers.operating_point import sigmoid
-    from helpers.model import logit_model
-    from helpers.progress import progress_bar
-
     if len(examples) == 0:
         raise ValueError("There are no examples to predict.")
     if batch_size < 1:
@@ -101,8 +100,6 @@ def read_predictions(split: str):
     Raises:
         FileNotFoundError: with the notebook that writes it.
     """
-    import pandas as pd
-
     path = predictions_path(split)
     if not path.is_file():
         raise FileNotFoundError(
@@ -123,8 +120,6 @@ def read_predictions_for(paths, split: str = "test"):
     ``<artifacts>/predictions/<split>.csv`` does not exist or lacks some of the paths
     (e.g. it was written for another subset): the caller then predicts itself.
     """
-    import pandas as pd
-
     if not predictions_path(split).is_file():
         return None
     saved = read_predictions(split).drop_duplicates("path").set_index("path")
@@ -140,6 +135,4 @@ def read_scored_split(split: str):
     The split's name comes from the file, so the test table can only become a split
     named "test", which the decision functions refuse.
     """
-    from helpers.evaluation import ScoredSplit
-
     return ScoredSplit.from_frame(split, read_predictions(split))

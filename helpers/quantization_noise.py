@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from helpers import evaluation, operating_point
 from helpers.operating_point import called_pneumonia
@@ -210,8 +211,6 @@ def noise_table(
             measured, 0.5 = a quantized model half as noisy).
         **targets: passed to :func:`chance_of_targets` (``min_agreement`` etc.).
     """
-    import pandas as pd
-
     errors = np.asarray(errors, dtype=np.float64)
     rows = []
     for name, (probabilities, labels) in splits.items():

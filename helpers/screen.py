@@ -15,6 +15,7 @@ from pathlib import Path
 
 from helpers import imaging, screening
 from helpers.errors import UnusableInput, one_line
+from helpers.progress import progress_bar
 
 EXIT_ALL_DECIDED, EXIT_SOME_REFUSED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -43,8 +44,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from helpers.progress import progress_bar
-
     arguments = parse_arguments(argv)
     if not arguments.folder.is_dir():
         print(f"error: {arguments.folder} is not a folder. Give the folder that holds the films.", file=sys.stderr)

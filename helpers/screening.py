@@ -30,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import config, guard, imaging
+from helpers import config, guard, imaging, tflite
 from helpers.errors import UnusableInput
+from helpers.model import MODEL_FILE_NAME
+from helpers.ood import DEFAULT_MAX_COLOURFULNESS, DETECTOR_FILE_NAME, OODDetector, colourfulness
 from helpers.operating_point import OperatingPoint
+from helpers.site import SITE_FILE_NAME, SiteCalibration
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 
 ONE_PASS_STEM = "pneumonia_mobilenetv2_onepass"
@@ -90,8 +93,6 @@ def artifacts_of(model_path: Path) -> Path:
 
 def find_site_calibration(model_path: Path, site: str | os.PathLike | None = None) -> Path | None:
     """A site calibration to offer: given, ``$CXR_SITE_CALIBRATION``, or ``site_calibration.json`` of the artifacts."""
-    from helpers.site import SITE_FILE_NAME
-
     given = site or os.environ.get(SITE_ENVIRONMENT_VARIABLE)
     if given:
         if not Path(given).is_file():
@@ -104,8 +105,6 @@ def find_site_calibration(model_path: Path, site: str | os.PathLike | None = Non
 
 def find_detector(model_path: Path, detector: str | os.PathLike | None = None) -> Path | None:
     """The OOD detector for ``model_path``: given, ``$CXR_OOD_DETECTOR``, or ``ood/detector.npz`` of its artifacts."""
-    from helpers.ood import DETECTOR_FILE_NAME
-
     given = detector or os.environ.get(DETECTOR_ENVIRONMENT_VARIABLE)
     if given:
         path = Path(given)
@@ -128,9 +127,6 @@ def check_provenance(metadata: dict, model_path: Path, keras_path: Path | None =
     with ``allow_stale`` (experts). Without a Keras file (a deployment that ships the
     phone model alone) or a recorded hash, the note says provenance was not checked.
     """
-    from helpers.model import MODEL_FILE_NAME
-    from helpers.tflite import file_sha256
-
     keras_path = Path(keras_path) if keras_path else artifacts_of(model_path) / "model" / MODEL_FILE_NAME
     declared = (metadata.get("model_version") or {}).get("keras_sha256")
     if not declared:
@@ -138,7 +134,7 @@ def check_provenance(metadata: dict, model_path: Path, keras_path: Path | None =
                 "provenance not checked.")
     if not keras_path.is_file():
         return f"No Keras model at {keras_path} to compare with: provenance not checked (a phone-only deployment)."
-    actual = file_sha256(keras_path)
+    actual = tflite.file_sha256(keras_path)
     if actual == declared:
         return ""
     message = (f"{model_path.name} was converted from another Keras model (sha256 {declared[:12]}) than "
@@ -191,8 +187,6 @@ class OnePassEngine:
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = 2, allow_stale: bool = False,
                  keras_path: str | os.PathLike | None = None):
-        from helpers import tflite
-
         self.path = Path(path)
         try:
             self.interpreter = tflite.load_interpreter(self.path, num_threads)
@@ -227,8 +221,6 @@ class OnePassEngine:
 
     def run(self, pixels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """One image (224, 224, 3) 0-255 -> (P(PNEUMONIA), logit map (7, 7), pooled features (1280,))."""
-        from helpers import tflite
-
         pixels = np.asarray(pixels)
         if pixels.shape != tuple(self.input.shape[1:]):
             raise ValueError(f"Expected one image of shape {self.input.shape[1:]}, got {pixels.shape}.")
@@ -360,9 +352,6 @@ class Screener:
         ``site``: a site calibration file (notebook 08) whose operating point (and head,
         applied to the pooled features) replaces the validation one.
         """
-        from helpers.ood import OODDetector
-        from helpers.site import SiteCalibration
-
         path = find_model(variant, model)
         detector_path = find_detector(path, detector)
         try:
@@ -400,8 +389,6 @@ class Screener:
     def screen_pixels(self, pixels: np.ndarray, name: str = "image", info: ImageInfo | None = None,
                       timings: dict | None = None) -> ScreeningResult:
         """Screen decoded pixels (224, 224, 3) 0-255."""
-        from helpers.ood import DEFAULT_MAX_COLOURFULNESS, colourfulness
-
         timings = dict(timings or {})
         start = time.perf_counter()
         probability, logit_map, features = self.engine.run(pixels)

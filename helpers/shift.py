@@ -30,7 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from helpers import config
+from helpers import config, model as model_lib, ood
+from helpers.cache import load_or_compute
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
 
 DEFAULT_FOLDS = 5
@@ -189,9 +190,6 @@ def imagenet_feature_model(image_size: int = IMAGE_SIZE):
     The same preprocessing and ``global_pool`` layer as the classifier (its head is never
     used), so no fine-tuned weight enters the shift check. Built once per image size.
     """
-    from helpers import model as model_lib
-    from helpers import ood
-
     return ood.feature_model(model_lib.build_model(weights="imagenet", image_size=image_size))
 
 
@@ -202,9 +200,6 @@ def imagenet_features(images: np.ndarray, batch_size: int = 64, extractor=None) 
     images' bytes; the ImageNet weights never change). ``extractor`` replaces
     :func:`imagenet_feature_model` (tests pass a small model).
     """
-    from helpers import ood
-    from helpers.cache import load_or_compute
-
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"Expected images of shape (N, H, W, 3), got {images.shape}.")

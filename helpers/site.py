@@ -32,11 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import config
+from helpers import augment, config, ood, shift
 from helpers.evaluation import confusion_counts, expected_calibration_error, metrics_from_counts
-from helpers.jsonio import read_json_object, write_json
 from helpers.imbalance import class_weights
+from helpers.jsonio import read_json_object, write_json
+from helpers.model import LOGIT_LAYER
 from helpers.operating_point import OperatingPoint, called_pneumonia, logit, sigmoid
+from helpers.progress import progress_bar
 
 SITE_FILE_NAME = "site_calibration.json"
 REPORT_FILE_NAME = "new_site.json"
@@ -135,8 +137,6 @@ class LinearHead:
     @classmethod
     def from_model(cls, model) -> "LinearHead":
         """The Keras model's own head (its ``logit`` Dense layer)."""
-        from helpers.model import LOGIT_LAYER
-
         kernel, bias = model.get_layer(LOGIT_LAYER).get_weights()  # (D, 1), (1,)
         return cls(np.asarray(kernel[:, 0], dtype=np.float64), float(bias[0]))
 
@@ -424,8 +424,6 @@ def shift_report(site_features, site_logits, site_accepted, validation_features,
     """
     from scipy.stats import ks_2samp
 
-    from helpers import shift
-
     site_features = np.asarray(site_features, dtype=np.float64)
     site_logits = np.asarray(site_logits, dtype=np.float64).reshape(-1)
     if len(site_features) != len(site_logits) or len(site_logits) != len(site_accepted):
@@ -553,8 +551,6 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
     """
     import keras
 
-    from helpers.progress import progress_bar
-
     adapted = keras.models.clone_model(model)
     adapted.set_weights(model.get_weights())
     layers = batchnorm_layers(model)[:first_layers]
@@ -581,11 +577,9 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
 def label_free_logits(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 32,
                       progress: bool = False, first_layers: int | None = None):
     """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model."""
-    from helpers.ood import compute_features, feature_model
-
     adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress,
                               first_layers)
-    features = compute_features(feature_model(adapted), target_images, batch_size)  # (M, 1280)
+    features = ood.compute_features(ood.feature_model(adapted), target_images, batch_size)  # (M, 1280)
     return LinearHead.from_model(adapted).logits(features), adapted
 
 
@@ -640,12 +634,10 @@ def depth_control(model, training_images, training_labels, prevalence: float, si
     ``"4"``, ``"10"``, ... and ``"all"``; ``chosen`` is the deepest passing candidate
     (None: all layers; 0: none passes, so do not adapt).
     """
-    from helpers.ood import compute_features, feature_model
-
     first, second = disjoint_training_samples(training_labels, prevalence, size, seed)
     source, target = training_images[first], training_images[second]
     head = LinearHead.from_model(model)
-    before = head.logits(compute_features(feature_model(model), target, batch_size))  # (size,)
+    before = head.logits(ood.compute_features(ood.feature_model(model), target, batch_size))  # (size,)
     shifts, passing = {}, []
     for depth in depths:
         after, _ = label_free_logits(model, source, target, layers_per_pass, batch_size, first_layers=depth)
@@ -838,8 +830,6 @@ def with_head(model, head: LinearHead):
     """
     import keras
 
-    from helpers.model import LOGIT_LAYER
-
     site_model = keras.models.clone_model(model)
     site_model.set_weights(model.get_weights())
     kernel, _ = site_model.get_layer(LOGIT_LAYER).get_weights()
@@ -873,8 +863,6 @@ def simulate_acquisition(images, change: str, seed: int = config.DEFAULT_SEED) -
     look less like pneumonia, sharper and noisier ones more), because the direction of
     a new site's shift is not known in advance.
     """
-    from helpers import augment
-
     settings = {"darker machine": (0.85, 1.3, -1.0, 6.0), "sharper machine": (1.1, 0.8, 1.5, 14.0)}
     if change not in settings:
         raise ValueError(f"change must be one of {list(settings)}, got {change!r}.")
@@ -991,8 +979,6 @@ def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
     ones, per k; the top-level ``zero_shot`` / ``label_free`` entries are those of the
     largest k that was run.
     """
-    from helpers.progress import progress_bar
-
     labels = np.asarray(site.labels).astype(int)
     rows = {"zero_shot": {}, "label_free": {}, "calibrated": {}}
     guarantees, rest_sizes, refusals = {}, {}, {}

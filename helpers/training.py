@@ -46,10 +46,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-from helpers import config, imbalance
-from helpers import model as model_lib
+from helpers import augment, config, data, evaluation, imbalance, model as model_lib
+from helpers.cache import load_or_compute, weights_fingerprint
+from helpers.progress import progress_bar
 
 DEFAULT_CUT_LAYER = "block_11_expand"
 METRIC_NAMES = ("loss", "auc", "pr_auc", "precision", "recall")
@@ -75,8 +78,6 @@ class TrainingConfig:
     seed: int = config.DEFAULT_SEED
 
     def __post_init__(self):
-        from helpers.imbalance import STRATEGIES
-
         if self.head_epochs < 1 or self.finetune_epochs < 0:
             raise ValueError("head_epochs must be >= 1 and finetune_epochs >= 0, got "
                              f"{self.head_epochs} and {self.finetune_epochs}.")
@@ -84,8 +85,8 @@ class TrainingConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}.")
-        if self.imbalance not in STRATEGIES:
-            raise ValueError(f"imbalance must be one of {STRATEGIES}, got {self.imbalance!r}.")
+        if self.imbalance not in imbalance.STRATEGIES:
+            raise ValueError(f"imbalance must be one of {imbalance.STRATEGIES}, got {self.imbalance!r}.")
         if not self.monitor.startswith("val_"):
             raise ValueError(f"monitor must be a validation metric like 'val_auc', got {self.monitor!r}.")
 
@@ -201,8 +202,6 @@ def predict_in_batches(model, inputs: np.ndarray, batch_size: int = 64, chunk_si
     Inputs may be uint8 images (cast to float32 per chunk, so the float copy of a
     whole split is never in memory). Returns float32 of shape (N, *output_shape).
     """
-    from helpers.progress import progress_bar
-
     strategy = resolve_strategy(strategy)
     outputs = []
     starts = range(0, len(inputs), chunk_size)
@@ -217,8 +216,6 @@ def predict_in_batches(model, inputs: np.ndarray, batch_size: int = 64, chunk_si
 
 def _activation_key_text(model, extractor, examples, cut_layer: str) -> str:
     """What a cached activation depends on: the images' content, the cut, the frozen weights."""
-    from helpers.cache import weights_fingerprint
-
     return "|".join([
         "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor), str(model.input_shape),
     ])
@@ -240,9 +237,6 @@ def cached_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER, batc
     Returns:
         float32 (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
     """
-    from helpers import data
-    from helpers.cache import load_or_compute
-
     extractor = feature_extractor(model, cut_layer)
     key = _short_hash(_activation_key_text(model, extractor, examples, cut_layer))
 
@@ -267,10 +261,6 @@ def cached_view_activations(model, examples, cut_layer: str = DEFAULT_CUT_LAYER,
     Returns:
         ``views`` float32 arrays (N, H, W, C), e.g. (N, 14, 14, 96) for ``block_11_expand``.
     """
-    from helpers import augment, data
-    from helpers.cache import load_or_compute
-    from helpers.progress import progress_bar
-
     if views < 0:
         raise ValueError(f"views must be >= 0, got {views}.")
     augment_config = augment_config or augment.AugmentConfig()
@@ -405,9 +395,7 @@ def probability_metrics(labels, probabilities, threshold: float = 0.5) -> dict:
     specificity, precision, accuracy, f1, the counts tp/fp/tn/fn, and here also
     balanced_accuracy (the imbalance notebook ranks strategies by it) and threshold.
     """
-    from helpers.evaluation import binary_metrics
-
-    metrics = binary_metrics(labels, probabilities, threshold)
+    metrics = evaluation.binary_metrics(labels, probabilities, threshold)
     metrics["balanced_accuracy"] = float((metrics["recall"] + metrics["specificity"]) / 2)
     metrics["threshold"] = float(threshold)
     return metrics
@@ -428,10 +416,6 @@ def stress_test(model, images: np.ndarray, labels, threshold: float, seed: int =
         ``accuracy`` at ``threshold``, and ``normal_p90`` (90th percentile of
         P(PNEUMONIA) on the NORMAL films: how close the normals drift to the threshold).
     """
-    import pandas as pd
-
-    from helpers import augment, evaluation
-
     labels = np.asarray(labels).astype(int)
     if len(images) != len(labels):
         raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}.")
@@ -455,9 +439,7 @@ def stress_test(model, images: np.ndarray, labels, threshold: float, seed: int =
 
 def recall_threshold(labels, probabilities, min_recall: float = 0.98) -> float:
     """The highest threshold keeping recall >= ``min_recall`` (``evaluation.choose_threshold``)."""
-    from helpers.evaluation import choose_threshold
-
-    return float(choose_threshold(np.asarray(labels), np.asarray(probabilities), min_recall=min_recall))
+    return float(evaluation.choose_threshold(np.asarray(labels), np.asarray(probabilities), min_recall=min_recall))
 
 
 # --------------------------------------------------------------------------- #
@@ -694,8 +676,6 @@ def gradient_throughput(model, inputs: np.ndarray, labels: np.ndarray, steps: in
 # --------------------------------------------------------------------------- #
 def plot_training_curves(result: TrainingResult):
     """Loss, AUC, precision and recall per epoch, train vs validation, phases marked."""
-    import matplotlib.pyplot as plt
-
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     epochs = result.epochs
     boundary = result.epochs_per_phase["phase1"] + 0.5

@@ -18,10 +18,11 @@ import datetime
 import html
 import mimetypes
 
+import ipywidgets as widgets
 import numpy as np
 
 from helpers import explorer, imaging
-from helpers.data import CLASS_NAMES
+from helpers.data import CLASS_NAMES, load_image
 from helpers.guard import UNLIKE_POPULATION
 
 IMAGE_WIDTH = "224px"
@@ -114,8 +115,6 @@ class ExplorerApp:
     """
 
     def __init__(self, explainer: explorer.Explainer, predictions, examples, notes=()):
-        import ipywidgets as widgets
-
         if len(predictions) != len(examples):
             raise ValueError(f"{len(predictions)} predictions for {len(examples)} images; "
                              "pass the predictions of these examples, in their order.")
@@ -252,8 +251,6 @@ class ExplorerApp:
             return
         index = int(self.selection.index[self.position])
         self.position_label.value = f"case {self.position + 1} of {count}"
-        from helpers.data import load_image
-
         image = load_image(bytes(self.examples.image_bytes[index]))  # (224, 224, 3) float32
         self.last_case = self.explainer.explain_image(
             image, name=str(self.examples.paths[index]).rsplit("/", 1)[-1], engine=self.engine.value,

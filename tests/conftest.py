@@ -110,11 +110,24 @@ def real_data_dir() -> Path:
     pytest.skip(message)
 
 
+@pytest.fixture
+def chromium():
+    """Skip without a browser that can run (the reason says what to install); in CI, fail."""
+    from tests import browser
+
+    reason = browser.unavailable_reason()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"Browser tests must run in CI: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def smoke_chain():
     """Run all numbered notebooks in order (smoke profile) once per session; {name: exception or None}.
 
-    Shared by the notebook tests and the JupyterLab browser test, whichever runs first.
+    Used by the tests in ``tests/test_notebooks.py`` only, so ``pytest -n 2 --dist loadfile``
+    (``make test``) runs the chain once, on one worker, while the other takes every other file.
     """
     from helpers import config, notebooks
 

@@ -6,7 +6,6 @@ set) a missing browser is a failure, not a skip.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ import pytest
 from helpers import config, screening
 from tests import browser
 from tests.test_app import model_folder  # noqa: F401  (the tiny one-pass models, a fixture)
-
-
-@pytest.fixture
-def chromium():
-    reason = browser.unavailable_reason()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"Browser tests must run in CI: {reason}")
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.mark.integration
@@ -50,20 +40,3 @@ def test_server_is_stopped_after_the_block(chromium, model_folder):  # noqa: F81
             assert response.read() == b"ok"
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-
-
-@pytest.mark.notebooks
-def test_explorer_widgets_render_in_jupyterlab(chromium, smoke_chain, tmp_path):
-    """Notebook 07 run in a live JupyterLab (a copy, so autosave cannot touch the committed file)."""
-    import shutil
-
-    name = "07_prediction_explorer.ipynb"
-    if smoke_chain.get(name) is not None:
-        pytest.fail(f"{name} failed in the smoke chain, so its artifacts are missing: {smoke_chain[name]}")
-    shutil.copy(config.PROJECT_ROOT / "notebooks" / name, tmp_path / name)
-    screenshot = config.artifacts_dir("figures/app") / "explorer_in_jupyterlab.png"
-    with browser.jupyterlab_server(tmp_path, {"CXR_PROFILE": "smoke"}) as (url, token):
-        result = browser.notebook_widgets_render(url, token, name, screenshot)
-    assert result["errors"] == 0, "Error displaying widget"
-    assert result["tracebacks"] == 0 and result["unrun"] == 0, result["text"][-2000:]
-    assert result["widgets"] >= 1 and "Threshold" in result["text"]

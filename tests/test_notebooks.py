@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 
 import nbformat
 import pytest
 
 from helpers import config, notebooks
+from tests import browser
 
 NOTEBOOKS = notebooks.numbered_notebooks()
 EXPECTED_NOTEBOOKS = [
@@ -165,3 +167,18 @@ def test_checked_cells_compare_what_was_printed():
                builder.new_output("execute_result", data={"text/plain": "42"}, execution_count=1),
                builder.new_output("display_data", data={"image/png": "..."})]
     assert _printed(outputs) == "a\n42"
+
+
+@pytest.mark.notebooks
+def test_explorer_widgets_render_in_jupyterlab(chromium, smoke_chain, tmp_path):
+    """Notebook 07 run in a live JupyterLab (a copy, so autosave cannot touch the committed file)."""
+    name = "07_prediction_explorer.ipynb"
+    if smoke_chain.get(name) is not None:
+        pytest.fail(f"{name} failed in the smoke chain, so its artifacts are missing: {smoke_chain[name]}")
+    shutil.copy(config.PROJECT_ROOT / "notebooks" / name, tmp_path / name)
+    screenshot = config.artifacts_dir("figures/app") / "explorer_in_jupyterlab.png"
+    with browser.jupyterlab_server(tmp_path, {"CXR_PROFILE": "smoke"}) as (url, token):
+        result = browser.notebook_widgets_render(url, token, name, screenshot)
+    assert result["errors"] == 0, "Error displaying widget"
+    assert result["tracebacks"] == 0 and result["unrun"] == 0, result["text"][-2000:]
+    assert result["widgets"] >= 1 and "Threshold" in result["text"]

@@ -527,3 +527,23 @@ def test_parse_cpuinfo_arm_reads_features_and_model():
 def test_cpu_description_without_cpuinfo_falls_back(tmp_path):
     assert timing.parse_cpuinfo("") == {"cpu_model": None, "cpu_flags": []}
     assert timing.cpu_description(tmp_path / "no-cpuinfo") == {"cpu_model": None, "cpu_flags": []}
+
+
+def _benchmark(size_mb: float, speedup: float, flags) -> dict:
+    return {"variants": {"int8": {"size_mb": size_mb, "speedup_vs_float32_1thread": speedup}},
+            "machine": {"cpu_flags": flags}}
+
+
+def test_phone_model_targets_are_one_sided_on_accuracy_and_lower_for_speed_with_avx512():
+    better = {"agreement": 0.996, "accuracy_delta_points": +0.8}  # int8 more accurate: fine
+    worse = {"agreement": 0.996, "accuracy_delta_points": -0.4}  # loses more than 0.3 points
+    float16 = {"agreement": 0.999, "accuracy_delta_points": 0.0}
+    table = tflite.target_table(_benchmark(2.7, 1.7, ["avx2", "avx512f"]), better, worse, float16)
+    met = dict(zip(table["target"], table["met"]))
+    assert len(table) == 7
+    assert met["int8 speed-up >= 1.6x (1 thread, this CPU)"]
+    assert met["int8 accuracy at most 0.3 points below Keras (validation)"]
+    assert not met["int8 accuracy at most 0.3 points below Keras (test)"]
+    elsewhere = tflite.target_table(_benchmark(3.2, 1.7, ["avx2"]), better, better, float16)
+    met = dict(zip(elsewhere["target"], elsewhere["met"]))
+    assert not met["int8 speed-up >= 1.8x (1 thread, this CPU)"] and not met["int8 size <= 3 MB"]

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from helpers import config
+from helpers.data import CLASS_NAMES
 from helpers.evaluation.splits import METRIC_NAMES, REFERENCE_RESULTS, as_labels, as_probabilities
 from helpers.operating_point import called_pneumonia, outcomes
 
@@ -77,8 +78,6 @@ def confusion_table(labels, probabilities, threshold: float, normalize: bool = F
     is specificity (NORMAL) and recall (PNEUMONIA).
     """
     import pandas as pd
-
-    from helpers.data import CLASS_NAMES
 
     c = confusion_counts(labels, probabilities, threshold)
     table = pd.DataFrame(

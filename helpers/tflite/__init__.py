@@ -115,11 +115,13 @@ from helpers.tflite.convert import (  # noqa: F401  (re-exported)
 )
 from helpers.tflite.parity import (  # noqa: F401  (re-exported)
     PARITY_FILE_NAME,
+    PhoneModelTargets,
     decision_metrics,
     finite_or_none,
     parity,
     parity_table,
     read_parity,
+    target_table,
     write_parity,
 )
 from helpers.tflite.metadata import (  # noqa: F401  (re-exported)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -62,8 +63,6 @@ def convert_all(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Convert every variant; returns {variant: path}."""
-    import time
-
     paths = {}
     for variant in variants:
         start = time.perf_counter()

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from helpers.model import LOGIT_LAYER, POOL_LAYER
 from helpers.tflite.exporting import (
     check_uint8_input_is_raw_pixels,
     converter_options,
@@ -282,8 +283,6 @@ def estimate_logit_shift(model, int8_path: str | os.PathLike, images: np.ndarray
     """
     import keras
 
-    from helpers.model import LOGIT_LAYER, POOL_LAYER
-
     feature_model = keras.Model(model.inputs, model.get_layer(POOL_LAYER).output)
     keras_features = feature_model.predict(np.asarray(images, dtype=np.float32), batch_size=32, verbose=0)  # (N, F)
     lite_features = tflite_pooled_features(int8_path, images, POOL_LAYER)  # (N, F)
@@ -295,8 +294,6 @@ def estimate_logit_shift(model, int8_path: str | os.PathLike, images: np.ndarray
 def with_logit_bias_shift(model, shift: float):
     """A copy of ``model`` whose ``logit`` bias is lowered by ``shift`` (the original is untouched)."""
     import keras
-
-    from helpers.model import LOGIT_LAYER
 
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())

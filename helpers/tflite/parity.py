@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from helpers.evaluation import confusion_counts, metrics_from_counts
 from helpers.jsonio import write_json
 from helpers.operating_point import called_pneumonia
 from helpers.tflite.paths import file_sha256, tflite_dir
@@ -16,8 +18,6 @@ from helpers.tflite.paths import file_sha256, tflite_dir
 
 def decision_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Accuracy, recall (sensitivity), specificity and precision at ``threshold``."""
-    from helpers.evaluation import confusion_counts, metrics_from_counts
-
     metrics = metrics_from_counts(**confusion_counts(np.asarray(labels).astype(np.int64),
                                                      np.asarray(probabilities).reshape(-1), threshold))
     return {name: metrics[name] for name in ("accuracy", "recall", "specificity", "precision")}
@@ -83,6 +83,59 @@ def parity_table(
         table.insert(0, "size_mb", pd.Series({k: v / 1e6 for k, v in sizes.items()}))
     table.index.name = "variant"
     return table
+
+
+@dataclass(frozen=True)
+class PhoneModelTargets:
+    """What the shipped phone models must meet (notebook 06 checks them after each conversion).
+
+    Accuracy is one-sided: int8 may lose at most ``max_int8_accuracy_loss_points`` against
+    Keras and may gain any amount. The speed target depends on the CPU: where float32 runs
+    with AVX-512 it gains more from it than int8 does, so the bar there is lower.
+    """
+
+    max_int8_size_mb: float = 3.0
+    min_int8_speedup: float = 1.8  # one thread, vs float32
+    min_int8_speedup_avx512: float = 1.6
+    min_int8_agreement: float = 0.995  # share of films with the same decision as Keras
+    max_int8_accuracy_loss_points: float = 0.3
+    min_float16_agreement: float = 0.998
+
+    def speedup_bar(self, cpu_flags) -> float:
+        """The int8 speed-up target on a CPU with these ``/proc/cpuinfo`` flags."""
+        return self.min_int8_speedup_avx512 if "avx512f" in set(cpu_flags or ()) else self.min_int8_speedup
+
+
+def target_table(benchmark: dict, int8_validation: dict, int8_test: dict, float16_test: dict,
+                 targets: PhoneModelTargets = PhoneModelTargets()):
+    """A pandas DataFrame (target, measured, met), one row per target.
+
+    Args:
+        benchmark: ``benchmark.json`` of ``benchmarks/tflite_benchmark.py`` (sizes, speed, CPU flags).
+        int8_validation, int8_test, float16_test: :func:`parity` results (``agreement``,
+            ``accuracy_delta_points``) on validation, where the int8 method was chosen, and on test.
+    """
+    import pandas as pd
+
+    int8 = benchmark["variants"]["int8"]
+    speedup_bar = targets.speedup_bar(benchmark.get("machine", {}).get("cpu_flags"))
+    loss = targets.max_int8_accuracy_loss_points
+    rows = [
+        (f"int8 size <= {targets.max_int8_size_mb:g} MB", f"{int8['size_mb']:.2f} MB",
+         int8["size_mb"] <= targets.max_int8_size_mb),
+        (f"int8 speed-up >= {speedup_bar:g}x (1 thread, this CPU)", f"{int8['speedup_vs_float32_1thread']:.2f}x",
+         int8["speedup_vs_float32_1thread"] >= speedup_bar),
+    ]
+    for split, result in (("validation", int8_validation), ("test", int8_test)):
+        rows += [
+            (f"int8 agreement >= {targets.min_int8_agreement:.1%} ({split})", f"{result['agreement']:.2%}",
+             result["agreement"] >= targets.min_int8_agreement),
+            (f"int8 accuracy at most {loss:g} points below Keras ({split})",
+             f"{result['accuracy_delta_points']:+.2f} pts", result["accuracy_delta_points"] >= -loss),
+        ]
+    rows.append((f"float16 agreement >= {targets.min_float16_agreement:.1%} (test)",
+                 f"{float16_test['agreement']:.2%}", float16_test["agreement"] >= targets.min_float16_agreement))
+    return pd.DataFrame(rows, columns=["target", "measured", "met"])
 
 
 def finite_or_none(value: float) -> float | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.progress import progress_bar
 from helpers.tflite.paths import TFLITE_FILE_IDENTIFIER, TFLiteModelError
 
 
@@ -189,8 +190,6 @@ class TFLiteClassifier:
 
     def predict(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """Probabilities for (N, S, S, 3) raw 0-255 pixels -> (N,) float32."""
-        from helpers.progress import progress_bar
-
         prepared = self.prepare_input(images)  # (N, S, S, 3) input dtype
         probabilities = np.empty(len(prepared), dtype=np.float32)
         starts = range(0, len(prepared), self._batch_size)
