@@ -130,7 +130,7 @@ def target_table(benchmark: dict, int8_validation: dict, int8_test: dict, float1
         rows += [
             (f"int8 agreement >= {targets.min_int8_agreement:.1%} ({split})", f"{result['agreement']:.2%}",
              result["agreement"] >= targets.min_int8_agreement),
-            (f"int8 accuracy at most {loss:g} points below Keras ({split})",
+            (f"int8 accuracy >= Keras - {loss:g} pts ({split})",
              f"{result['accuracy_delta_points']:+.2f} pts", result["accuracy_delta_points"] >= -loss),
         ]
     rows.append((f"float16 agreement >= {targets.min_float16_agreement:.1%} (test)",
