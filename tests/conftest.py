@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import data
+from tests import browser
 
 
 def pytest_configure(config):
@@ -113,8 +114,6 @@ def real_data_dir() -> Path:
 @pytest.fixture
 def chromium():
     """Skip without a browser that can run (the reason says what to install); in CI, fail."""
-    from tests import browser
-
     reason = browser.unavailable_reason()
     if reason and os.environ.get("CI"):
         pytest.fail(f"Browser tests must run in CI: {reason}")
