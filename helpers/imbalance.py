@@ -1,6 +1,7 @@
 """Class imbalance: the four corrections notebook 02 compares, and the one 03 uses.
 
-The train split holds about three PNEUMONIA films for each NORMAL one (notebook 01 counts them). Four ways to handle it:
+The train split holds about three PNEUMONIA films for each NORMAL one (notebook 01
+counts them). Four ways to handle it:
 
 * ``none``           -- plain binary cross-entropy;
 * ``class_weights``  -- weight class c by ``total / (2 * n_c)`` (both classes then
