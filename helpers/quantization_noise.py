@@ -32,6 +32,7 @@ import pandas as pd
 
 from helpers import evaluation, operating_point
 from helpers.operating_point import called_pneumonia
+from helpers.tflite.parity import PhoneModelTargets
 
 # The int8 model's output is a uint8 probability (steps of 1/256): its logit means
 # little near 0 or 1, so errors are measured where Keras is between these.
@@ -170,8 +171,8 @@ def chance_of_targets(
     labels: np.ndarray,
     threshold: float,
     errors: np.ndarray,
-    min_agreement: float = 0.995,
-    max_accuracy_delta_points: float = 0.3,
+    min_agreement: float = PhoneModelTargets.min_int8_agreement,
+    max_accuracy_delta_points: float = PhoneModelTargets.max_int8_accuracy_loss_points,
     draws: int = DEFAULT_DRAWS,
     seed: int = 0,
 ) -> ParityChance:
