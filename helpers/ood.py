@@ -37,6 +37,7 @@ from helpers import config, guard
 from helpers.cache import load_or_compute, weights_fingerprint
 from helpers.jsonio import write_json
 from helpers.model import POOL_LAYER
+from helpers.provenance import FittedOn, ProvenanceMismatch
 
 DEFAULT_QUANTILE = 0.995
 DEFAULT_MAX_COLOURFULNESS = 25.0
@@ -220,6 +221,14 @@ class OODDetector:
     info: dict = field(default_factory=dict)
     xray_gate: guard.LinearGate | None = None  # X-ray or not (helpers.guard); None: the colour gate only
     orientation_gate: guard.LinearGate | None = None  # upright or not; None: not checked
+    fitted_on: FittedOn | None = None  # the model whose features it was fitted on; required to save
+
+    def require_model(self, model_sha256: str | None, source: str, model_name: str) -> None:
+        """Refuse (``ProvenanceMismatch``) unless this detector was fitted on the model in use."""
+        remedy = ("Fit the detector again on this model (notebook 07), or use the model it was fitted on.")
+        if self.fitted_on is None:
+            raise ProvenanceMismatch(f"{source} does not record which model it was fitted on. {remedy}")
+        self.fitted_on.require(model_sha256, int(self.distribution.mean.shape[0]), source, model_name, remedy)
 
     def with_gates(self, xray_gate: guard.LinearGate, orientation_gate: guard.LinearGate) -> "OODDetector":
         """The same detector with the X-ray and orientation gates of :mod:`helpers.guard`."""
@@ -320,6 +329,9 @@ class OODDetector:
     # ------------------------------------------------------------------ io
     def save(self, path: str | Path | None = None) -> Path:
         """Write the detector as ``.npz`` (default ``<artifacts>/ood/detector.npz``)."""
+        if self.fitted_on is None:
+            raise ValueError("This detector does not record the model it was fitted on, so nobody could check it "
+                             "at load time: fit it with fit_detector(..., fitted_on=FittedOn.of_model_file(...)).")
         path = Path(path) if path else config.artifacts_dir("ood") / DETECTOR_FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         gates = {}
@@ -329,7 +341,8 @@ class OODDetector:
             gates.update(self.orientation_gate.to_arrays("orientation"))
         np.savez(path, mean=self.distribution.mean, precision=self.distribution.precision,
                  distance_threshold=self.distance_threshold, max_colourfulness=self.max_colourfulness,
-                 quantile=self.quantile, info=json.dumps(self.info), **gates)
+                 quantile=self.quantile, info=json.dumps(self.info),
+                 fitted_on=json.dumps(self.fitted_on.to_dict()), **gates)
         return path
 
     @classmethod
@@ -345,6 +358,8 @@ class OODDetector:
             if not {"xray_mean", "orientation_mean"} <= names:
                 raise ValueError(f"The OOD detector {path} was fitted before the X-ray and orientation gates "
                                  "existed (helpers.guard): re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
+            fitted_on = FittedOn.from_dict(json.loads(str(stored["fitted_on"])) if "fitted_on" in names else None,
+                                           str(path), "Re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
             return cls(
                 distribution=FeatureDistribution(stored["mean"], stored["precision"]),
                 distance_threshold=float(stored["distance_threshold"]),
@@ -353,6 +368,7 @@ class OODDetector:
                 info=json.loads(str(stored["info"])),
                 xray_gate=guard.LinearGate.from_arrays(stored, "xray"),
                 orientation_gate=guard.LinearGate.from_arrays(stored, "orientation"),
+                fitted_on=fitted_on,
             )
 
 
@@ -361,6 +377,7 @@ def fit_detector(
     validation_features: np.ndarray,
     quantile: float = DEFAULT_QUANTILE,
     max_colourfulness: float = DEFAULT_MAX_COLOURFULNESS,
+    fitted_on: FittedOn | None = None,
 ) -> OODDetector:
     """Fit the distribution on train features; threshold = ``quantile`` of validation distances.
 
@@ -369,6 +386,8 @@ def fit_detector(
         validation_features: (N_val, D) features of held-out training X-rays (never test).
         quantile: share of held-out X-rays to accept, e.g. 0.995.
         max_colourfulness: colour-gate threshold.
+        fitted_on: the model the features come from
+            (:meth:`helpers.provenance.FittedOn.of_model_file`); needed to save the detector.
     """
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}.")
@@ -382,7 +401,8 @@ def fit_detector(
         "n_threshold": int(len(validation_features)),
         "validation_distance_median": float(np.median(validation_distances)),
     }
-    return OODDetector(distribution, threshold, float(max_colourfulness), float(quantile), info)
+    return OODDetector(distribution, threshold, float(max_colourfulness), float(quantile), info,
+                       fitted_on=fitted_on)
 
 
 # --------------------------------------------------------------------------- #

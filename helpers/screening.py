@@ -35,6 +35,7 @@ from helpers.errors import UnusableInput
 from helpers.model import MODEL_FILE_NAME
 from helpers.ood import DEFAULT_MAX_COLOURFULNESS, DETECTOR_FILE_NAME, OODDetector, colourfulness
 from helpers.operating_point import OperatingPoint
+from helpers.provenance import ProvenanceMismatch
 from helpers.site import SITE_FILE_NAME, SiteCalibration
 from helpers.uploads import ImageInfo, ImageRejected, decode_upload
 
@@ -219,6 +220,16 @@ class OnePassEngine:
     def name(self) -> str:
         return f"TFLite {self.variant} (one pass)"
 
+    @property
+    def keras_sha256(self) -> str | None:
+        """SHA-256 of the Keras model this file was converted from (what fitted files are checked against)."""
+        return (self.metadata.get("model_version") or {}).get("keras_sha256") or None
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the pooled features the model returns (1280 for MobileNetV2)."""
+        return int(self.outputs["pooled_features"]["shape"][-1])
+
     def run(self, pixels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """One image (224, 224, 3) 0-255 -> (P(PNEUMONIA), logit map (7, 7), pooled features (1280,))."""
         pixels = np.asarray(pixels)
@@ -353,19 +364,27 @@ class Screener:
         applied to the pooled features) replaces the validation one.
         """
         path = find_model(variant, model)
+        engine = OnePassEngine(path, num_threads, allow_stale)
         detector_path = find_detector(path, detector)
         try:
             loaded = OODDetector.load(detector_path) if detector_path else None
+        except ProvenanceMismatch:
+            raise
         except (OSError, ValueError, KeyError) as error:
             raise ScreeningModelError(f"The OOD detector {detector_path} cannot be read ({error}). "
                                       "Re-run notebook 07 to fit it again.") from error
+        if loaded is not None:
+            loaded.require_model(engine.keras_sha256, str(detector_path), path.name)
         calibration = None
         if site:
             try:
                 calibration = SiteCalibration.load(site)
+            except ProvenanceMismatch:
+                raise
             except (OSError, ValueError) as error:
                 raise ScreeningModelError(str(error)) from error
-        return cls(OnePassEngine(path, num_threads, allow_stale), loaded, calibration)
+            calibration.require_model(engine.keras_sha256, engine.feature_width, str(site), path.name)
+        return cls(engine, loaded, calibration)
 
     @property
     def point(self) -> OperatingPoint:

@@ -36,9 +36,10 @@ from helpers import augment, config, ood, shift
 from helpers.evaluation import confusion_counts, expected_calibration_error, metrics_from_counts
 from helpers.imbalance import class_weights
 from helpers.jsonio import read_json_object, write_json
-from helpers.model import LOGIT_LAYER
+from helpers.model import LOGIT_LAYER, POOL_LAYER, default_model_path
 from helpers.operating_point import OperatingPoint, called_pneumonia, logit, sigmoid
 from helpers.progress import progress_bar
+from helpers.provenance import FITTED_ON_KEY, FittedOn, ProvenanceMismatch, model_sha256_of
 
 SITE_FILE_NAME = "site_calibration.json"
 REPORT_FILE_NAME = "new_site.json"
@@ -700,6 +701,7 @@ class SiteCalibration:
     point: OperatingPoint
     head: LinearHead
     guarantee: RecallGuarantee
+    fitted_on: FittedOn | None = None  # the model whose features the head was fitted on; required to save
 
     def logits(self, features) -> np.ndarray:
         return self.head.logits(features)
@@ -709,10 +711,30 @@ class SiteCalibration:
         return sigmoid(self.head.logits(features))
 
     def to_dict(self) -> dict:
-        return {**self.point.to_dict(), "head": self.head.to_dict(), "guarantee": self.guarantee.to_dict()}
+        saved = {**self.point.to_dict(), "head": self.head.to_dict(), "guarantee": self.guarantee.to_dict()}
+        if self.fitted_on is not None:
+            saved[FITTED_ON_KEY] = self.fitted_on.to_dict()
+        return saved
 
     def save(self, path: str | Path | None = None) -> Path:
+        """Write the calibration; it must know the model it was fitted on (``calibrate_site(..., fitted_on=)``)."""
+        if self.fitted_on is None:
+            raise ValueError("This site calibration does not record the model it was fitted on, so nobody could "
+                             "check it at load time: pass fitted_on=FittedOn.of_model_file(model_path, width) "
+                             "to calibrate_site before saving.")
         return write_json(self.to_dict(), Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME)
+
+    def require_model(self, model_sha256: str | None, feature_width: int | None, source: str,
+                      model_name: str) -> None:
+        """Refuse (``ProvenanceMismatch``) unless this calibration was fitted on the model in use."""
+        remedy = (f"Calibrate the site again on this model (notebook 08, helpers.site.calibrate_site), or use "
+                  f"the model the calibration was fitted on.")
+        if self.fitted_on is None:
+            raise ProvenanceMismatch(f"{source} does not record which model it was fitted on. {remedy}")
+        if feature_width is not None and len(self.head.weights) != int(feature_width):
+            raise ProvenanceMismatch(f"{source} holds a head of {len(self.head.weights)} weights, but {model_name} "
+                                     f"gives {feature_width} features per film. {remedy}")
+        self.fitted_on.require(model_sha256, feature_width, source, model_name, remedy)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "SiteCalibration":
@@ -730,8 +752,10 @@ class SiteCalibration:
                                                  guarantee["confidence"])
         except (KeyError, TypeError) as error:
             raise ValueError(f"{path}: 'guarantee' lacks {error}. {remedy}") from error
+        fitted_on = FittedOn.from_dict(saved.get(FITTED_ON_KEY), str(path), (
+            "Calibrate the site again with notebook 08 (helpers.site.calibrate_site), which records the model."))
         return cls(OperatingPoint.from_dict(saved, source=str(path), remedy=remedy),
-                   LinearHead.from_dict(saved["head"], str(path)), recall)
+                   LinearHead.from_dict(saved["head"], str(path)), recall, fitted_on)
 
 
 def _site_head(rule: CalibrationRule, anchor: Anchor, features, labels) -> LinearHead:
@@ -764,7 +788,8 @@ def cross_fitted_logits(rule: CalibrationRule, anchor: Anchor, features, labels,
 def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: Anchor,
                    rule: CalibrationRule = CalibrationRule(),
                    confidence: float = DEFAULT_CONFIDENCE, seed: int = config.DEFAULT_SEED,
-                   min_k: int = MIN_K, description: str = "") -> SiteCalibration:
+                   min_k: int = MIN_K, description: str = "",
+                   fitted_on: FittedOn | None = None) -> SiteCalibration:
     """The site operating point from labelled local films (k per class, k >= ``min_k``).
 
     Steps (the rule is fixed in advance):
@@ -782,6 +807,8 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
         features, labels, patient_ids: the labelled local films (pooled features (N, D)).
         unlabelled_features: (M, D) every local film, labels unseen (for the class mix).
         anchor: the training films and the model's head (:meth:`Anchor.build`).
+        fitted_on: the model whose features these are
+            (:meth:`helpers.provenance.FittedOn.of_model_file`); needed to save the result.
     """
     labels = np.asarray(labels).astype(int)
     counts = np.bincount(labels, minlength=2)
@@ -819,7 +846,7 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
             "date": datetime.date.today().isoformat(), "recall_guarantee": guarantee.statement(),
         },
     )
-    return SiteCalibration(point, head, guarantee)
+    return SiteCalibration(point, head, guarantee, fitted_on)
 
 
 def with_head(model, head: LinearHead):
@@ -841,9 +868,17 @@ def with_head(model, head: LinearHead):
     return site_model
 
 
-def load_site_model(model, path: str | Path | None = None):
-    """``(site model, site operating point)`` from a site calibration file (notebook 08)."""
+def load_site_model(model, path: str | Path | None = None, model_path: str | Path | None = None):
+    """``(site model, site operating point)`` from a site calibration file (notebook 08).
+
+    ``model_path``: the Keras file ``model`` was loaded from (default: the artifacts'
+    trained model); the calibration must have been fitted on it.
+    """
+    path = Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME
     calibration = SiteCalibration.load(path)
+    model_path = Path(model_path) if model_path else default_model_path()
+    calibration.require_model(model_sha256_of(model_path), int(model.get_layer(POOL_LAYER).output.shape[-1]),
+                              str(path), str(model_path))
     return with_head(model, calibration.head), calibration.point
 
 

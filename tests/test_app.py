@@ -15,7 +15,7 @@ import pytest
 
 from helpers import one_pass, screening
 from tests.conftest import encode_image
-from tests.test_screening import POINT, film_bytes, grey_films, tiny_classifier
+from tests.test_screening import POINT, film_bytes, grey_films, saved_classifier, tiny_classifier
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 DECISION_WORDS = ("PNEUMONIA:", "NORMAL:", "Refer to a radiologist")
@@ -27,8 +27,9 @@ def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("app") / "tflite"
     classifier = tiny_classifier()
     calibration = grey_films(16, seed=1).astype(np.uint8)
+    keras_file = saved_classifier(classifier, folder.parent)
     for variant in screening.ONE_PASS_VARIANTS:
-        one_pass.convert_one_pass(classifier, variant, POINT, calibration, folder)
+        one_pass.convert_one_pass(classifier, variant, POINT, calibration, folder, keras_model_path=keras_file)
     return folder
 
 
@@ -150,10 +151,12 @@ def test_a_site_calibration_can_be_made_the_active_operating_point(model_folder,
 
     from helpers import site
     from helpers.operating_point import OperatingPoint
+    from helpers.provenance import FittedOn
 
     point = OperatingPoint(threshold=0.3, chosen_on="site: 20 NORMAL + 20 PNEUMONIA labelled local films")
+    fitted_on = FittedOn(screening.OnePassEngine(screening.one_pass_path("int8", model_folder)).keras_sha256, 8)
     path = site.SiteCalibration(point, site.LinearHead(np.full(8, 0.05), -1.0),
-                                site.RecallGuarantee.from_counts(20, 20)).save(tmp_path / "site_calibration.json")
+                                site.RecallGuarantee.from_counts(20, 20), fitted_on).save(tmp_path / "site_calibration.json")
     monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(model_folder))
     monkeypatch.setenv(screening.SITE_ENVIRONMENT_VARIABLE, str(path))
     st.cache_resource.clear()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from helpers import guard, ood
+from helpers.provenance import FittedOn, ProvenanceMismatch
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +156,8 @@ def toy_detector() -> ood.OODDetector:
     orientation = guard.LinearGate(guard.ORIENTATIONS, np.zeros(2, np.float32), np.ones(2, np.float32),
                                    np.array([[0, 0, 0, 0], [0, 1, 0, 0]], np.float32),
                                    np.array([0, 0, -20, -20], np.float32), 0.5, 0)
-    detector = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=10.0)
+    detector = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=10.0,
+                               fitted_on=FittedOn("a" * 64, 2))
     return detector.with_gates(xray, orientation)
 
 
@@ -187,11 +190,34 @@ def test_detector_with_gates_saves_and_loads_them(tmp_path):
 
 
 def test_a_detector_file_without_gates_says_to_refit_it(tmp_path):
-    plain = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=10.0)
+    plain = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=10.0,
+                            fitted_on=FittedOn("a" * 64, 2))
     path = plain.save(tmp_path / "old_detector.npz")
     with pytest.raises(ValueError, match="old_detector.npz was fitted before the X-ray and orientation gates"
                                          ".*07_prediction_explorer"):
         ood.OODDetector.load(path)
+
+
+def test_a_detector_knows_its_model_and_refuses_another(tmp_path):
+    path = toy_detector().save(tmp_path / "detector.npz")
+    loaded = ood.OODDetector.load(path)
+    assert loaded.fitted_on == FittedOn("a" * 64, 2)
+    loaded.require_model("a" * 64, "detector.npz", "model.tflite")  # the model it was fitted on: fine
+    with pytest.raises(ProvenanceMismatch, match="detector.npz was fitted on another model.*Fit the detector again"):
+        loaded.require_model("b" * 64, "detector.npz", "model.tflite")
+    with pytest.raises(ProvenanceMismatch, match="records no model hash"):
+        loaded.require_model(None, "detector.npz", "model.tflite")
+    with pytest.raises(ValueError, match="does not record the model it was fitted on"):
+        dataclasses.replace(loaded, fitted_on=None).save(tmp_path / "unknown.npz")
+
+
+def test_a_detector_file_without_its_model_is_refused(tmp_path):
+    path = toy_detector().save(tmp_path / "detector.npz")
+    with np.load(path) as stored:
+        arrays = {name: stored[name] for name in stored.files if name != "fitted_on"}
+    np.savez(tmp_path / "anonymous.npz", **arrays)
+    with pytest.raises(ProvenanceMismatch, match="anonymous.npz does not record which model.*07_prediction_explorer"):
+        ood.OODDetector.load(tmp_path / "anonymous.npz")
 
 
 def test_report_separates_refusals_from_referrals(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import ood
+from helpers.provenance import FittedOn
 
 
 @pytest.fixture(autouse=True)
@@ -109,11 +110,13 @@ def test_detector_save_and_load_round_trip(tmp_path):
 
     gates = toy_detector()
     detector = ood.fit_detector(gaussian_features(200, dimensions=2), gaussian_features(100, dimensions=2, seed=1),
-                                quantile=0.98, max_colourfulness=12.0).with_gates(gates.xray_gate, gates.orientation_gate)
+                                quantile=0.98, max_colourfulness=12.0,
+                                fitted_on=FittedOn("c" * 64, 2)).with_gates(gates.xray_gate, gates.orientation_gate)
     path = detector.save(tmp_path / "ood" / "detector.npz")
     loaded = ood.OODDetector.load(path)
     assert loaded.distance_threshold == detector.distance_threshold
     assert (loaded.quantile, loaded.max_colourfulness, loaded.info) == (0.98, 12.0, detector.info)
+    assert loaded.fitted_on == FittedOn("c" * 64, 2)
     probe = gaussian_features(4, dimensions=2, seed=3)
     np.testing.assert_allclose(loaded.distribution.distances(probe), detector.distribution.distances(probe))
     np.testing.assert_allclose(loaded.xray_gate.probabilities(probe), detector.xray_gate.probabilities(probe))

@@ -7,6 +7,7 @@ agreement is measured by notebook 06 (``parity.json``, checked in test_notebooks
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from helpers import one_pass, screening
 from helpers.operating_point import OperatingPoint
+from helpers.provenance import FittedOn, ProvenanceMismatch
 from tests.conftest import encode_image
 
 POINT = OperatingPoint(threshold=0.5, band_low=0.45, band_high=0.55, chosen_on="test fixture", rule="fixed")
@@ -55,12 +57,22 @@ def classifier():
     return tiny_classifier()
 
 
+def saved_classifier(classifier, directory: Path) -> Path:
+    """The tiny classifier as a ``.keras`` file: what the phone models' metadata records the hash of."""
+    path = directory / "tiny_classifier.keras"
+    if not path.is_file():
+        classifier.save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def models(classifier, tmp_path_factory):
-    """{variant: path} of the float32 and int8 one-pass models, with metadata."""
+    """{variant: path} of the float32 and int8 one-pass models, with metadata (and the Keras model's hash)."""
     directory = tmp_path_factory.mktemp("one_pass")
     calibration = grey_films(16, seed=1).astype(np.uint8)
-    return {variant: one_pass.convert_one_pass(classifier, variant, POINT, calibration, directory)
+    keras_file = saved_classifier(classifier, directory)
+    return {variant: one_pass.convert_one_pass(classifier, variant, POINT, calibration, directory,
+                                               keras_model_path=keras_file)
             for variant in ("float32", "int8")}
 
 
@@ -314,7 +326,8 @@ def test_a_site_calibration_replaces_the_head_and_the_operating_point(models, tm
     engine = screening.OnePassEngine(models["float32"])
     head = site.LinearHead(np.full(8, 0.05), -1.0)
     point = OperatingPoint(threshold=0.3, chosen_on="site: 20 NORMAL + 20 PNEUMONIA labelled local films")
-    calibration = site.SiteCalibration(point, head, site.RecallGuarantee.from_counts(20, 20))
+    fitted_on = FittedOn(engine.keras_sha256, 8)
+    calibration = site.SiteCalibration(point, head, site.RecallGuarantee.from_counts(20, 20), fitted_on)
     path = calibration.save(tmp_path / "site_calibration.json")
     screener = screening.Screener.load("float32", models["float32"], site=path)
     result = screener.screen_bytes(film_bytes(), "film.png")
@@ -324,3 +337,26 @@ def test_a_site_calibration_replaces_the_head_and_the_operating_point(models, tm
     assert any("Site calibration active" in note for note in result.notes)
     with pytest.raises(screening.ScreeningModelError, match="No site calibration"):
         screening.find_site_calibration(models["float32"], tmp_path / "missing.json")
+
+
+def test_a_site_calibration_or_detector_of_another_model_is_refused_with_the_remedy(models, tmp_path):
+    from helpers import site
+
+    engine = screening.OnePassEngine(models["float32"])
+    other = FittedOn("f" * 64, 8)  # the same width, another model
+    calibration = site.SiteCalibration(OperatingPoint(threshold=0.3), site.LinearHead(np.full(8, 0.05), -1.0),
+                                       site.RecallGuarantee.from_counts(20, 20), other)
+    path = calibration.save(tmp_path / "site_calibration.json")
+    with pytest.raises(ProvenanceMismatch, match="site_calibration.json was fitted on another model.*Calibrate the site"):
+        screening.Screener.load("float32", models["float32"], site=path)
+    features = np.stack([engine.run(film)[2] for film in grey_films(20, seed=11)])
+    detector = dataclasses.replace(gated_detector(features, 1e9), fitted_on=other)
+    detector_path = detector.save(tmp_path / "detector.npz")
+    with pytest.raises(ProvenanceMismatch, match="detector.npz was fitted on another model.*Fit the detector again"):
+        screening.Screener.load("float32", models["float32"], detector=detector_path)
+    matching = dataclasses.replace(detector, fitted_on=FittedOn(engine.keras_sha256, 8)).save(tmp_path / "ok.npz")
+    assert screening.Screener.load("float32", models["float32"], detector=matching).detector is not None
+    narrow = site.SiteCalibration(OperatingPoint(threshold=0.3), site.LinearHead(np.full(4, 0.05), -1.0),
+                                  site.RecallGuarantee.from_counts(20, 20), FittedOn(engine.keras_sha256, 4))
+    with pytest.raises(ProvenanceMismatch, match="head of 4 weights.*gives 8 features"):
+        screening.Screener.load("float32", models["float32"], site=narrow.save(tmp_path / "narrow.json"))

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import site
 from helpers.operating_point import OperatingPoint, sigmoid
+from helpers.provenance import FittedOn, ProvenanceMismatch
 
 DIMENSIONS = 12
 
@@ -127,8 +128,9 @@ def test_anchored_space_writes_the_refit_back_as_a_head(world):
 
 def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world, tmp_path):
     draw, rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(4))
+    fitted_on = FittedOn("d" * 64, world["features"].shape[1])
     calibration = site.calibrate_site(world["features"][draw], world["labels"][draw], world["patients"][draw],
-                                      world["features"], world["anchor"])
+                                      world["features"], world["anchor"], fitted_on=fitted_on)
     point = calibration.point
     assert point.band_low < point.threshold < point.band_high and point.temperature_fitted
     # the cost rule: the threshold is where the shown probability is 1 / (1 + miss_cost) = 0.25
@@ -140,6 +142,12 @@ def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world
     assert loaded.point.to_dict() == point.to_dict()
     np.testing.assert_allclose(loaded.logits(world["features"]), calibration.logits(world["features"]))
     assert json.loads(path.read_text())["guarantee"]["lower_bound"] == calibration.guarantee.lower_bound
+    assert loaded.fitted_on == fitted_on
+    saved = json.loads(path.read_text())
+    del saved["fitted_on"]
+    (tmp_path / "anonymous.json").write_text(json.dumps(saved))
+    with pytest.raises(ProvenanceMismatch, match="anonymous.json does not record which model.*notebook 08"):
+        site.SiteCalibration.load(tmp_path / "anonymous.json")
 
 
 def test_site_calibration_needs_enough_films_and_a_real_file(world, tmp_path):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 from helpers import config
 from helpers.errors import UnusableInput
+from helpers.provenance import file_sha256  # noqa: F401  (re-exported: the phone models' hash)
 
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
@@ -58,9 +58,3 @@ def metadata_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
