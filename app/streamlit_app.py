@@ -19,11 +19,13 @@ if str(PROJECT_ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` wi
 
 import streamlit as st  # noqa: E402
 
-from helpers import screening, uploads  # noqa: E402
+from helpers import imaging, screening, uploads  # noqa: E402
 from helpers.errors import UnusableInput  # noqa: E402
+from helpers.escaping import markdown_literal as literal  # noqa: E402
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "bmp", "gif", "webp"]
 IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map
+MAX_FILES_PER_BATCH = 20  # files screened per page; a folder goes through python -m helpers.screen
 DECISION_STYLE = {  # decision -> (Streamlit message box, words)
     "PNEUMONIA": (st.error, "PNEUMONIA: signs of pneumonia"),
     "NORMAL": (st.success, "NORMAL: no sign of pneumonia"),
@@ -60,19 +62,20 @@ def sidebar() -> tuple[screening.Screener | None, float]:
         screener = load_screener(variant, str(model), str(site) if use_site else "")
     except UnusableInput as error:  # any unusable model, metadata, detector or site file: one message
         st.sidebar.error("No model loaded.")
-        st.error(str(error))
+        st.error(literal(error))
         return None, alpha
     point = screener.point
-    st.sidebar.markdown(f"**{screener.engine.name}**  \n`{screener.engine.path.name}`  \n"
-                        f"version `{screener.engine.version}`")
+    st.sidebar.markdown(f"**{screener.engine.name}**  \n{literal(screener.engine.path.name)}  \n"
+                        f"version {literal(screener.engine.version)}")
     band = (f"; refer band {point.band_low:.3f}-{point.band_high:.3f}" if point.has_band else "")
     created = screener.engine.metadata.get("created_utc", "unknown date")
     active = "site calibration" if screener.site is not None else "validation operating point"
     st.sidebar.markdown(f"**Active: {active}**  \n"
-                        f"**Threshold** {point.threshold:.3f}{band}  \nchosen on: {point.chosen_on or 'unknown'}  \n"
-                        f"rule: {point.rule or 'unknown'}  \nmodel converted {created}")
+                        f"**Threshold** {point.threshold:.3f}{band}  \n"
+                        f"chosen on: {literal(point.chosen_on or 'unknown')}  \n"
+                        f"rule: {literal(point.rule or 'unknown')}  \nmodel converted {literal(created)}")
     if screener.engine.provenance_note:
-        st.sidebar.warning(screener.engine.provenance_note)
+        st.sidebar.warning(literal(screener.engine.provenance_note))
     if screener.detector is None:
         st.sidebar.warning("No out-of-distribution detector found: only the colour check runs.")
     st.sidebar.info(screening.NOT_A_MEDICAL_DEVICE)
@@ -80,7 +83,7 @@ def sidebar() -> tuple[screening.Screener | None, float]:
 
 
 def chosen_files() -> list[tuple[str, bytes]]:
-    """(name, bytes) of the uploads, then of the picked sample films."""
+    """(name, bytes) of the uploads, then of the picked sample films, at most :data:`MAX_FILES_PER_BATCH`."""
     files = st.file_uploader("Chest X-ray(s): JPEG, PNG or DICOM, frontal view", type=UPLOAD_TYPES,
                              accept_multiple_files=True,
                              max_upload_size=uploads.MAX_UPLOAD_BYTES // 2**20)
@@ -89,7 +92,20 @@ def chosen_files() -> list[tuple[str, bytes]]:
     if samples:
         picked = st.multiselect("Or try official test films (no upload)", [path.name for path in samples])
         chosen += [(path.name, path.read_bytes()) for path in samples if path.name in picked]
-    return chosen
+    if len(chosen) > MAX_FILES_PER_BATCH:
+        left_out = ", ".join(name for name, _ in chosen[MAX_FILES_PER_BATCH:])
+        st.warning(literal(
+            f"{len(chosen)} files chosen; the app screens at most {MAX_FILES_PER_BATCH} at a time, so these "
+            f"{len(chosen) - MAX_FILES_PER_BATCH} were not screened: {left_out}. Remove some files, or screen "
+            "a whole folder with: python -m helpers.screen FOLDER --out results.csv"))
+    return chosen[:MAX_FILES_PER_BATCH]
+
+
+def session_cache() -> screening.ResultCache:
+    """This browser session's results by file content: moving a slider does not screen again."""
+    if "results" not in st.session_state:
+        st.session_state["results"] = screening.ResultCache(capacity=4 * MAX_FILES_PER_BATCH)
+    return st.session_state["results"]
 
 
 def where_on_the_scale(result: screening.ScreeningResult) -> str:
@@ -102,13 +118,14 @@ def where_on_the_scale(result: screening.ScreeningResult) -> str:
     return text
 
 
-def show_result(result: screening.ScreeningResult, overlay_png: bytes | None) -> None:
-    st.subheader(result.name)
+def show_result(result: screening.ScreeningResult, alpha: float) -> None:
+    st.subheader(literal(result.name))
     if not result.accepted:
-        st.error(result.message)
+        st.error(literal(result.message))
         return
     if result.outside_population:  # an X-ray unlike the validated population: the referral is the answer
-        st.warning(f"**Refer to a radiologist: outside the population this model was validated on.** {result.message}")
+        st.warning("**Refer to a radiologist: outside the population this model was validated on.** "
+                   + literal(result.message))
         st.caption(f"For reference only, not a decision: the model leans {result.model_decision} "
                    f"(calibrated P(pneumonia) = {result.calibrated_probability:.2f}). "
                    f"{result.total_ms:.0f} ms on {result.engine}.")
@@ -118,10 +135,10 @@ def show_result(result: screening.ScreeningResult, overlay_png: bytes | None) ->
         st.caption(f"{where_on_the_scale(result)}. {result.total_ms:.0f} ms on {result.engine}.")
     left, right = st.columns(2)
     left.image(result.image.astype("uint8"), caption="film as the model sees it (224x224)", width=IMAGE_WIDTH)
-    right.image(overlay_png, caption=f"where the model looked (heat map of {result.model_decision})",
-                width=IMAGE_WIDTH)
+    right.image(imaging.overlay_png(result.image, result.heatmap, alpha),
+                caption=f"where the model looked (heat map of {result.model_decision})", width=IMAGE_WIDTH)
     for note in result.notes:
-        st.info(note)
+        st.info(literal(note))
 
 
 def main() -> None:
@@ -136,15 +153,15 @@ def main() -> None:
     if not files:
         st.info("Upload one or several chest X-rays to screen them.")
         return
-    results = [screener.screen_and_overlay(content, name, alpha) for name, content in files]
+    cache = session_cache()
+    results = [cache.screen(screener, content, name) for name, content in files]
     if len(results) > 1:
         st.subheader(f"{len(results)} files")
-        rows = [result.row() for result, _ in results]
-        st.dataframe(rows, hide_index=True)
-        st.download_button("Download results (CSV)", screening.results_csv([r for r, _ in results]),
+        st.dataframe([result.row() for result in results], hide_index=True)
+        st.download_button("Download results (CSV)", screening.results_csv(results),
                            file_name="screening_results.csv", mime="text/csv")
-    for result, overlay_png in results:
-        show_result(result, overlay_png)
+    for result in results:
+        show_result(result, alpha)
 
 
 main()

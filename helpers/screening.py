@@ -21,9 +21,13 @@ requirements (``app/requirements.txt``) install without TensorFlow.
 
 from __future__ import annotations
 
+import collections
 import csv
+import hashlib
 import io
+import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ import numpy as np
 
 from helpers import config, guard, imaging, tflite
 from helpers.errors import UnusableInput
+from helpers.escaping import spreadsheet_cell
 from helpers.model import MODEL_FILE_NAME
 from helpers.ood import DEFAULT_MAX_COLOURFULNESS, DETECTOR_FILE_NAME, OODDetector, colourfulness
 from helpers.operating_point import OperatingPoint
@@ -181,24 +186,29 @@ def _output_roles(output_details: list[dict], declared, path: Path) -> dict[str,
 class OnePassEngine:
     """A one-pass ``.tflite`` with its metadata: pixels -> (probability, logit map, pooled features).
 
+    Safe to share between threads (the web app serves every browser session with one
+    engine): each :meth:`run` has an interpreter of :class:`helpers.tflite.InterpreterPool`
+    to itself, so concurrent screens neither fail nor see each other's tensors.
+    ``pool_size`` caps the interpreters (default: cores / ``num_threads``).
+
     Raises:
         ScreeningModelError: no file, a file LiteRT cannot load, missing or
             mismatched metadata (named, with the remedy).
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = 2, allow_stale: bool = False,
-                 keras_path: str | os.PathLike | None = None):
+                 keras_path: str | os.PathLike | None = None, pool_size: int | None = None):
         self.path = Path(path)
         try:
-            self.interpreter = tflite.load_interpreter(self.path, num_threads)
+            self.pool = tflite.InterpreterPool(self.path, num_threads, pool_size)
             self.metadata = tflite.read_metadata(self.path)
         except (FileNotFoundError, ValueError) as error:  # TFLiteModelError is a ValueError
             raise ScreeningModelError(str(error)) from error
-        inputs = self.interpreter.get_input_details()
+        inputs = self.pool.first.get_input_details()
         if len(inputs) != 1:
             raise ScreeningModelError(f"{self.path.name} has {len(inputs)} inputs; a screening model has one image input.")
         self.input = tflite.TensorInfo.from_details(inputs[0])
-        self.outputs = _output_roles(self.interpreter.get_output_details(), self.metadata.get("outputs"), self.path)
+        self.outputs = _output_roles(self.pool.first.get_output_details(), self.metadata.get("outputs"), self.path)
         head = self.metadata.get("logit_map") or {}
         if "bias" not in head:
             raise ScreeningModelError(f"The metadata of {self.path.name} lacks logit_map.bias (the head's bias, "
@@ -235,10 +245,15 @@ class OnePassEngine:
         pixels = np.asarray(pixels)
         if pixels.shape != tuple(self.input.shape[1:]):
             raise ValueError(f"Expected one image of shape {self.input.shape[1:]}, got {pixels.shape}.")
-        self.interpreter.set_tensor(self.input.index, tflite.to_input_dtype(self.input, pixels[np.newaxis]))
-        self.interpreter.invoke()
-        values = {role: tflite.output_values(self.interpreter, tflite.TensorInfo.from_details(detail))
-                  for role, detail in self.outputs.items()}
+        batch = tflite.to_input_dtype(self.input, pixels[np.newaxis])
+
+        def invoke(interpreter) -> dict:  # the whole set -> invoke -> get sequence on one interpreter
+            interpreter.set_tensor(self.input.index, batch)
+            interpreter.invoke()
+            return {role: tflite.output_values(interpreter, tflite.TensorInfo.from_details(detail))
+                    for role, detail in self.outputs.items()}
+
+        values = self.pool.run(invoke)
         return (float(values["probability"].reshape(-1)[0]), values["logit_map"][0, ..., 0],
                 values["pooled_features"].reshape(-1))
 
@@ -330,12 +345,12 @@ class ScreeningResult:
 
 
 def results_csv(results: list[ScreeningResult]) -> str:
-    """All rows as CSV text (header :data:`CSV_COLUMNS`)."""
+    """All rows as CSV text (header :data:`CSV_COLUMNS`); a cell that would be a spreadsheet formula is quoted."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for result in results:
-        writer.writerow(result.row())
+        writer.writerow({column: spreadsheet_cell(value) for column, value in result.row().items()})
     return buffer.getvalue()
 
 
@@ -390,6 +405,13 @@ class Screener:
     def point(self) -> OperatingPoint:
         """The active operating point: the site calibration's when one is loaded, else the model's."""
         return self.site.point if self.site is not None else self.engine.point
+
+    @property
+    def identity(self) -> tuple:
+        """What decides its answers: the model file and version, the guard, the operating point."""
+        guard_facts = None if self.detector is None else (self.detector.distance_threshold, self.detector.fitted_on)
+        return (str(self.engine.path), self.engine.version, guard_facts,
+                json.dumps(self.point.to_dict(), sort_keys=True, default=str))
 
     def _refusal(self, name: str, message: str, timings: dict, **extra) -> ScreeningResult:
         return ScreeningResult(name, False, message, self.engine.name, self.engine.version,
@@ -461,6 +483,41 @@ class Screener:
         picture = imaging.overlay_png(result.image, result.heatmap, alpha)
         result.timings_ms["overlay"] = (time.perf_counter() - start) * 1e3
         return result, picture
+
+
+class ResultCache:
+    """Screening results by file content, for one user interface session: unchanged files are not re-screened.
+
+    The key is the SHA-256 of the file's bytes, its name (messages quote it) and the
+    screener that answered (:meth:`Screener.identity`), so moving a slider or switching
+    back to an engine reuses every result, while new bytes, a new name or another
+    model or operating point screen again. At most ``capacity`` results are kept
+    (least recently used dropped first); thread-safe.
+    """
+
+    def __init__(self, capacity: int = 64):
+        if capacity < 1:
+            raise ValueError(f"A result cache needs a capacity of at least 1, got {capacity}.")
+        self.capacity = int(capacity)
+        self._results: collections.OrderedDict[tuple, ScreeningResult] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.screened = 0  # how many screens it had to run (the rest came from the cache)
+
+    def screen(self, screener: "Screener", content: bytes, name: str) -> ScreeningResult:
+        """The result for these bytes from this screener: from the cache, or screened now and kept."""
+        key = (hashlib.sha256(content).hexdigest(), name, screener.identity)
+        with self._lock:
+            if key in self._results:
+                self._results.move_to_end(key)
+                return self._results[key]
+        result = screener.screen_bytes(content, name)
+        with self._lock:
+            self.screened += 1
+            self._results[key] = result
+            self._results.move_to_end(key)
+            while len(self._results) > self.capacity:
+                self._results.popitem(last=False)
+        return result
 
 
 def sample_films(per_class: int = 3, data_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -8,6 +8,9 @@ films and the page without a model.
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +50,15 @@ def app(model_folder, monkeypatch):
     return test
 
 
+def shown(element) -> str:
+    """An element's Markdown as the reader sees it: the app backslash-escapes every user-chosen character."""
+    return re.sub(r"\\(.)", r"\1", element.value)
+
+
 def verdicts(test) -> list[str]:
     """The decision boxes on the page (success / error / warning with decision words)."""
     boxes = [*test.success, *test.error, *test.warning]
-    return [box.value for box in boxes if any(word in box.value for word in DECISION_WORDS)]
+    return [shown(box) for box in boxes if any(word in shown(box) for word in DECISION_WORDS)]
 
 
 def upload(test, *files):
@@ -68,20 +76,20 @@ def test_page_without_a_model_names_the_command_that_makes_it(tmp_path, monkeypa
     st.cache_resource.clear()
     test = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not test.exception
-    assert any("make run" in error.value for error in test.error)
+    assert any("make run" in shown(error) for error in test.error)
     assert not test.file_uploader  # nothing to upload to
 
 
 def test_sidebar_shows_engine_version_threshold_and_notice(app):
-    text = " ".join(markdown.value for markdown in app.sidebar.markdown)
+    text = " ".join(shown(markdown) for markdown in app.sidebar.markdown)
     assert "int8" in text and "version" in text and "Threshold** 0.500" in text and "test fixture" in text
-    assert any("not a medical device" in info.value for info in app.sidebar.info)
+    assert any("not a medical device" in shown(info) for info in app.sidebar.info)
 
 
 def test_a_film_gets_a_verdict_probability_and_timing(app):
     upload(app, ("film.png", film_bytes(), "image/png"))
     assert len(verdicts(app)) == 1 and "calibrated P(pneumonia)" in verdicts(app)[0]
-    caption = " ".join(caption.value for caption in app.caption)
+    caption = " ".join(shown(caption) for caption in app.caption)
     assert "vs threshold 0.500" in caption and " ms on TFLite int8" in caption
 
 
@@ -92,7 +100,7 @@ def test_a_real_test_xray_gets_a_verdict(real_data_dir, app):
     test = data.load_examples("test", real_data_dir).head(2, seed=0)
     upload(app, (Path(test.paths[0]).name, bytes(test.image_bytes[0]), "image/jpeg"))
     assert len(verdicts(app)) == 1
-    assert app.subheader[0].value == Path(test.paths[0]).name
+    assert shown(app.subheader[0]) == Path(test.paths[0]).name
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -106,7 +114,7 @@ def test_bad_files_give_a_message_and_clear_the_previous_verdict(app, name, cont
     assert verdicts(app)
     upload(app, (name, content, "image/png"))
     assert not verdicts(app), "the previous verdict is still on the page"
-    errors = [error.value for error in app.error]
+    errors = [shown(error) for error in app.error]
     assert any(name in error and message in error for error in errors), errors
 
 
@@ -123,9 +131,9 @@ def test_several_files_give_a_table_and_a_csv_download(app):
 def test_engine_switch_loads_the_other_variant(app):
     app.sidebar.selectbox[0].set_value("float32").run()
     assert not app.exception
-    assert "float32" in " ".join(markdown.value for markdown in app.sidebar.markdown)
+    assert "float32" in " ".join(shown(markdown) for markdown in app.sidebar.markdown)
     upload(app, ("film.png", film_bytes(), "image/png"))
-    assert "TFLite float32" in " ".join(caption.value for caption in app.caption)
+    assert "TFLite float32" in " ".join(shown(caption) for caption in app.caption)
 
 
 @pytest.mark.integration
@@ -162,8 +170,49 @@ def test_a_site_calibration_can_be_made_the_active_operating_point(model_folder,
     st.cache_resource.clear()
     test = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not test.exception
-    text = " ".join(markdown.value for markdown in test.sidebar.markdown)
+    text = " ".join(shown(markdown) for markdown in test.sidebar.markdown)
     assert "Active: site calibration" in text and "Threshold** 0.300" in text
     test.sidebar.radio[0].set_value("validation (in the model)").run()
-    text = " ".join(markdown.value for markdown in test.sidebar.markdown)
+    text = " ".join(shown(markdown) for markdown in test.sidebar.markdown)
     assert "Active: validation operating point" in text and "Threshold** 0.500" in text
+
+
+HOSTILE_NAME = "**bold** [link](http://evil.example) ![x](http://evil.example/x.png) <b>html</b> # 1. film.png"
+FORMULA_NAME = "=HYPERLINK(\"http://evil.example\",\"open\").png"
+
+
+def test_a_hostile_file_name_is_shown_as_plain_text_and_neutralised_in_the_csv(app):
+    from markdown_it import MarkdownIt
+
+    upload(app, (HOSTILE_NAME, film_bytes(), "image/png"), (FORMULA_NAME, b"", "image/png"))
+    heading = app.subheader[-2].value  # the hostile film's heading (the empty file's comes after it)
+    rendered = MarkdownIt("commonmark").render(heading)
+    assert not any(tag in rendered for tag in ("<a ", "<img", "<strong>", "<b>", "<h1", "<ol"))
+    assert shown(app.subheader[-2]) == HOSTILE_NAME
+    assert any(FORMULA_NAME in shown(error) for error in app.error)  # the refusal quotes the name as it is
+    table = app.dataframe[0].value
+    assert list(table["file"]) == [HOSTILE_NAME, FORMULA_NAME]  # the table on the page shows them as they are
+    refused = screening.Screener.load("int8").screen_bytes(b"", FORMULA_NAME)  # what the CSV download holds
+    rows = list(csv.DictReader(io.StringIO(screening.results_csv([refused]))))
+    assert rows[0]["file"] == "'" + FORMULA_NAME and rows[0]["reason"].startswith("'" + FORMULA_NAME)
+
+
+def test_moving_the_slider_does_not_screen_again(app):
+    upload(app, ("a.png", film_bytes(1), "image/png"), ("b.png", film_bytes(2), "image/png"))
+    cache = app.session_state["results"]
+    assert cache.screened == 2
+    app.sidebar.slider[0].set_value(0.8).run()
+    assert not app.exception and cache.screened == 2 and len(verdicts(app)) == 2
+    app.sidebar.selectbox[0].set_value("float32").run()  # another engine: screened again
+    assert cache.screened == 4
+    app.sidebar.selectbox[0].set_value("int8").run()  # and back: from the cache
+    assert cache.screened == 4
+
+
+def test_more_files_than_the_batch_cap_are_named_and_not_screened(app):
+    films = [(f"film_{index:02d}.png", film_bytes(index % 3), "image/png") for index in range(22)]
+    upload(app, *films)
+    warnings = " ".join(shown(warning) for warning in app.warning)
+    assert "22 files chosen" in warnings and "at most 20" in warnings
+    assert "film_20.png, film_21.png" in warnings and "python -m helpers.screen" in warnings
+    assert len(app.dataframe[0].value) == 20 and app.session_state["results"].screened == 20

@@ -86,6 +86,7 @@ from helpers.tflite.exporting import (  # noqa: F401  (re-exported)
 )
 from helpers.tflite.runtime import (  # noqa: F401  (re-exported)
     INTERPRETER_DEPRECATION_WARNING,
+    InterpreterPool,
     TFLiteClassifier,
     TensorInfo,
     check_classifier_shapes,
@@ -155,6 +156,7 @@ __all__ = [
     "SUSPECT_RMSE_OVER_SCALE",
     "TFLITE_FILE_IDENTIFIER",
     "TFLITE_SUBDIR",
+    "InterpreterPool",
     "TFLiteClassifier",
     "TFLiteModelError",
     "TensorInfo",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,74 @@ def load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
             "(notebooks/06_tflite_conversion.ipynb)."
         ) from error
     return interpreter
+
+
+def default_pool_size(num_threads: int | None) -> int:
+    """Interpreters worth keeping for concurrent calls: the CPU's cores divided by each one's threads."""
+    return max(1, (os.cpu_count() or 1) // max(1, num_threads or 1))
+
+
+class InterpreterPool:
+    """Interpreters of one model for concurrent callers: each call has one to itself for its whole run.
+
+    A LiteRT interpreter holds one set of input and output buffers, so two threads that
+    interleave ``set_tensor`` / ``invoke`` / ``get_tensor`` on the same interpreter get
+    an error ("There is at least 1 reference to internal data ...") or each other's
+    results. A pool gives every call its own interpreter from ``set_tensor`` to the
+    last ``get_tensor`` (:meth:`run`), creating up to ``size`` of them on demand; a call
+    beyond that waits for one to come back. With ``size`` 1 this is a lock around the
+    whole sequence; more interpreters only help while there are idle cores, hence
+    :func:`default_pool_size`.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1, size: int | None = None):
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self.size = int(size) if size is not None else default_pool_size(num_threads)
+        if self.size < 1:
+            raise ValueError(f"An interpreter pool needs at least one interpreter, got size {size}.")
+        first = load_interpreter(self.path, num_threads)  # validates the file once, up front
+        self.first = first  # for tensor details, which every interpreter of the model shares
+        self._idle = queue.LifoQueue()  # the most recently used interpreter first: its memory is warm
+        self._idle.put(first)
+        self._created = 1
+        self._creating = threading.Lock()
+
+    @property
+    def created(self) -> int:
+        """How many interpreters exist so far (at most :attr:`size`)."""
+        return self._created
+
+    def _take(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._creating:
+            if self._created < self.size:
+                self._created += 1
+                create = True
+            else:
+                create = False
+        if create:
+            try:
+                return load_interpreter(self.path, self.num_threads)
+            except BaseException:
+                with self._creating:
+                    self._created -= 1
+                raise
+        return self._idle.get()  # every interpreter is busy: wait for one
+
+    def run(self, job):
+        """``job(interpreter)`` with an interpreter no other thread touches until it returns; its result.
+
+        ``job`` must copy what it reads (``get_tensor`` does; ``tensor()`` views do not).
+        """
+        interpreter = self._take()
+        try:
+            return job(interpreter)
+        finally:
+            self._idle.put(interpreter)
 
 
 def quantize(values: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
