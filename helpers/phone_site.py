@@ -1,0 +1,129 @@
+"""Build the phone web app's static folder and serve it on localhost.
+
+    python -m helpers.phone_site build    # export (helpers.phone_export), npm ci, bundle -> phone/dist/
+    python -m helpers.phone_site serve    # serve phone/dist/ on http://127.0.0.1:8765/
+
+Node and npm are needed to build only: the built folder is plain static files
+(HTML, JavaScript, the LiteRT.js wasm, the models) that any HTTPS host serves. Camera
+access needs HTTPS or localhost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from helpers import config, phone_export, screening
+
+PHONE_DIR = config.PROJECT_ROOT / "phone"
+DIST_DIR = PHONE_DIR / "dist"
+DEFAULT_PORT = 8765
+CONTENT_TYPES = {".wasm": "application/wasm", ".webmanifest": "application/manifest+json",
+                 ".tflite": "application/octet-stream", ".bin": "application/octet-stream", ".js": "text/javascript",
+                 ".svg": "image/svg+xml"}
+
+
+class PhoneBuildError(RuntimeError):
+    """Node, npm or the bundler failed; the message says which command and what it printed."""
+
+
+def _run(command: list[str], what: str) -> str:
+    if shutil.which(command[0]) is None:
+        raise PhoneBuildError(f"{command[0]} is not installed: install Node.js 18 or newer (with npm) to {what}.")
+    finished = subprocess.run(command, cwd=PHONE_DIR, capture_output=True, text=True, timeout=900)
+    if finished.returncode != 0:
+        raise PhoneBuildError(f"{' '.join(command)} failed ({what}):\n{finished.stdout[-2000:]}{finished.stderr[-3000:]}")
+    return finished.stdout
+
+
+def install_packages(force: bool = False) -> None:
+    """``npm ci`` in ``phone/`` (the exact versions of ``package-lock.json``) unless already installed."""
+    installed = PHONE_DIR / "node_modules" / ".package-lock.json"
+    lock = PHONE_DIR / "package-lock.json"
+    if force or not installed.is_file() or installed.stat().st_mtime < lock.stat().st_mtime:
+        _run(["npm", "ci", "--no-audit", "--no-fund"], "install the page's pinned packages")
+
+
+def bundle_page(public: str | os.PathLike, output: str | os.PathLike = DIST_DIR) -> Path:
+    """``node build.mjs``: the page, its script, the wasm builds and ``public``'s files into ``output``."""
+    install_packages()
+    _run(["node", "build.mjs", "--public", str(Path(public).resolve()), "--out", str(Path(output).resolve())],
+         "bundle the page")
+    return Path(output)
+
+
+def build(artifacts: str | os.PathLike | None = None, public: str | os.PathLike = phone_export.DEFAULT_OUTPUT,
+          output: str | os.PathLike = DIST_DIR) -> Path:
+    """Export from ``artifacts`` into ``public``, then bundle into ``output``; returns ``output``."""
+    phone_export.export_bundle(artifacts, public)
+    return bundle_page(public, output)
+
+
+class StaticHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with the types a browser needs for wasm and the manifest; quiet logs."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **CONTENT_TYPES}
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        return
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-cache")  # the service worker decides what is kept offline
+        super().end_headers()
+
+
+def make_server(folder: str | os.PathLike, port: int = 0, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
+    """A threaded static server for ``folder`` (port 0: a free one); call ``serve_forever``."""
+    if not (Path(folder) / "index.html").is_file():
+        raise PhoneBuildError(f"No index.html in {folder}: build the page first (make phone).")
+    handler = functools.partial(StaticHandler, directory=str(folder))
+    return http.server.ThreadingHTTPServer((host, port), handler)
+
+
+@contextlib.contextmanager
+def serving(folder: str | os.PathLike):
+    """Serve ``folder`` on a free localhost port in a thread; yields the URL."""
+    server = make_server(folder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.phone_site", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("build", "serve"))
+    parser.add_argument("--artifacts", help="artifacts folder (default $CXR_ARTIFACTS_DIR or artifacts/)")
+    parser.add_argument("--output", default=str(DIST_DIR), help="the built folder (default phone/dist)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    arguments = parser.parse_args(argv)
+    try:
+        if arguments.command == "build":
+            folder = build(arguments.artifacts, output=arguments.output)
+            print(f"Built {folder}: serve it with python -m helpers.phone_site serve, or copy it to any HTTPS host.")
+            return 0
+        server = make_server(arguments.output, arguments.port)
+    except (PhoneBuildError, screening.ScreeningModelError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Serving {arguments.output} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl+C stops).", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The phone web app (``phone/``) in a real browser: same answers as Python, offline, camera, refusals.
+
+A tiny one-pass model (32 features) and a guard fitted on its features stand in for
+the trained ones, so the page is built and checked in seconds; parity on the trained
+models and the 624 test films is measured by ``benchmarks/phone_benchmark.py``.
+Playwright drives Debian's Chromium with a phone's viewport, touch and pixel ratio.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import guard, one_pass, phone_export, phone_site, screening, uploads
+from helpers.model import MODEL_FILE_NAME
+from helpers.ood import FeatureDistribution, OODDetector, non_xray_images
+from helpers.operating_point import OperatingPoint
+from helpers.provenance import FittedOn
+from tests import browser
+
+PHONE = {"viewport": {"width": 360, "height": 640}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+POINT = OperatingPoint(threshold=0.5, band_low=0.47, band_high=0.53, temperature=1.3, chosen_on="test fixture",
+                       rule="fixed")
+FILMS_PER_CLASS = 4
+TIMEOUT_MS = 60_000
+
+
+# --------------------------------------------------------------------------- #
+# A tiny model, a guard fitted on its features, the page built and served
+# --------------------------------------------------------------------------- #
+def tiny_classifier(seed: int = 0):
+    """Raw 0-255 (B, 224, 224, 3) in, P(PNEUMONIA) out, with the layer names the one-pass export needs."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(224, 224, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
+    x = keras.layers.Conv2D(32, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, 32)
+    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 32)
+    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(0.1))(pooled)
+    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
+    return keras.Model(inputs, probability, name="tiny_phone")
+
+
+def fit_tiny_guard(engine: screening.OnePassEngine, films: np.ndarray, fitted_on: FittedOn) -> OODDetector:
+    """Colour, X-ray and orientation gates and the distance, fitted on the tiny model's features of ``films``."""
+    def features(images):
+        return np.stack([engine.run(np.asarray(image, np.float32))[2] for image in images])  # (N, 32)
+
+    upright = features(films)
+    turned = {name: features(images) for name, images in guard.orientation_variants(films).items()}
+    others, _ = non_xray_images(per_kind=3, size=224)
+    other_features = features(others)
+    film_features = np.concatenate([upright, *turned.values()])
+    xray_gate = guard.fit_linear_gate(np.concatenate([film_features, other_features]),
+                                      ["xray"] * len(film_features) + ["not_xray"] * len(other_features),
+                                      guard.XRAY_CLASSES, watched="xray", regularization=10.0, balanced=True)
+    xray_gate = xray_gate.with_threshold(guard.threshold_between(xray_gate.watched_probability(film_features),
+                                                                 xray_gate.watched_probability(other_features)))
+    labels = [guard.UPRIGHT] * len(upright) + [guard.orientation_of(name) for name, values in turned.items()
+                                               for _ in range(len(values))]
+    orientation_gate = guard.fit_linear_gate(film_features, labels, guard.ORIENTATIONS, watched=guard.UPRIGHT,
+                                             regularization=10.0)
+    orientation_gate = orientation_gate.with_threshold(guard.threshold_between(
+        orientation_gate.watched_probability(upright),
+        orientation_gate.watched_probability(np.concatenate(list(turned.values())))))
+    distribution = FeatureDistribution.fit(film_features)
+    threshold = float(np.max(distribution.distances(upright))) * 1.5
+    return OODDetector(distribution, threshold, xray_gate=xray_gate, orientation_gate=orientation_gate,
+                       fitted_on=fitted_on)
+
+
+def sample_films(data_dir: Path) -> list[Path]:
+    films = screening.sample_films(FILMS_PER_CLASS, data_dir)
+    if len(films) != 2 * FILMS_PER_CLASS:
+        pytest.fail(f"Expected {2 * FILMS_PER_CLASS} test films under {data_dir}/chest_xray/test.")
+    return films
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    value = os.environ.get("CXR_DATA_DIR")
+    if value and Path(value).is_dir():
+        return Path(value)
+    message = "The phone tests screen real test films: set CXR_DATA_DIR (CI uses ../shared/data)."
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, data_dir):
+    """Artifacts (tiny models, guard), the exported public folder and the built page: ``{name: Path}``."""
+    reason = browser.unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"Browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("phone")
+    artifacts, public, dist = root / "artifacts", root / "public", root / "dist"
+    films = sample_films(data_dir)
+    pixels = np.stack([uploads.decode_upload(path.read_bytes(), path.name)[0] for path in films])  # (N, 224, 224, 3)
+    classifier = tiny_classifier()
+    keras_file = artifacts / "model" / MODEL_FILE_NAME
+    keras_file.parent.mkdir(parents=True)
+    classifier.save(keras_file)
+    for variant in screening.ONE_PASS_VARIANTS:
+        one_pass.convert_one_pass(classifier, variant, POINT, pixels.astype(np.uint8), artifacts / "tflite",
+                                  keras_model_path=keras_file)
+    engine = screening.OnePassEngine(screening.one_pass_path("float32", artifacts / "tflite"), num_threads=1)
+    fitted_on = FittedOn.of_model_file(keras_file, engine.feature_width)
+    fit_tiny_guard(engine, pixels, fitted_on).save(artifacts / "ood" / "detector.npz")
+    phone_export.export_bundle(artifacts, public)
+    phone_site.bundle_page(public, dist)
+    return {"artifacts": artifacts, "public": public, "dist": dist, "films": films, "root": root}
+
+
+@pytest.fixture(scope="module")
+def url(site):
+    with phone_site.serving(site["dist"]) as address:
+        yield address
+
+
+def python_screener(site, variant: str = "int8") -> screening.Screener:
+    """Python's pipeline on the same model and the guard as shipped to the page."""
+    engine = screening.OnePassEngine(screening.one_pass_path(variant, site["artifacts"] / "tflite"), num_threads=1)
+    return screening.Screener(engine, phone_export.read_guard(site["public"]))
+
+
+@pytest.fixture(scope="module")
+def playwright(site):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def playwright_browser(playwright):
+    launched = playwright.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+def open_page(playwright_browser, url: str, query: str = "", **context_options):
+    """A fresh phone-sized context and the page, loaded and ready; returns (context, page)."""
+    context = playwright_browser.new_context(**{**PHONE, **context_options})
+    page = context.new_page()
+    page.goto(url + query)
+    page.wait_for_function("window.cxrPhone && window.cxrPhone.state !== 'loading'", timeout=TIMEOUT_MS)
+    assert page.evaluate("window.cxrPhone.state") == "ready", page.evaluate("window.cxrPhone.error")
+    return context, page
+
+
+def screen_in_page(page, content: bytes, name: str) -> dict:
+    """Choose the file in the page's file input; return what the page decided (``window.cxrPhone.last``)."""
+    before = page.evaluate("window.cxrPhone.timings.length")
+    page.set_input_files("#film", files=[{"name": name, "mimeType": "application/octet-stream", "buffer": content}])
+    page.wait_for_function(f"window.cxrPhone.timings.length > {before}", timeout=TIMEOUT_MS)
+    return page.evaluate("window.cxrPhone.last")
+
+
+# --------------------------------------------------------------------------- #
+# Files the page must refuse
+# --------------------------------------------------------------------------- #
+def huge_png(side: int = 20_000) -> bytes:
+    """A valid grey PNG of side x side pixels, all black (compresses to a few hundred kB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (side + 1)  # filter byte + pixels
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def colour_photo() -> bytes:
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample_images().images[1]).save(buffer, format="JPEG", quality=90)  # the flower
+    return buffer.getvalue()
+
+
+def upside_down(path: Path) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(path) as image:
+        image.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- #
+# The tests
+# --------------------------------------------------------------------------- #
+def test_export_ships_the_guard_python_reads_back(site):
+    shipped = phone_export.read_guard(site["public"])
+    original = OODDetector.load(site["artifacts"] / "ood" / "detector.npz")
+    features = np.random.default_rng(0).normal(1.0, 0.5, (20, shipped.distribution.mean.shape[0])).astype(np.float32)
+    np.testing.assert_allclose(shipped.distribution.distances(features), original.distribution.distances(features),
+                               rtol=2e-3)
+    np.testing.assert_allclose(shipped.xray_gate.probabilities(features), original.xray_gate.probabilities(features),
+                               atol=1e-6)
+    bundle = phone_export.read_bundle(site["public"])
+    assert bundle["variants"]["int8"]["input"]["dtype"] == "uint8"
+    assert bundle["variants"]["float32"]["input"]["dtype"] == "float32"
+    assert bundle["not_a_medical_device"] == screening.NOT_A_MEDICAL_DEVICE
+    sha = bundle["variants"]["int8"]["sha256"]
+    assert sha[:12] in bundle["variants"]["int8"]["file"] and bundle["version"].startswith(sha[:12])
+
+
+@pytest.mark.parametrize("variant", ["int8", "float32"])
+def test_page_decides_as_the_python_screener(site, url, playwright_browser, variant):
+    screener = python_screener(site, variant)
+    context, page = open_page(playwright_browser, url, f"?variant={variant}")
+    try:
+        for film in site["films"]:
+            shown = screen_in_page(page, film.read_bytes(), film.name)
+            expected = screener.screen_bytes(film.read_bytes(), film.name)
+            assert (shown["accepted"], shown["guard"]) == (expected.accepted, expected.guard), film.name
+            assert shown.get("decision") == expected.decision, film.name
+            assert shown["message"] == expected.message
+            if expected.accepted:
+                assert abs(shown["probability"] - expected.probability) < 2e-3, film.name
+                assert shown["summary"] == expected.summary()
+                heatmap = np.asarray(page.evaluate("Array.from(window.cxrPhone.lastHeatmap)")).reshape(224, 224)
+                assert np.abs(heatmap - expected.heatmap).max() < 0.05, film.name
+        assert page.locator("#model-version").inner_text().startswith(screener.engine.version)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no horizontal scroll
+    finally:
+        context.close()
+
+
+def test_input_tensor_matches_python_within_one_grey_level(site, url, playwright_browser):
+    context, page = open_page(playwright_browser, url)
+    try:
+        for film in site["films"][:2] + site["films"][-2:]:
+            screen_in_page(page, film.read_bytes(), film.name)
+            shown = np.asarray(page.evaluate("Array.from(window.cxrPhone.lastInput)"), dtype=np.float64)
+            pixels, _ = uploads.decode_upload(film.read_bytes(), film.name)
+            expected = np.clip(np.round(pixels.astype(np.float64)), 0, 255).reshape(-1)  # the uint8 input
+            assert shown.shape == expected.shape
+            assert np.abs(shown - expected).max() <= 1.0, film.name
+    finally:
+        context.close()
+
+
+def test_refusals_get_pythons_messages_and_the_page_keeps_working(site, url, playwright_browser):
+    screener = python_screener(site)
+    flipped_film = site["films"][0]
+    cases = {"notes.txt": b"This is a text file, not a chest X-ray.\n" * 20, "flower.jpeg": colour_photo(),
+             "upside_down.png": upside_down(flipped_film), "huge.png": huge_png()}
+    expected_kinds = {"notes.txt": "", "flower.jpeg": guard.NOT_XRAY, "upside_down.png": guard.WRONG_WAY_ROUND,
+                      "huge.png": ""}
+    context, page = open_page(playwright_browser, url)
+    try:
+        for name, content in cases.items():
+            expected = screener.screen_bytes(content, name)
+            assert not expected.accepted and expected.guard == expected_kinds[name], (name, expected.message)
+            shown = screen_in_page(page, content, name)
+            assert not shown["accepted"], name
+            assert shown["message"] == expected.message
+            assert page.locator("#verdict").inner_text() == "Not analysed"
+            assert page.locator("#message").inner_text() == expected.message
+        film = site["films"][-1]
+        shown = screen_in_page(page, film.read_bytes(), film.name)
+        assert shown["accepted"] and shown["decision"] == screener.screen_bytes(film.read_bytes(), film.name).decision
+    finally:
+        context.close()
+
+
+def test_no_request_after_load_carries_image_data(site, url, playwright_browser):
+    context, page = open_page(playwright_browser, url)
+    requests = []
+    page.on("request", lambda request: requests.append(request))
+    try:
+        for film in site["films"][:3]:
+            screen_in_page(page, film.read_bytes(), film.name)
+        page.wait_for_timeout(500)
+        assert [(request.method, request.url) for request in requests if request.post_data_buffer] == []
+        assert [request.url for request in requests if not request.url.startswith(url)] == []
+        assert [request.url for request in requests] == []  # screening needs no network at all
+    finally:
+        context.close()
+
+
+def test_second_visit_screens_offline(site, url, playwright_browser):
+    context, page = open_page(playwright_browser, url)
+    try:
+        page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=TIMEOUT_MS)
+        context.set_offline(True)
+        page.reload()
+        page.wait_for_function("window.cxrPhone && window.cxrPhone.state !== 'loading'", timeout=TIMEOUT_MS)
+        assert page.evaluate("window.cxrPhone.state") == "ready", page.evaluate("window.cxrPhone.error")
+        film = site["films"][1]
+        shown = screen_in_page(page, film.read_bytes(), film.name)
+        assert shown["accepted"] or shown["guard"], shown
+        assert shown["message"] == python_screener(site).screen_bytes(film.read_bytes(), film.name).message
+    finally:
+        context.close()
+
+
+def fake_camera_video(site, path: Path, seconds_each: float = 2.0, fps: int = 10) -> Path:
+    """A y4m video for Chromium's fake camera: a test film, then a colour photo, then the film again."""
+    from PIL import Image
+
+    width, height = 320, 240
+    def frame_of(image) -> bytes:
+        fitted = Image.new("RGB", (width, height))
+        image = image.convert("RGB")
+        image.thumbnail((width, height))
+        fitted.paste(image, ((width - image.width) // 2, (height - image.height) // 2))
+        ycbcr = fitted.convert("YCbCr")
+        luma, blue, red = (np.asarray(plane) for plane in ycbcr.split())
+        chroma = [np.asarray(Image.fromarray(plane).resize((width // 2, height // 2), Image.BILINEAR))
+                  for plane in (blue, red)]
+        return b"FRAME\n" + luma.tobytes() + chroma[0].tobytes() + chroma[1].tobytes()
+
+    with Image.open(site["films"][-1]) as film:
+        film_frame = frame_of(film)
+    photo_frame = frame_of(Image.open(io.BytesIO(colour_photo())))
+    frames = int(seconds_each * fps)
+    with path.open("wb") as video:
+        video.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in [film_frame] * frames + [photo_frame] * frames + [film_frame] * frames:
+            video.write(frame)
+    return path
+
+
+def test_camera_mode_screens_frames_and_follows_the_film(site, url, playwright):
+    video = fake_camera_video(site, site["root"] / "camera.y4m")
+    arguments = CHROMIUM_ARGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                                 f"--use-file-for-fake-video-capture={video}"]
+    launched = playwright.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=arguments)
+    try:
+        context = launched.new_context(**PHONE, permissions=["camera"])
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function("window.cxrPhone && window.cxrPhone.state === 'ready'", timeout=TIMEOUT_MS)
+        page.click("#camera-button")
+        # film -> photo -> film: the shown verdict changes twice (smoothed over a few frames)
+        page.wait_for_function("window.cxrPhone.camera.kinds.length >= 3", timeout=TIMEOUT_MS)
+        kinds = page.evaluate("window.cxrPhone.camera.kinds")
+        assert "Not analysed" in kinds and any(kind != "Not analysed" for kind in kinds), kinds
+        assert page.evaluate("window.cxrPhone.camera.frames") >= 10
+        assert "A photo of a screen is not the original film" in page.locator("#camera").inner_text()
+        page.click("#camera-stop")
+        page.wait_for_function("document.getElementById('camera').hidden")
+    finally:
+        launched.close()
+
+
+def test_page_has_no_serious_accessibility_violations(site, url, playwright_browser):
+    context, page = open_page(playwright_browser, url)
+    try:
+        film = site["films"][0]
+        screen_in_page(page, film.read_bytes(), film.name)
+        page.add_script_tag(path=str(phone_site.PHONE_DIR / "node_modules" / "axe-core" / "axe.min.js"))
+        results = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+        serious = [(violation["id"], violation["impact"], violation["help"]) for violation in results["violations"]
+                   if violation["impact"] in ("serious", "critical")]
+        assert serious == []
+        assert json.dumps(results["violations"]) is not None
+    finally:
+        context.close()
