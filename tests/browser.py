@@ -186,6 +186,36 @@ def screen_in_browser(url: str, film: Path, screenshot: Path | None = None, time
             browser.close()
 
 
+def screen_in_sessions(url: str, films: list[Path], timeout_ms: int = 120_000) -> list[str]:
+    """One browser session per film, all uploading at the same moment; each session's page text.
+
+    Each film gets its own browser context (its own cookies and Streamlit session, as
+    separate users have); the pages are opened first, then every upload is started
+    before any verdict is awaited, so the server screens them concurrently.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            pages = [browser.new_context(viewport={"width": 1280, "height": 1000}).new_page() for _ in films]
+            for page in pages:
+                page.goto(url, wait_until="domcontentloaded")
+                page.locator("input[type=file]").wait_for(state="attached", timeout=timeout_ms)
+            for page, film in zip(pages, films):  # every upload starts before any verdict is awaited
+                page.locator("input[type=file]").set_input_files(str(film))
+            texts = []
+            for page in pages:
+                page.locator(f"text={VERDICT_PATTERN}").first.wait_for(timeout=timeout_ms)
+                page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')",
+                                       timeout=timeout_ms)  # the script run has finished
+                texts.append(page.inner_text("body"))
+            return texts
+        finally:
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = argv if argv is not None else sys.argv[1:]
     if len(arguments) != 2:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
-from helpers import screening, tflite
+from helpers import concurrency, screening, tflite
 from tests.test_screening import classifier, film_bytes, models  # noqa: F401  (the tiny one-pass models, fixtures)
 
 THREADS = 8
@@ -28,34 +27,27 @@ def films() -> list[tuple[str, bytes]]:
     return [(f"film_{seed:02d}.png", film_bytes(seed)) for seed in range(FILMS)]
 
 
-def answer(result: screening.ScreeningResult) -> tuple:
-    """What must not change between a screen alone and a screen under load."""
-    return (result.name, result.accepted, result.decision, result.guard, result.probability,
-            None if result.heatmap is None else result.heatmap.tobytes())
-
-
-def hammer(screener: screening.Screener, films: list[tuple[str, bytes]]) -> list[tuple[int, tuple]]:
-    """THREADS threads, each screening SCREENS_PER_THREAD films in its own order, all released at once."""
-    start = threading.Barrier(THREADS)
-
-    def worker(thread: int) -> list[tuple[int, tuple]]:
-        order = np.random.default_rng(thread).integers(0, len(films), SCREENS_PER_THREAD)
-        start.wait()
-        return [(int(index), answer(screener.screen_bytes(films[index][1], films[index][0]))) for index in order]
-
-    with ThreadPoolExecutor(THREADS) as executor:
-        return [item for part in executor.map(worker, range(THREADS)) for item in part]
-
-
 @pytest.mark.parametrize("variant, pool_size", [("int8", None), ("int8", 4), ("float32", 3)])
 def test_eight_threads_on_one_screener_get_exactly_the_sequential_results(models, films, variant, pool_size):  # noqa: F811
     screener = screening.Screener(screening.OnePassEngine(models[variant], num_threads=1, pool_size=pool_size))
-    alone = [answer(screener.screen_bytes(content, name)) for name, content in films]
-    under_load = hammer(screener, films)
-    assert len(under_load) == THREADS * SCREENS_PER_THREAD >= 400
-    mismatches = [index for index, result in under_load if result != alone[index]]
-    assert mismatches == []
-    assert screener.engine.pool.created <= screener.engine.pool.size
+    load = concurrency.screen_under_load(screener, films, THREADS, SCREENS_PER_THREAD)
+    assert load["screens"] == THREADS * SCREENS_PER_THREAD >= 400
+    assert (load["mismatches"], load["errors"]) == (0, 0), load["first_error"]
+    assert 1 <= load["interpreters"] <= screener.engine.pool.size
+
+
+def test_the_load_test_counts_what_differs_and_what_raises(films):
+    class Flaky:  # answers differ on every other call, and one call in three raises
+        calls = 0
+
+        def screen_bytes(self, content, name):
+            Flaky.calls += 1
+            if Flaky.calls > len(films) and Flaky.calls % 3 == 0:
+                raise RuntimeError("There is at least 1 reference to internal data in the interpreter")
+            return screening.ScreeningResult(name, True, "", probability=float(Flaky.calls % 2))
+
+    load = concurrency.screen_under_load(Flaky(), films, threads=2, screens_per_thread=30)
+    assert load["errors"] > 0 and load["mismatches"] >= load["errors"] and "internal data" in load["first_error"]
 
 
 def test_the_pool_never_lends_one_interpreter_to_two_callers(models):  # noqa: F811
