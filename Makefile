@@ -14,7 +14,7 @@ CHROMIUM ?= /usr/bin/chromium
 # chain) runs on one while the other takes the rest. PYTEST_WORKERS= runs everything in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app browser clean-test
+.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser clean-test
 
 help:
 	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -25,6 +25,7 @@ help:
 	@echo "make benchmark  TFLite size / latency / memory, and the web app's end-to-end latency"
 	@echo "make lab        open JupyterLab"
 	@echo "make app        start the screening web app (Streamlit) on the phone model"
+	@echo "make phone      build the phone web app (phone/dist/, needs Node to build) and serve it on localhost"
 	@echo "make reliability  damaged inputs and 16-bit films through the app's pipeline -> reliability.json"
 	@echo "make report     rewrite the README's generated blocks from the results files"
 
@@ -66,6 +67,7 @@ quality: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/tflite_benchmark.py
 	$(BIN)/python benchmarks/app_latency.py
+	$(BIN)/python benchmarks/phone_benchmark.py
 
 reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py
@@ -75,6 +77,11 @@ report: $(STAMP)
 
 app: $(STAMP)
 	$(BIN)/streamlit run app/streamlit_app.py
+
+# The phone web app: export the models and the guard, npm ci, bundle into phone/dist/, serve it.
+phone: $(STAMP)
+	$(BIN)/python -m helpers.phone_site build
+	$(BIN)/python -m helpers.phone_site serve
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

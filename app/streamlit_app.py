@@ -146,6 +146,8 @@ def main() -> None:
     st.title("Pneumonia screening on chest X-rays")
     st.caption("MobileNetV2 phone model (TensorFlow Lite), decision rule chosen on validation, heat map "
                "from the same pass. " + screening.NOT_A_MEDICAL_DEVICE)
+    phone_url = os.environ.get("CXR_PHONE_URL", "http://127.0.0.1:8765/")  # where `make phone` serves it
+    st.caption(f"On a phone, offline, with the camera: [the phone web app]({phone_url}) (`make phone`).")
     screener, alpha = sidebar()
     if screener is None:
         return

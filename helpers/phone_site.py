@@ -21,6 +21,9 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from helpers import config, phone_export, screening
 
 PHONE_DIR = config.PROJECT_ROOT / "phone"
@@ -79,27 +82,64 @@ class StaticHandler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")  # the service worker decides what is kept offline
         super().end_headers()
 
+    def copyfile(self, source, outputfile):
+        """Send the file, and note ``(path, bytes)`` in the server's ``served`` list (what a visit downloaded)."""
+        content = source.read()
+        outputfile.write(content)
+        self.server.served.append((self.path.split("?")[0], len(content)))
+
 
 def make_server(folder: str | os.PathLike, port: int = 0, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:
     """A threaded static server for ``folder`` (port 0: a free one); call ``serve_forever``."""
     if not (Path(folder) / "index.html").is_file():
         raise PhoneBuildError(f"No index.html in {folder}: build the page first (make phone).")
     handler = functools.partial(StaticHandler, directory=str(folder))
-    return http.server.ThreadingHTTPServer((host, port), handler)
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.served = []  # (path, bytes) of every file sent
+    return server
 
 
 @contextlib.contextmanager
-def serving(folder: str | os.PathLike):
-    """Serve ``folder`` on a free localhost port in a thread; yields the URL."""
+def serving(folder: str | os.PathLike, with_server: bool = False):
+    """Serve ``folder`` on a free localhost port in a thread; yields the URL (and the server, ``with_server``)."""
     server = make_server(folder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        address = f"http://127.0.0.1:{server.server_address[1]}/"
+        yield (address, server) if with_server else address
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def write_y4m(frames: list[np.ndarray], path: str | os.PathLike, fps: int) -> Path:
+    """A YUV4MPEG2 video (4:2:0) of RGB frames (H, W, 3) uint8, even sizes: Chromium's fake camera plays it.
+
+    ``--use-file-for-fake-video-capture=<path>`` loops it at ``fps`` frames per second.
+    """
+    height, width = frames[0].shape[:2]
+    if height % 2 or width % 2 or any(frame.shape != frames[0].shape for frame in frames):
+        raise ValueError(f"Frames must share one even size; the first is {width}x{height}.")
+    path = Path(path)
+    with path.open("wb") as video:
+        video.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            luma, blue, red = (np.asarray(plane) for plane in Image.fromarray(frame).convert("YCbCr").split())
+            chroma = [np.asarray(Image.fromarray(plane).resize((width // 2, height // 2), Image.BILINEAR))
+                      for plane in (blue, red)]
+            video.write(b"FRAME\n" + luma.tobytes() + chroma[0].tobytes() + chroma[1].tobytes())
+    return path
+
+
+def letterboxed(image, width: int, height: int) -> np.ndarray:
+    """A PIL image fitted into a black (height, width, 3) uint8 frame, centred (a film held up to a camera)."""
+    frame = Image.new("RGB", (width, height))
+    fitted = image.convert("RGB")
+    fitted.thumbnail((width, height))
+    frame.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
+    return np.asarray(frame)
 
 
 def main(argv: list[str] | None = None) -> int:

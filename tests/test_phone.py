@@ -317,27 +317,11 @@ def fake_camera_video(site, path: Path, seconds_each: float = 2.0, fps: int = 10
     """A y4m video for Chromium's fake camera: a test film, then a colour photo, then the film again."""
     from PIL import Image
 
-    width, height = 320, 240
-    def frame_of(image) -> bytes:
-        fitted = Image.new("RGB", (width, height))
-        image = image.convert("RGB")
-        image.thumbnail((width, height))
-        fitted.paste(image, ((width - image.width) // 2, (height - image.height) // 2))
-        ycbcr = fitted.convert("YCbCr")
-        luma, blue, red = (np.asarray(plane) for plane in ycbcr.split())
-        chroma = [np.asarray(Image.fromarray(plane).resize((width // 2, height // 2), Image.BILINEAR))
-                  for plane in (blue, red)]
-        return b"FRAME\n" + luma.tobytes() + chroma[0].tobytes() + chroma[1].tobytes()
-
     with Image.open(site["films"][-1]) as film:
-        film_frame = frame_of(film)
-    photo_frame = frame_of(Image.open(io.BytesIO(colour_photo())))
+        film_frame = phone_site.letterboxed(film, 320, 240)
+    photo_frame = phone_site.letterboxed(Image.open(io.BytesIO(colour_photo())), 320, 240)
     frames = int(seconds_each * fps)
-    with path.open("wb") as video:
-        video.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in [film_frame] * frames + [photo_frame] * frames + [film_frame] * frames:
-            video.write(frame)
-    return path
+    return phone_site.write_y4m([film_frame] * frames + [photo_frame] * frames + [film_frame] * frames, path, fps)
 
 
 def test_camera_mode_screens_frames_and_follows_the_film(site, url, playwright):

@@ -56,6 +56,7 @@ async function load() {
   app.guard = guardBytes ? new Guard(app.bundle.guard, guardBytes.buffer) : null;
   app.model = await OnePassModel.create(app.variant, bytes);
   app.loadMs = performance.now() - started;
+  app.readyAt = performance.now();  // ms since navigation start
   element("model-version").textContent = `${app.variant.model_version} · ${app.variant.engine} · `
     + `file ${app.variant.sha256.slice(0, 12)}`;
   setStatus(`Ready (${offline}). Choose a film or use the camera.`);
@@ -64,12 +65,16 @@ async function load() {
 }
 
 // ------------------------------------------------------------------ one picture
-// rgba of a region -> the result of helpers/screening.py Screener.screen_pixels.
+// rgba of a region -> the result of helpers/screening.py Screener.screen_pixels, with the time of each step.
 async function screenRgba(rgba, width, height, name) {
+  const started = performance.now();
   const pixels = pixelsFromRgba(rgba, width, height, IMAGE_SIZE);
   const data = inputData(pixels, app.model.inputDtype);
+  const resized = performance.now();
   const outputs = await app.model.run(data);
+  const ran = performance.now();
   const result = decide(name, pixels, outputs, app.variant, app.guard);
+  result.timingsMs = {resize: resized - started, model: ran - resized, guard_decision_heatmap: performance.now() - ran};
   return {result, pixels, data};
 }
 
@@ -96,10 +101,13 @@ async function screenBytes(bytes, name) {
   try {
     const header = checkUpload(bytes, name, app.bundle.upload_rules);
     const image = await decodeToRgba(bytes, header, name);
+    const decoded = performance.now();
     const {result, pixels, data} = await screenRgba(image.data, image.width, image.height, name);
+    const drawing = performance.now();
     app.lastInput = data;
     shown = result;
     showResult(result, pixels);
+    result.timingsMs = {decode: decoded - started, ...result.timingsMs, draw: performance.now() - drawing};
   } catch (error) {
     if (!(error instanceof ImageRejected)) throw error;
     shown = {name, accepted: false, guard: "", message: error.message};
@@ -107,6 +115,7 @@ async function screenBytes(bytes, name) {
   }
   const elapsed = performance.now() - started;
   app.timings.push(elapsed);
+  app.lastShownAt = performance.now();  // ms since navigation start
   app.last = {...shown, heatmap: undefined, verdict: undefined, summary: summary(shown), totalMs: elapsed};
   app.lastHeatmap = shown.heatmap || null;
   return app.last;
@@ -146,11 +155,30 @@ async function onFileChosen(event) {
 }
 
 // ------------------------------------------------------------------ camera
-function nextFrame(video) {
-  return new Promise(resolve => {
-    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(() => resolve());
-    else requestAnimationFrame(() => resolve());
-  });
+// Counts the frames the video presents; next(seen) resolves once a frame newer than `seen` is there.
+// The camera loop grabs the newest frame when it is free: frames that came meanwhile are skipped, never queued.
+function frameWatcher(video) {
+  const watcher = {presented: 0, waiters: [], active: true};
+  const schedule = () => {
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(onFrame);
+    else requestAnimationFrame(onFrame);
+  };
+  function onFrame() {
+    watcher.presented += 1;
+    const waiting = watcher.waiters;
+    watcher.waiters = [];
+    for (const resolve of waiting) resolve();
+    if (watcher.active) schedule();
+  }
+  watcher.next = seen => (watcher.presented > seen || !watcher.active ? Promise.resolve()
+    : new Promise(resolve => watcher.waiters.push(resolve)));
+  watcher.stop = () => {
+    watcher.active = false;
+    for (const resolve of watcher.waiters) resolve();
+    watcher.waiters = [];
+  };
+  schedule();
+  return watcher;
 }
 
 // The centred square of the newest frame, as RGBA at its own resolution.
@@ -206,9 +234,12 @@ async function cameraLoop(video) {
   const grab = document.createElement("canvas");
   const recent = [];
   const camera = app.camera;
-  let windowStart = performance.now(), windowFrames = 0;
+  let windowStart = performance.now(), windowFrames = 0, seen = 0;
+  const watcher = frameWatcher(video);
+  camera.watcher = watcher;
   while (camera.running) {
-    await nextFrame(video);  // screen the newest frame; frames that came meanwhile are skipped, never queued
+    await watcher.next(seen);
+    seen = watcher.presented;
     if (!camera.running || video.videoWidth === 0) continue;
     const image = grabSquare(video, grab);
     const {result} = await screenRgba(image.data, image.width, image.height, "camera");
@@ -229,7 +260,9 @@ async function cameraLoop(video) {
     element("camera-message").textContent = shown.message;
     element("camera-rate").textContent = `${camera.fps.toFixed(1)} frames screened per second`;
     drawCameraHeatmap(result);
+    camera.lastTimingsMs = result.timingsMs;
   }
+  watcher.stop();
 }
 
 async function startCamera() {
@@ -253,6 +286,7 @@ async function startCamera() {
 
 async function stopCamera() {
   app.camera.running = false;
+  if (app.camera.watcher) app.camera.watcher.stop();
   await app.camera.loop;
   for (const track of app.camera.stream ? app.camera.stream.getTracks() : []) track.stop();
   element("video").srcObject = null;
