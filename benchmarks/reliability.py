@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from helpers import config  # noqa: E402
 from helpers.jsonio import write_json  # noqa: E402
+from helpers.report import benchmark_profile  # noqa: E402
 
 REPORT_FILE_NAME = "reliability.json"
+DEFAULT_FUZZ = 5000  # fewer (or --films) make a shortened run, which make report does not use
 
 
 def sixteen_bit_png(content: bytes) -> bytes:
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from helpers import data, dicom, fuzz, screening
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fuzz", type=int, default=5000, help="damaged inputs")
+    parser.add_argument("--fuzz", type=int, default=DEFAULT_FUZZ, help="damaged inputs")
     parser.add_argument("--films", type=int, default=None, help="test films as 16-bit copies (default: all)")
     parser.add_argument("--seed", type=int, default=config.DEFAULT_SEED)
     arguments = parser.parse_args(argv)
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               for content in originals]  # (224, 224) uint8 each: the orientation variants need square films
     outcomes = guard_outcomes(screener, square, per_kind=25, seed=arguments.seed)
     record = {
+        "profile": benchmark_profile(shortened=arguments.fuzz < DEFAULT_FUZZ or arguments.films is not None),
         "engine": screener.engine.name, "model_version": screener.engine.version,
         "fuzz": report.to_dict(),
         "bit16_agreement": same / compared if compared else None,

@@ -36,13 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from benchmarks import timing  # noqa: E402
 from helpers import tflite  # noqa: E402
 from helpers.jsonio import write_json  # noqa: E402
+from helpers.report import benchmark_profile  # noqa: E402
 
 BENCHMARK_FILE_NAME = "benchmark.json"
+DEFAULT_RUNS = 200  # fewer make a shortened benchmark, which make report does not use
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200, help="timed invocations per variant and thread count (>= 200 for the report)")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed invocations per variant and thread count (>= 200 for the report)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed invocations first")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="thread count of the multi-thread measurement")
     parser.add_argument("--parity-images", type=int, default=None,
@@ -171,6 +173,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     for entry in variants.values():
         entry["speedup_vs_float32_1thread"] = reference / entry["latency_ms_1thread_median"]
     return {
+        "profile": benchmark_profile(shortened=args.runs < DEFAULT_RUNS),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     **timing.cpu_description(),  # int8 / float32 ratios depend on these

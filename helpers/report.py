@@ -1,33 +1,161 @@
 """README figures and the model card from the results files: ``python -m helpers.report`` (``make report``).
 
-Headline figures go through a committed **reference results file**,
-``results/reference.json``: ``make report`` refreshes it from the artifacts of a
-*full* run (a smoke run never overwrites it), then renders the README's ``results``
-block and ``docs/model_card.md`` from it, so a test can check, without any
-artifacts, that what the README and the card say is what the file says.
+Every figure the README's generated blocks and ``docs/model_card.md`` show comes from a
+file committed under ``results/``, so a test can check, without any artifacts, that what
+the README and the card say is what those files say. ``make report`` works in two steps:
 
-A block of the README between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` is
-rewritten from the artifacts a run wrote, so the figures a reader sees are the ones
-measured, not typed. Blocks whose results file is missing are left as they are (and
-the command says so). Blocks so far: ``new_site`` (``new_site.json``), ``app``
-(``app_benchmark.json``, ``tflite/parity.json``) and ``reliability`` (``reliability.json``,
-``ood.json``).
+1. **Refresh ``results/``** from the artifacts folder. Each source (:data:`SOURCES`)
+   records the profile it was made with; only a *full*-profile one is used. A source
+   that is there but was made with another profile (a smoke run, a shortened benchmark)
+   or that records none stops the command before anything is written, with a message
+   naming the file, the blocks it feeds and how to make a full one. A source that is
+   not there leaves its ``results/`` file as it is. ``results/reference.json`` (the
+   headline figures) is built from ``metrics.json`` and the phone-model, guard and
+   new-site sources of the same run; the others are copies of their source (or of the
+   fields a block needs).
+2. **Render** each block between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->``
+   (:data:`BLOCK_SOURCES`) and the model card from ``results/`` only. A block whose
+   results file is missing is left as it is, and the command says so
+   (:func:`missing_sources`).
+
+Each block ends with its targets (:mod:`helpers.targets`): met or missed, with the date
+each was set and, if it was restated after a result was known, when and why.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from helpers import config
+from helpers import config, targets
 from helpers.jsonio import read_json_object, write_json
 
 README = config.PROJECT_ROOT / "README.md"
-REFERENCE = config.PROJECT_ROOT / "results" / "reference.json"
+RESULTS_DIR = config.PROJECT_ROOT / "results"
+REFERENCE = RESULTS_DIR / "reference.json"
 MODEL_CARD = config.PROJECT_ROOT / "docs" / "model_card.md"
 HEADLINE_METRICS = ("recall", "specificity", "precision", "accuracy", "roc_auc", "pr_auc")
 METRIC_NAMES = {"recall": "recall (sensitivity)", "specificity": "specificity", "precision": "precision",
                 "accuracy": "accuracy", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"}
+FULL_PROFILE = "full"
+SHORTENED = "shortened"  # a benchmark run on fewer films or runs than its defaults
+
+
+@dataclass(frozen=True)
+class Source:
+    """An artifact a README block is rendered from, and its copy ``results/<name>.json``.
+
+    ``keep``: the top-level keys copied into ``results/`` (None: the whole record).
+    ``remedy``: how to make a full-profile one.
+    """
+
+    name: str
+    artifact: str
+    remedy: str
+    keep: tuple[str, ...] | None = None
+
+
+METRICS = Source("reference", "metrics.json", "run `make run` (notebook 04 writes it in the full profile)")
+SOURCES = {source.name: source for source in (
+    Source("parity", "tflite/parity.json", "run `make run` (notebook 06 in the full profile)"),
+    Source("tflite_benchmark", "tflite/benchmark.json",
+           "run `make run` (notebook 06 runs it), or `make benchmark` with its default runs after a full `make run`"),
+    Source("ood", "ood.json", "run `make run` (notebook 07 in the full profile)"),
+    Source("new_site", "new_site.json", "run `make run` (notebook 08 in the full profile)",
+           keep=("profile", "zero_shot", "label_free", "calibrated", "targets", "label_free_depth_control",
+                 "label_free_whole_site")),
+    Source("app_benchmark", "app_benchmark.json", "run `make benchmark` (all test films) after a full `make run`"),
+    Source("reliability", "reliability.json",
+           "run `make reliability` (its default sizes) after a full `make run`"),
+)}
+# The README's blocks: the results files each is rendered from (the first is required, the others add rows).
+BLOCK_SOURCES = {"results": ("reference",), "app": ("app_benchmark", "parity"),
+                 "reliability": ("reliability", "ood"), "new_site": ("new_site",)}
+# What each source feeds, for the refusal message: reference.json gathers the headline figures.
+FEEDS = {"reference": ("results", "model card"), "parity": ("results", "app", "model card"),
+         "tflite_benchmark": ("results", "model card"), "ood": ("results", "reliability", "model card"),
+         "new_site": ("results", "new_site", "model card"), "app_benchmark": ("app", "model card"),
+         "reliability": ("reliability", "model card")}
+
+
+class NotFullProfile(ValueError):
+    """Artifacts ``make report`` refuses: made with another profile than ``full``, or recording none."""
+
+
+def benchmark_profile(shortened: bool, artifacts: Path | None = None) -> str:
+    """The profile a benchmark records in its JSON, so ``make report`` can refuse a partial one.
+
+    The profile of the run whose model it measured (``metrics.json``: ``"full"`` or
+    ``"smoke"``), ``"shortened"`` when that run was full but the benchmark itself ran
+    on fewer films or runs than its defaults, ``"unknown"`` without a ``metrics.json``.
+    """
+    metrics_path = (artifacts or config.artifacts_dir(create=False)) / "metrics.json"
+    profile = read_json_object(metrics_path).get("profile") if metrics_path.is_file() else None
+    if profile != FULL_PROFILE:
+        return profile or "unknown"
+    return SHORTENED if shortened else FULL_PROFILE
+
+
+def refusal(source: Source, path: Path, record: dict) -> str | None:
+    """Why ``record`` (read from ``path``) cannot feed the README, or None when it is full-profile."""
+    profile = record.get("profile")
+    if profile == FULL_PROFILE:
+        return None
+    made = f"was made with the profile {profile!r}" if profile else "records no profile"
+    return (f"{path} {made}; make report uses only full-profile results (it feeds: "
+            f"{', '.join(FEEDS[source.name])}). To make a full one, {source.remedy}; then run `make report` again.")
+
+
+def read_sources(artifacts: Path) -> dict[str, dict]:
+    """{name: record} of every source present in ``artifacts`` (``"reference"``: ``metrics.json``).
+
+    Raises:
+        NotFullProfile: listing every source there that is not full-profile (then nothing may be written).
+    """
+    found, refused = {}, []
+    for source in (METRICS, *SOURCES.values()):
+        path = artifacts / source.artifact
+        if path.is_file():
+            record = read_json_object(path)
+            reason = refusal(source, path, record)
+            if reason:
+                refused.append(reason)
+            found[source.name] = record
+    if refused:
+        raise NotFullProfile("make report changed nothing:\n- " + "\n- ".join(refused))
+    return found
+
+
+def results_records(found: dict[str, dict]) -> dict[str, dict]:
+    """{name: record to write as ``results/<name>.json``} from full-profile sources (:func:`read_sources`)."""
+    records = {name: _kept(SOURCES[name], record) for name, record in found.items() if name in SOURCES}
+    if "reference" in found:
+        records["reference"] = reference_results(found["reference"], found)
+    return records
+
+
+def _kept(source: Source, record: dict) -> dict:
+    return dict(record) if source.keep is None else {key: record[key] for key in source.keep if key in record}
+
+
+def load_results(directory: Path | None = None) -> dict[str, dict]:
+    """{name: record} of every results file in ``directory`` (default ``results/``)."""
+    directory = Path(directory) if directory is not None else RESULTS_DIR
+    names = ("reference", *SOURCES)
+    return {name: read_json_object(directory / f"{name}.json") for name in names
+            if (directory / f"{name}.json").is_file()}
+
+
+def missing_sources(readme_text: str, results: dict[str, dict]) -> list[str]:
+    """``results/<name>.json`` files a block of ``readme_text`` is rendered from that ``results`` lacks.
+
+    Empty when every block's figures can be checked against ``results/``.
+    """
+    blocks = re.findall(r"<!-- begin:(\w+) -->", readme_text)
+    return [f"results/{name}.json (the {block} block)" for block in blocks
+            for name in BLOCK_SOURCES.get(block, ()) if name not in results]
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -36,6 +164,33 @@ def replace_block(text: str, name: str, content: str) -> str:
     if not pattern.search(text):
         raise ValueError(f"No '<!-- begin:{name} -->' ... '<!-- end:{name} -->' block in the README.")
     return pattern.sub(lambda match: match.group(1) + content.rstrip("\n") + "\n" + match.group(2), text, count=1)
+
+
+def readme_block(text: str, name: str) -> str:
+    """The lines between the ``name`` markers of ``text`` (without the last newline)."""
+    pattern = re.compile(rf"<!-- begin:{re.escape(name)} -->\n(.*?)<!-- end:{re.escape(name)} -->", re.S)
+    found = pattern.search(text)
+    if not found:
+        raise ValueError(f"No '<!-- begin:{name} -->' ... '<!-- end:{name} -->' block in the README.")
+    return found.group(1).rstrip("\n")
+
+
+def _target_lines(keys, results: dict[str, dict]) -> list[str]:
+    """``- <target line>.`` for each target of ``keys`` whose measured value ``results`` holds."""
+    return [f"- {line}." for line in targets.lines([targets.TARGETS[key] for key in keys], results)]
+
+
+def _targets_section(lines: list[str]) -> list[str]:
+    return ["", "Targets (met or missed, and when each was set):", *lines] if lines else []
+
+
+APP_TARGETS = ("app_p95_ms", "app_speedup_vs_keras", "app_cold_start_s", "app_rss_mb", "heatmap_float32",
+               "heatmap_int8")
+RELIABILITY_TARGETS = ("fuzz_unhandled", "bit16_agreement", "dicom_agreement", "guard_test_refused",
+                       "orientation_inverted", "orientation_upside_down", "orientation_rotated",
+                       "orientation_upright_flagged")
+RESULTS_TARGETS = ("test_roc_auc", "test_recall", "test_accuracy", "test_ece_after_scaling", "band_coverage",
+                   "band_accuracy", "int8_size_mb", "int8_agreement", "int8_accuracy_delta", "float16_agreement")
 
 
 def _ms(value: float) -> str:
@@ -74,6 +229,7 @@ def app_block(benchmark: dict, parity: dict | None = None) -> str:
     flags = ", ".join(cpu.get("cpu_flags") or []) or "no speed-relevant flags found"
     lines.append(f"\nMeasured on {cpu.get('cpu_model') or 'an unnamed CPU'} ({flags}), 2 threads; latency depends "
                  "on the CPU (int8 gains most with AVX-512 VNNI).")
+    lines += _targets_section(_target_lines(APP_TARGETS, {"app_benchmark": benchmark, "parity": parity or {}}))
     return "\n".join(lines)
 
 
@@ -115,6 +271,7 @@ def reliability_block(reliability: dict, ood_report: dict | None = None) -> str:
                      f"{ood_report['false_rejection_rate_test']:.2%}, referred as unlike the population "
                      f"{ood_report.get('unlike_population_rate_test', 0):.2%}; generated non-X-rays refused "
                      f"{ood_report['rejection_rate_non_xray']:.0%}.")
+    lines += _targets_section(_target_lines(RELIABILITY_TARGETS, {"reliability": reliability, "ood": ood_report or {}}))
     return "\n".join(lines)
 
 
@@ -134,11 +291,8 @@ def new_site_block(report: dict) -> str:
              f"| zero-shot (validation operating point) | {_summary(report['zero_shot'])} |",
              f"| label-free: first {depth_text} BatchNorm layers adapted, no labels | {_summary(report['label_free'])} |"]
     lines += [f"| calibrated, k = {k} per class | {_summary(entry)} |" for k, entry in report["calibrated"].items()]
-    targets = report.get("targets") or {}
-    if targets:
-        lines.append("")
-        lines.append("- Targets of the new-site issue: " + "; ".join(
-            f"{name} {'met' if met else '**missed**'}" for name, met in targets.items()) + ".")
+    if report.get("targets"):
+        lines += ["", "- " + targets.SITE_CALIBRATION.line(report["targets"])]
     whole = report.get("label_free_whole_site") or {}
     simulated = [(name.rsplit(",", 1)[0], values) for name, values in whole.items()
                  if name.endswith(", label-free") and not name.startswith("site A")]
@@ -158,9 +312,13 @@ def new_site_block(report: dict) -> str:
 # --------------------------------------------------------------------------- #
 # The reference results file, the README's results block and the model card
 # --------------------------------------------------------------------------- #
-def reference_results(artifacts) -> dict:
-    """The headline figures of the run in ``artifacts`` (needs ``metrics.json``; the rest is optional)."""
-    metrics = read_json_object(artifacts / "metrics.json")
+def reference_results(metrics: dict, found: dict[str, dict] | None = None) -> dict:
+    """The headline figures of one run: ``metrics.json`` and, when given, the run's other sources.
+
+    ``found``: {source name: record} of the same run (``parity``, ``tflite_benchmark``,
+    ``ood``, ``new_site``; each optional), as :func:`read_sources` returns them.
+    """
+    found = found or {}
     record = {
         "profile": metrics.get("profile"),
         "n_images": metrics["n_images"],
@@ -174,21 +332,27 @@ def reference_results(artifacts) -> dict:
                                                       "validation_coverage")} if metrics.get("band") else None,
         "dataset_shift_auc": metrics.get("dataset_shift_auc"),
     }
-    parity_path = artifacts / "tflite" / "parity.json"
-    if parity_path.is_file():
-        int8 = read_json_object(parity_path)["variants"]["int8"]
-        record["int8"] = {key: int8[key] for key in ("size_mb", "agreement", "disagreements", "accuracy_delta_points")}
-    ood_path = artifacts / "ood.json"
-    if ood_path.is_file():
-        guard_report = read_json_object(ood_path)
+    if "parity" in found:
+        variants = found["parity"]["variants"]
+        record["int8"] = {key: variants["int8"][key] for key in ("size_mb", "agreement", "disagreements",
+                                                                 "accuracy_delta_points")}
+        if "float16" in variants:
+            record["float16"] = {key: variants["float16"][key] for key in ("agreement", "disagreements")}
+    if "tflite_benchmark" in found:
+        benchmark = found["tflite_benchmark"]
+        machine = benchmark.get("machine", {})
+        record["speed"] = {
+            "int8_speedup_vs_float32_1thread": benchmark["variants"]["int8"]["speedup_vs_float32_1thread"],
+            "cpu_model": machine.get("cpu_model"), "cpu_flags": machine.get("cpu_flags")}
+    if "ood" in found:
+        guard_report = found["ood"]
         record["guard"] = {key: guard_report.get(key) for key in (
             "false_rejection_rate_test", "unlike_population_rate_test", "rejection_rate_non_xray")}
         if "orientation" in guard_report:
             record["guard"].update({key: guard_report["orientation"][key] for key in (
                 "inverted_detected", "upside_down_detected", "rotated_detected", "upright_false_alarm")})
-    site_path = artifacts / "new_site.json"
-    if site_path.is_file():
-        site = read_json_object(site_path)
+    if "new_site" in found:
+        site = found["new_site"]
         record["new_site"] = {"zero_shot_accuracy": site["zero_shot"]["accuracy"]["mean"],
                               "calibrated_accuracy": {k: entry["accuracy"]["mean"] for k, entry in site["calibrated"].items()}}
     return record
@@ -230,18 +394,31 @@ def results_block(reference: dict) -> str:
         lines.append(f"The int8 phone model ({int8['size_mb']:.1f} MB) agrees with Keras on {int8['agreement']:.1%} "
                      f"of the test films ({int8['disagreements']:.0f} differ; accuracy {int8['accuracy_delta_points']:+.2f} "
                      "points).")
+    lines += _targets_section(results_target_lines(reference))
     return "\n".join(lines)
 
 
-def model_card(reference: dict) -> str:
-    """A model card (after Mitchell et al. 2019) from ``reference.json``."""
+def results_target_lines(reference: dict) -> list[str]:
+    """The headline targets (quality, calibration, band, phone models) as Markdown list lines."""
+    lines = _target_lines(RESULTS_TARGETS, {"reference": reference})
+    speed = reference.get("speed")
+    if speed:
+        target = targets.speedup_target(speed.get("cpu_flags"))
+        lines.append(f"- {target.line(speed['int8_speedup_vs_float32_1thread'])}, measured on "
+                     f"{speed.get('cpu_model') or 'an unnamed CPU'}.")
+    return lines
+
+
+def model_card(results: dict[str, dict]) -> str:
+    """A model card (after Mitchell et al. 2019) from the results files ({name: record}; ``reference`` required)."""
+    reference = results["reference"]
     shift = reference.get("dataset_shift_auc") or {}
     guard_figures = reference.get("guard") or {}
     site = reference.get("new_site") or {}
     lines = [
         "# Model card: MobileNetV2 pneumonia classifier (paediatric chest X-rays)",
         "",
-        "Generated by `make report` from `results/reference.json` (the last full run); do not edit by hand.",
+        "Generated by `make report` from the files in `results/` (the last full run); do not edit by hand.",
         "",
         "## Model details",
         "",
@@ -298,6 +475,10 @@ def model_card(reference: dict) -> str:
                      f"down {guard_figures['upside_down_detected']:.1%}, rotated {guard_figures['rotated_detected']:.1%} "
                      f"(upright films flagged {guard_figures['upright_false_alarm']:.1%})."
                      if "inverted_detected" in guard_figures else "")]
+    lines += ["", "## Targets", "",
+              "Each target with what was measured, whether it is met, when it was set and, if it was restated "
+              "after a result was known, when and why.", ""]
+    lines += card_target_lines(results)
     lines += ["", "## Limitations", "",
               "- One hospital, children only: expect lower specificity and worse calibration elsewhere; measure with a "
               "shift report and calibrate on local films (notebook 08) before any use.",
@@ -307,47 +488,65 @@ def model_card(reference: dict) -> str:
     return "\n".join(lines)
 
 
+def card_target_lines(results: dict[str, dict]) -> list[str]:
+    """Every target whose measured value ``results`` holds, as Markdown list lines."""
+    lines = results_target_lines(results["reference"])
+    lines += _target_lines(APP_TARGETS, results)
+    lines += _target_lines(RELIABILITY_TARGETS, {"ood": _guard_figures_as_ood(results["reference"]), **results})
+    site_verdicts = (results.get("new_site") or {}).get("targets")
+    if site_verdicts:
+        lines.append(f"- {targets.SITE_CALIBRATION.line(site_verdicts)}")
+    return lines
+
+
+def _guard_figures_as_ood(reference: dict) -> dict:
+    """``reference.json``'s guard figures laid out as in ``ood.json`` (where the guard targets read them)."""
+    guard = reference.get("guard") or {}
+    orientation = {key: guard[key] for key in ("inverted_detected", "upside_down_detected", "rotated_detected",
+                                               "upright_false_alarm") if key in guard}
+    return {"false_rejection_rate_test": guard.get("false_rejection_rate_test"), "orientation": orientation}
+
+
+def render_blocks(results: dict[str, dict]) -> dict[str, str]:
+    """{block name: Markdown} for every README block whose required results file ``results`` holds."""
+    renderers = {
+        "results": lambda: results_block(results["reference"]),
+        "app": lambda: app_block(results["app_benchmark"], results.get("parity")),
+        "reliability": lambda: reliability_block(results["reliability"], results.get("ood")),
+        "new_site": lambda: new_site_block(results["new_site"]),
+    }
+    return {block: render() for block, render in renderers.items() if BLOCK_SOURCES[block][0] in results}
+
+
 def main(argv: list[str] | None = None) -> int:
     artifacts = config.artifacts_dir(create=False)
+    try:
+        found = read_sources(artifacts) if artifacts.is_dir() else {}
+    except NotFullProfile as refused:
+        print(refused, file=sys.stderr)
+        return 1
+    if "reference" not in found and not (RESULTS_DIR / "reference.json").is_file():
+        print(f"No {RESULTS_DIR / 'reference.json'} and no {artifacts / METRICS.artifact}: {METRICS.remedy}, "
+              "then run `make report` again.", file=sys.stderr)
+        return 1
+    for name, record in results_records(found).items():
+        path = write_json(record, RESULTS_DIR / f"{name}.json")
+        print(f"refreshed {path} from {artifacts}")
+    results = load_results()
     text = README.read_text()
-    metrics_path = artifacts / "metrics.json"
-    if metrics_path.is_file() and read_json_object(metrics_path).get("profile") == "full":
-        write_json(reference_results(artifacts), REFERENCE)
-        print(f"refreshed {REFERENCE} from {artifacts}")
-    else:
-        print(f"kept {REFERENCE}: no full-profile {metrics_path}")
-    reference = read_json_object(REFERENCE)
-    text = replace_block(text, "results", results_block(reference))
-    MODEL_CARD.parent.mkdir(parents=True, exist_ok=True)
-    MODEL_CARD.write_text(model_card(reference))
-    print(f"rewrote the results block and {MODEL_CARD} from {REFERENCE}")
-    site_path = artifacts / "new_site.json"
-    if site_path.is_file():
-        text = replace_block(text, "new_site", new_site_block(read_json_object(site_path)))
-        print(f"rewrote the new_site block from {site_path}")
-    else:
-        print(f"left the new_site block as it is: no {site_path} (run notebook 08)")
-    benchmark_path = artifacts / "app_benchmark.json"
-    if benchmark_path.is_file():
-        parity_path = artifacts / "tflite" / "parity.json"
-        text = replace_block(text, "app", app_block(
-            read_json_object(benchmark_path), read_json_object(parity_path) if parity_path.is_file() else None))
-        print(f"rewrote the app block from {benchmark_path}")
-    else:
-        print(f"left the app block as it is: no {benchmark_path} (run make benchmark)")
-    reliability_path = artifacts / "reliability.json"
-    if reliability_path.is_file():
-        ood_path = artifacts / "ood.json"
-        text = replace_block(text, "reliability", reliability_block(
-            read_json_object(reliability_path), read_json_object(ood_path) if ood_path.is_file() else None))
-        print(f"rewrote the reliability block from {reliability_path}")
-    else:
-        print(f"left the reliability block as it is: no {reliability_path} (run make reliability)")
+    for block, content in render_blocks(results).items():
+        text = replace_block(text, block, content)
+        print(f"rewrote the {block} block from results/")
+    for missing in missing_sources(text, results):
+        print(f"left as it is, not checkable: no {missing}")
     README.write_text(text)
+    card = model_card(results)
+    MODEL_CARD.parent.mkdir(parents=True, exist_ok=True)
+    MODEL_CARD.write_text(card)
+    print(f"rewrote {MODEL_CARD} from results/")
     if artifacts.is_dir():  # everything in one page beside the results files
         blocks = re.findall(r"<!-- begin:(\w+) -->\n(.*?)<!-- end:\1 -->", text, re.S)
-        page = model_card(reference) + "".join(f"\n## {name}\n\n{content}" for name, content in blocks)
-        (artifacts / "report.md").write_text(page)
+        (artifacts / "report.md").write_text(card + "".join(f"\n## {name}\n\n{content}" for name, content in blocks))
         print(f"wrote {artifacts / 'report.md'}")
     return 0
 

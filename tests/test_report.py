@@ -1,10 +1,14 @@
-"""README blocks rewritten from the results files."""
+"""README blocks and the model card rendered from results/, which make report fills from full-profile artifacts only."""
 
 from __future__ import annotations
+
+import re
+import shutil
 
 import pytest
 
 from helpers import report
+from helpers.jsonio import read_json_object, write_json
 
 BENCHMARK = {
     "films": 624, "p50_ms": 14.2, "p95_ms": 21.7, "keras_films": 40, "keras_p50_ms": 95.0, "speedup_vs_keras": 6.7,
@@ -14,95 +18,243 @@ BENCHMARK = {
                   "float32_one_pass_flips_vs_keras": 1},
     "ood": {"test_films_refused": 6}, "machine": {"cpu": {"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "fma"]}},
 }
+ONE_PASS = {"n_heatmap_images": 100, "heatmap_spearman_float32": 1.0, "heatmap_spearman_float16": 0.9994,
+            "heatmap_spearman_int8": 0.982}
+RELIABILITY = {
+    "fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0, "slowest_s": 0.12,
+             "slowest_input": "fuzz_1.gif", "by_kind": {"truncate": {"decided": 0, "refused": 2500, "unhandled": 0},
+                                                         "bit_flip": {"decided": 100, "refused": 2400, "unhandled": 0}}},
+    "bit16_agreement": 0.995, "bit16_films_compared": 618, "dicom_agreement": 0.985, "dicom_copies_compared": 1843,
+    "guard": {"test films, inverted": {"chest_xray": 1, "not_xray": 0, "wrong_way_round": 623, "unlike_population": 0}},
+}
+OOD = {"orientation": {"n_test": 624, "inverted_detected": 1.0, "upside_down_detected": 0.998,
+                       "rotated_detected": 1.0, "upright_false_alarm": 0.0016},
+       "false_rejection_rate_test": 0.0016, "unlike_population_rate_test": 0.006, "rejection_rate_non_xray": 1.0}
+_ENTRY = {metric: {"mean": 0.9, "p05": 0.88, "p95": 0.92} for metric in
+          ("accuracy", "recall", "specificity", "ece", "coverage")}
+NEW_SITE = {"zero_shot": _ENTRY, "label_free": _ENTRY, "calibrated": {"20": _ENTRY, "50": _ENTRY},
+            "targets": {"k=20 accuracy mean >= 0.92": False, "k=20 recall mean >= 0.96": True},
+            "label_free_depth_control": {"chosen": 20, "shifts": {"4": 0.07, "all": -0.95}, "size": 400,
+                                         "tolerance": 0.25},
+            "label_free_whole_site": {"darker machine, zero-shot": {"accuracy": 0.9, "specificity": 1.0, "recall": 0.8},
+                                      "darker machine, label-free": {"accuracy": 0.5, "specificity": 0.1,
+                                                                     "recall": 0.96}},
+            "shift_reports": {"large": "not copied into results/"}}
+_METRIC = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
+METRICS = {"n_images": {"validation": 10, "test": 20}, "threshold": 0.6,
+           "threshold_rule": "recall >= 0.98", "bootstrap": {"unit": "patient", "n_resamples": 2000},
+           "test": {name: _METRIC for name in report.HEADLINE_METRICS},
+           "validation": {name: _METRIC for name in report.HEADLINE_METRICS},
+           "ece_before": 0.12, "ece_after": 0.11, "temperature": 0.9,
+           "band": {"coverage": 0.7, "accuracy_outside": 0.95, "recall_outside": 1.0, "validation_coverage": 0.88},
+           "dataset_shift_auc": {"train_vs_test_NORMAL": 0.93, "train_vs_validation_NORMAL": 0.53}}
+PARITY = {"threshold": 0.6, "variants": {
+    "int8": {"size_mb": 2.7, "agreement": 0.989, "disagreements": 7.0, "accuracy_delta_points": 0.8},
+    "float16": {"size_mb": 4.5, "agreement": 1.0, "disagreements": 0.0, "accuracy_delta_points": 0.0}},
+    "one_pass": ONE_PASS}
+TFLITE_BENCHMARK = {"variants": {"int8": {"speedup_vs_float32_1thread": 1.65}},
+                    "machine": {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f"]}}
+# Every source as an artifact of a full run, by results name: (path in the artifacts folder, record).
+FULL_RUN = {"reference": ("metrics.json", METRICS), "parity": ("tflite/parity.json", PARITY),
+            "tflite_benchmark": ("tflite/benchmark.json", TFLITE_BENCHMARK), "ood": ("ood.json", OOD),
+            "new_site": ("new_site.json", NEW_SITE), "app_benchmark": ("app_benchmark.json", BENCHMARK),
+            "reliability": ("reliability.json", RELIABILITY)}
+
+
+def write_artifacts(folder, profiles: dict[str, str | None]) -> None:
+    """The sources named in ``profiles`` in ``folder``, each recording that profile (None: no profile field)."""
+    for name, profile in profiles.items():
+        path, record = FULL_RUN[name]
+        write_json({**record, **({"profile": profile} if profile else {})}, folder / path)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """README, model card and results/ copied into ``tmp_path``; an empty artifacts folder."""
+    results = tmp_path / "results"
+    shutil.copytree(report.RESULTS_DIR, results)
+    shutil.copy(report.README, tmp_path / "README.md")
+    shutil.copy(report.MODEL_CARD, tmp_path / "model_card.md")
+    monkeypatch.setattr(report, "RESULTS_DIR", results)
+    monkeypatch.setattr(report, "README", tmp_path / "README.md")
+    monkeypatch.setattr(report, "MODEL_CARD", tmp_path / "model_card.md")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(artifacts))
+    return tmp_path
+
+
+def snapshot(folder) -> dict[str, str]:
+    """{relative path: text} of the README, the model card and every results file."""
+    return {str(path.relative_to(folder)): path.read_text()
+            for path in sorted(folder.rglob("*")) if path.is_file() and "artifacts" not in path.parts}
 
 
 def test_only_the_named_block_is_rewritten():
     text = "intro\n<!-- begin:app -->\nold\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
     rewritten = report.replace_block(text, "app", "new line")
     assert rewritten == "intro\n<!-- begin:app -->\nnew line\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
+    assert report.readme_block(rewritten, "app") == "new line"
     with pytest.raises(ValueError, match="begin:missing"):
         report.replace_block(text, "missing", "x")
 
 
-def test_app_block_states_the_measured_figures():
-    block = report.app_block(BENCHMARK, {"one_pass": {"n_heatmap_images": 100, "heatmap_spearman_float32": 1.0,
-                                                      "heatmap_spearman_float16": 0.9994,
-                                                      "heatmap_spearman_int8": 0.982}})
+def test_app_block_states_the_measured_figures_and_its_targets():
+    block = report.app_block(BENCHMARK, {"one_pass": ONE_PASS})
     assert "median 14 ms, p95 22 ms" in block and "6.7x faster" in block
     assert "4 of 618 differ (float32 one pass: 1; notebook 06's int8 parity: 3)" in block
     assert "int8 0.982" in block
     assert "AMD EPYC (avx2, fma)" in block
+    assert "- app end to end per film, p95 ≤ 60 ms: 22 ms, met (set 2026-12-02)." in block
+    assert "int8 one-pass heat map vs Keras Grad-CAM (Spearman) ≥ 0.950: 0.982, met (set 2026-12-02)." in block
 
 
-def test_reliability_block_has_a_row_per_input_kind_and_the_guard_table():
-    reliability = {
-        "fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0, "slowest_s": 0.12,
-                 "slowest_input": "fuzz_1.gif", "by_kind": {"truncate": {"decided": 0, "refused": 2500, "unhandled": 0},
-                                                             "bit_flip": {"decided": 100, "refused": 2400, "unhandled": 0}}},
-        "bit16_agreement": 0.995, "bit16_films_compared": 618, "dicom_agreement": 0.993, "dicom_copies_compared": 1843,
-        "guard": {"test films, inverted": {"chest_xray": 1, "not_xray": 0, "wrong_way_round": 623, "unlike_population": 0}},
-    }
-    ood_report = {"orientation": {"n_test": 624, "inverted_detected": 1.0, "upside_down_detected": 0.998,
-                                  "rotated_detected": 1.0, "upright_false_alarm": 0.0016},
-                  "false_rejection_rate_test": 0.0016, "unlike_population_rate_test": 0.006,
-                  "rejection_rate_non_xray": 1.0}
-    block = report.reliability_block(reliability, ood_report)
+def test_reliability_block_has_a_row_per_input_kind_the_guard_table_and_its_targets():
+    block = report.reliability_block(RELIABILITY, OOD)
     assert "| truncate | 2,500 | 0 | 2,500 | 0 |" in block and "| **all** | **5,000** | 100 | 4,900 | **0** |" in block
-    assert "99.5% of 618" in block and "99.3% of 1843" in block
+    assert "99.5% of 618" in block and "98.5% of 1843" in block
     assert "| test films, inverted | 1 | 0 | 623 | 0 |" in block
     assert "upside down 99.8%" in block and "upright films flagged 0.16%" in block
+    assert "DICOM copies of test films with the 8-bit decision ≥ 99.0%: 98.5%, **missed** (set 2026-12-02)" in block
+    assert "upright test films flagged as the wrong way round ≤ 1.00%: 0.16%, met" in block
 
 
-def test_the_readme_has_the_reliability_block():
-    assert "<!-- begin:reliability -->" in report.README.read_text()
+def test_the_readme_has_every_block():
+    text = report.README.read_text()
+    assert all(f"<!-- begin:{block} -->" in text for block in report.BLOCK_SOURCES)
 
 
-def test_the_readme_has_the_app_block():
-    assert "<!-- begin:app -->" in report.README.read_text()
-
-
-def test_new_site_block_has_every_row_and_the_targets():
-    entry = {metric: {"mean": 0.9, "p05": 0.88, "p95": 0.92} for metric in
-             ("accuracy", "recall", "specificity", "ece", "coverage")}
-    record = {"zero_shot": entry, "label_free": entry, "calibrated": {"20": entry, "50": entry},
-              "targets": {"k=20 accuracy mean >= 0.92": False, "k=20 recall mean >= 0.96": True},
-              "label_free_depth_control": {"chosen": 20, "shifts": {"4": 0.07, "all": -0.95}, "size": 400,
-                                           "tolerance": 0.25},
-              "label_free_whole_site": {"darker machine, zero-shot": {"accuracy": 0.9, "specificity": 1.0, "recall": 0.8},
-                                        "darker machine, label-free": {"accuracy": 0.5, "specificity": 0.1,
-                                                                       "recall": 0.96}}}
-    block = report.new_site_block(record)
+def test_new_site_block_has_every_row_and_the_dated_targets():
+    block = report.new_site_block(NEW_SITE)
     assert "first 20 BatchNorm layers" in block and "k = 50 per class | 0.900 (0.880-0.920)" in block
-    assert "k=20 accuracy mean >= 0.92 **missed**" in block and "k=20 recall mean >= 0.96 met" in block
+    assert ("- Targets set for the site calibration on site A (set 2026-12-02): k=20 accuracy mean >= 0.92 "
+            "**missed**; k=20 recall mean >= 0.96 met.") in block
+    assert "issue" not in block
     assert "4 layers +0.07, all layers -0.95" in block
     assert "simulated darker machine site (whole site): accuracy 0.900 → 0.500" in block
 
 
-def test_readme_results_block_and_model_card_match_the_reference_file():
-    from helpers.jsonio import read_json_object
-
-    reference = read_json_object(report.REFERENCE)
-    text = report.README.read_text()
-    block = text.split("<!-- begin:results -->\n", 1)[1].split("<!-- end:results -->", 1)[0]
-    assert block.rstrip("\n") == report.results_block(reference), "run `make report` after a full run"
-    assert report.MODEL_CARD.read_text() == report.model_card(reference), "run `make report` after a full run"
-
-
-def test_reference_results_collects_the_headline_figures(tmp_path):
-    from helpers.jsonio import write_json
-
-    entry = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95}
-    write_json({"profile": "full", "n_images": {"validation": 10, "test": 20}, "threshold": 0.6,
-                "threshold_rule": "recall >= 0.98", "bootstrap": {"unit": "patient", "n_resamples": 2000},
-                "test": {name: entry for name in report.HEADLINE_METRICS},
-                "validation": {name: entry for name in report.HEADLINE_METRICS},
-                "ece_before": 0.12, "ece_after": 0.11, "temperature": 0.9, "band": None,
-                "dataset_shift_auc": {"train_vs_test_NORMAL": 0.93, "train_vs_validation_NORMAL": 0.53}},
-               tmp_path / "metrics.json")
-    reference = report.reference_results(tmp_path)
-    assert reference["threshold"] == 0.6 and reference["test"]["recall"] == entry and "int8" not in reference
+def test_results_block_says_which_targets_are_missed_and_when_they_were_set():
+    reference = report.reference_results(METRICS, {"parity": PARITY, "tflite_benchmark": TFLITE_BENCHMARK})
     block = report.results_block(reference)
     assert "| recall (sensitivity) | 0.900 [0.850, 0.950] | 0.900 [0.850, 0.950] |" in block
+    assert "- int8 decisions equal to Keras's (test films) ≥ 99.5%: 98.9%, **missed** (set 2026-11-25)." in block
+    assert "- test accuracy ≥ 0.900: 0.900, met (set 2026-11-25)." in block
+    assert "float16 decisions equal to Keras's (test films) ≥ 99.8%: 100.0%, met" in block
+    # a restated target says when and why
+    assert ("int8 accuracy minus Keras accuracy (test films) ≥ -0.30 points: +0.80 points, met (set 2026-11-25; "
+            "restated 2026-12-02, after a result was known: made one-sided") in block
+    assert ("int8 speed-up over float32 (1 thread, CPU with AVX-512) ≥ 1.60x: 1.65x, met (set 2026-11-25; "
+            "restated 2026-12-02, after a result was known: lowered from 1.8x") in block
+    assert "measured on Xeon." in block
+
+
+def target_lines(text: str) -> list[str]:
+    """The lines of ``text`` that state a target: list items with a bar, and the site calibration's line."""
+    return [line for line in text.splitlines()
+            if line.startswith("- ") and (" ≥ " in line or " ≤ " in line or line.startswith("- Targets"))]
+
+
+def test_every_target_line_in_the_readme_blocks_and_the_model_card_says_met_or_missed_with_a_date():
+    text = report.README.read_text()
+    blocks = "\n".join(report.readme_block(text, block) for block in report.BLOCK_SOURCES)
+    lines = target_lines(blocks) + target_lines(report.MODEL_CARD.read_text())
+    assert len(lines) >= 10
+    for line in lines:
+        assert re.search(r"(: .*, met|\*\*missed\*\*)", line) and re.search(r"\(set \d{4}-\d{2}-\d{2}", line), line
+
+
+def test_the_target_line_check_catches_an_undated_or_unjudged_line():
+    assert target_lines("- k=20 accuracy mean >= 0.92\n- int8 agreement ≥ 99.5%: 98.9%\nprose ≥ 1") == [
+        "- int8 agreement ≥ 99.5%: 98.9%"]
+
+
+def test_reference_results_collects_the_headline_figures():
+    reference = report.reference_results(METRICS)
+    assert reference["threshold"] == 0.6 and reference["test"]["recall"] == _METRIC and "int8" not in reference
+    block = report.results_block(reference)
     assert "threshold 0.600" in block and "training vs test NORMAL films 0.93" in block
-    card = report.model_card(reference)
+    card = report.model_card({"reference": reference})
     assert "Not a medical device" in card and "## Limitations" in card and "| accuracy | 0.900 [0.850, 0.950]" in card
+    assert "## Targets" in card and "test accuracy ≥ 0.900: 0.900, met (set 2026-11-25)" in card
+
+
+# --------------------------------------------------------------------------- #
+# The committed README and model card against results/
+# --------------------------------------------------------------------------- #
+def test_each_readme_block_with_its_results_file_matches_what_the_file_renders():
+    results = report.load_results()
+    rendered = report.render_blocks(results)
+    assert "results" in rendered  # results/reference.json is always committed
+    text = report.README.read_text()
+    for block, content in rendered.items():
+        assert report.readme_block(text, block) == content, f"the {block} block: run `make report` after a full run"
+
+
+def test_the_model_card_matches_the_results_files():
+    assert report.MODEL_CARD.read_text() == report.model_card(report.load_results()), "run `make report`"
+
+
+def test_missing_sources_names_each_block_without_its_results_file():
+    text = "<!-- begin:results -->\n<!-- end:results -->\n<!-- begin:app -->\n<!-- end:app -->\n"
+    assert report.missing_sources(text, {"reference": {}}) == [
+        "results/app_benchmark.json (the app block)", "results/parity.json (the app block)"]
+    assert report.missing_sources(text, {"reference": {}, "app_benchmark": {}, "parity": {}}) == []
+
+
+# --------------------------------------------------------------------------- #
+# make report: full-profile artifacts only, copied into results/, every block rendered from results/
+# --------------------------------------------------------------------------- #
+def test_a_full_run_fills_results_and_every_block_is_rendered_from_it(project, capsys):
+    write_artifacts(project / "artifacts", {name: "full" for name in FULL_RUN})
+    assert report.main([]) == 0
+    results = report.load_results(project / "results")
+    assert set(results) == set(FULL_RUN)
+    assert results["new_site"]["zero_shot"] == _ENTRY and "shift_reports" not in results["new_site"]
+    assert results["reference"]["speed"]["int8_speedup_vs_float32_1thread"] == 1.65
+    text = report.README.read_text()
+    for block, content in report.render_blocks(results).items():
+        assert report.readme_block(text, block) == content
+    assert report.missing_sources(text, results) == []
+    assert report.MODEL_CARD.read_text() == report.model_card(results)
+    card = report.MODEL_CARD.read_text()
+    assert "app cold start (import to first verdict) ≤ 3.0 s: 0.4 s, met (set 2026-12-02)" in card
+    assert "Targets set for the site calibration on site A (set 2026-12-02)" in card
+    assert (project / "artifacts" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "shortened", None])
+@pytest.mark.parametrize("name", list(FULL_RUN))
+def test_a_source_not_made_in_the_full_profile_is_refused_and_nothing_changes(project, capsys, name, profile):
+    write_artifacts(project / "artifacts", {**{other: "full" for other in FULL_RUN}, name: profile})
+    before = snapshot(project)
+    assert report.main([]) == 1
+    assert snapshot(project) == before
+    message = capsys.readouterr().err
+    path = project / "artifacts" / FULL_RUN[name][0]
+    assert str(path) in message and "make report changed nothing" in message
+    assert (f"was made with the profile {profile!r}" if profile else "records no profile") in message
+    assert "To make a full one, run `make" in message
+    assert message.count("\n- ") == 1  # only the refused source is named
+
+
+def test_without_artifacts_the_blocks_are_rendered_from_results_as_they_are(project):
+    before = snapshot(project)
+    assert report.main([]) == 0
+    results = report.load_results(project / "results")
+    assert snapshot(project)["results/reference.json"] == before["results/reference.json"]
+    assert report.readme_block(report.README.read_text(), "results") == report.results_block(results["reference"])
+
+
+def test_benchmark_profile_follows_the_run_and_the_benchmark_size(tmp_path):
+    assert report.benchmark_profile(shortened=False, artifacts=tmp_path) == "unknown"
+    write_json({"profile": "smoke"}, tmp_path / "metrics.json")
+    assert report.benchmark_profile(shortened=False, artifacts=tmp_path) == "smoke"
+    write_json({"profile": "full"}, tmp_path / "metrics.json")
+    assert report.benchmark_profile(shortened=False, artifacts=tmp_path) == "full"
+    assert report.benchmark_profile(shortened=True, artifacts=tmp_path) == "shortened"
+
+
+def test_results_files_are_json_objects():
+    for path in report.RESULTS_DIR.glob("*.json"):
+        assert isinstance(read_json_object(path), dict)

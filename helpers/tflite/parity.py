@@ -13,6 +13,7 @@ import numpy as np
 from helpers.evaluation import confusion_counts, metrics_from_counts
 from helpers.jsonio import write_json
 from helpers.operating_point import called_pneumonia
+from helpers.targets import TARGETS, speedup_target
 from helpers.tflite.paths import file_sha256, tflite_dir
 
 
@@ -91,15 +92,16 @@ class PhoneModelTargets:
 
     Accuracy is one-sided: int8 may lose at most ``max_int8_accuracy_loss_points`` against
     Keras and may gain any amount. The speed target depends on the CPU: where float32 runs
-    with AVX-512 it gains more from it than int8 does, so the bar there is lower.
+    with AVX-512 it gains more from it than int8 does, so the bar there is lower. The bars,
+    and when each was set or restated, come from :data:`helpers.targets.TARGETS`.
     """
 
-    max_int8_size_mb: float = 3.0
-    min_int8_speedup: float = 1.8  # one thread, vs float32
-    min_int8_speedup_avx512: float = 1.6
-    min_int8_agreement: float = 0.995  # share of films with the same decision as Keras
-    max_int8_accuracy_loss_points: float = 0.3
-    min_float16_agreement: float = 0.998
+    max_int8_size_mb: float = TARGETS["int8_size_mb"].bar
+    min_int8_speedup: float = TARGETS["int8_speedup"].bar  # one thread, vs float32
+    min_int8_speedup_avx512: float = TARGETS["int8_speedup_avx512"].bar
+    min_int8_agreement: float = TARGETS["int8_agreement"].bar  # share of films with the same decision as Keras
+    max_int8_accuracy_loss_points: float = -TARGETS["int8_accuracy_delta"].bar
+    min_float16_agreement: float = TARGETS["float16_agreement"].bar
 
     def speedup_bar(self, cpu_flags) -> float:
         """The int8 speed-up target on a CPU with these ``/proc/cpuinfo`` flags."""
@@ -108,7 +110,9 @@ class PhoneModelTargets:
 
 def target_table(benchmark: dict, int8_validation: dict, int8_test: dict, float16_test: dict,
                  targets: PhoneModelTargets = PhoneModelTargets()):
-    """A pandas DataFrame (target, measured, met), one row per target.
+    """A pandas DataFrame (target, measured, met, history), one row per target.
+
+    ``history``: when the target was set and, if restated, when and why (:mod:`helpers.targets`).
 
     Args:
         benchmark: ``benchmark.json`` of ``benchmarks/tflite_benchmark.py`` (sizes, speed, CPU flags).
@@ -120,22 +124,25 @@ def target_table(benchmark: dict, int8_validation: dict, int8_test: dict, float1
     int8 = benchmark["variants"]["int8"]
     speedup_bar = targets.speedup_bar(benchmark.get("machine", {}).get("cpu_flags"))
     loss = targets.max_int8_accuracy_loss_points
+    speed_history = speedup_target(benchmark.get("machine", {}).get("cpu_flags")).history()
     rows = [
         (f"int8 size <= {targets.max_int8_size_mb:g} MB", f"{int8['size_mb']:.2f} MB",
-         int8["size_mb"] <= targets.max_int8_size_mb),
+         int8["size_mb"] <= targets.max_int8_size_mb, TARGETS["int8_size_mb"].history()),
         (f"int8 speed-up >= {speedup_bar:g}x (1 thread, this CPU)", f"{int8['speedup_vs_float32_1thread']:.2f}x",
-         int8["speedup_vs_float32_1thread"] >= speedup_bar),
+         int8["speedup_vs_float32_1thread"] >= speedup_bar, speed_history),
     ]
     for split, result in (("validation", int8_validation), ("test", int8_test)):
         rows += [
             (f"int8 agreement >= {targets.min_int8_agreement:.1%} ({split})", f"{result['agreement']:.2%}",
-             result["agreement"] >= targets.min_int8_agreement),
+             result["agreement"] >= targets.min_int8_agreement, TARGETS["int8_agreement"].history()),
             (f"int8 accuracy >= Keras - {loss:g} pts ({split})",
-             f"{result['accuracy_delta_points']:+.2f} pts", result["accuracy_delta_points"] >= -loss),
+             f"{result['accuracy_delta_points']:+.2f} pts", result["accuracy_delta_points"] >= -loss,
+             TARGETS["int8_accuracy_delta"].history()),
         ]
     rows.append((f"float16 agreement >= {targets.min_float16_agreement:.1%} (test)",
-                 f"{float16_test['agreement']:.2%}", float16_test["agreement"] >= targets.min_float16_agreement))
-    return pd.DataFrame(rows, columns=["target", "measured", "met"])
+                 f"{float16_test['agreement']:.2%}", float16_test["agreement"] >= targets.min_float16_agreement,
+                 TARGETS["float16_agreement"].history()))
+    return pd.DataFrame(rows, columns=["target", "measured", "met", "history"])
 
 
 def finite_or_none(value: float) -> float | None:
@@ -147,14 +154,16 @@ PARITY_FILE_NAME = "parity.json"
 
 
 def write_parity(results: dict[str, dict], paths: dict[str, Path], threshold: float,
-                 directory: str | os.PathLike | None = None, one_pass: dict | None = None) -> Path:
+                 directory: str | os.PathLike | None = None, one_pass: dict | None = None,
+                 profile: str | None = None) -> Path:
     """Write {variant: parity(...)} with each model's SHA-256 to ``tflite/parity.json``.
 
     ``one_pass``: the one-pass models' checks (``heatmap_spearman_<variant>`` and
-    friends, from notebook 06), written as they are under ``"one_pass"``.
+    friends, from notebook 06), written as they are under ``"one_pass"``. ``profile``:
+    the run's profile (``"full"`` or ``"smoke"``); ``make report`` uses only a full one.
     """
     directory = Path(directory) if directory is not None else tflite_dir()
-    record = {"threshold": float(threshold), "variants": {
+    record = {"profile": profile, "threshold": float(threshold), "variants": {
         variant: {"model_sha256": file_sha256(paths[variant]),
                   **{k: finite_or_none(v) for k, v in result.items()}}
         for variant, result in results.items() if variant in paths}}
