@@ -13,6 +13,51 @@ from helpers import data
 from tests import browser
 
 
+# In CI (the CI environment variable set, as .ci/run does) a skipped test fails, unless this file
+# lists it, with a reason: a missing dependency or data folder must not turn into a green run.
+ALLOWED_SKIPS_FILE = Path(__file__).with_name("allowed_skips.txt")
+
+
+def allowed_skips(path: Path | None = None) -> dict[str, str]:
+    """{test node id: reason} from ``allowed_skips.txt``: one ``<node id>  # <reason>`` a line."""
+    path = path or ALLOWED_SKIPS_FILE
+    allowed = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        node_id, _, reason = line.partition("#")
+        if not node_id.strip() or not reason.strip():
+            raise ValueError(f"{path}:{number}: write '<test node id>  # <why it may skip in CI>', got {line!r}.")
+        allowed[node_id.strip()] = reason.strip()
+    return allowed
+
+
+def _fail_unlisted_skip(report, node_id: str) -> None:
+    """In CI, turn a skip report of ``node_id`` into a failure unless the allowed list names it."""
+    if not (os.environ.get("CI") and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    if node_id in allowed_skips():
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (f"Skipped in CI ({reason}): a skip in CI is a failure. Make what it needs available "
+                       f"in CI, or list {node_id!r} with a reason in {ALLOWED_SKIPS_FILE.name}.")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_unlisted_skip(report, item.nodeid)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield  # a module skipped as a whole (pytest.skip(allow_module_level=True)) is skipped here
+    _fail_unlisted_skip(report, collector.nodeid)
+    return report
+
+
 def pytest_configure(config):
     # Tests never write into the user's artifacts folder and always use the smoke profile.
     os.environ.setdefault("CXR_PROFILE", "smoke")

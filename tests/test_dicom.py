@@ -6,10 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from pydicom.data import get_testdata_file
 
 from helpers import dicom, uploads
-
-pydicom = pytest.importorskip("pydicom")
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +89,6 @@ def test_unusable_dicom_is_refused_with_a_reason(make, message):
 
 @pytest.mark.parametrize("name, message", [("CT_small.dcm", "a CT scan"), ("MR_small.dcm", "an MRI scan")])
 def test_pydicom_sample_files_of_other_modalities_are_refused(name, message):
-    from pydicom.data import get_testdata_file
-
     path = get_testdata_file(name, download=False)
     if path is None:
         pytest.skip(f"pydicom's bundled {name} is missing")
