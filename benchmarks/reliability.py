@@ -18,7 +18,12 @@ Writes ``<artifacts>/reliability.json``:
   inverted, upside down and rotated either way, for 120 test films under changes the
   guard never saw in training (heavy blur, posterisation, a wide black canvas, ...:
   they should be X-rays, referred when far from the training films, not refused), and
-  for generated non-X-rays per kind: ``{input kind: {verdict: count}}``.
+  for generated non-X-rays per kind: ``{input kind: {verdict: count}}``;
+* ``concurrency`` -- ``threads``: 8 threads x 50 screens of test films on one shared
+  screener, as the web app's sessions share one (:func:`helpers.concurrency.screen_under_load`:
+  mismatches against each film screened alone, errors, throughput, latency p50/p95
+  under load and alone); ``browser``: 4 Chromium sessions uploading a film each at the
+  same moment to a real ``streamlit run``, each checked for its own answer.
 
 Prints the counts and the slowest input. Nothing from an upload is written to disk.
 """
@@ -29,13 +34,14 @@ import argparse
 import io
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from helpers import config  # noqa: E402
+from helpers import concurrency, config  # noqa: E402
 from helpers.jsonio import write_json  # noqa: E402
 from helpers.report import benchmark_profile  # noqa: E402
 
@@ -108,6 +114,40 @@ def guard_outcomes(screener, films: list[np.ndarray], per_kind: int, seed: int) 
     return outcomes
 
 
+LOAD_THREADS, LOAD_SCREENS_PER_THREAD, BROWSER_SESSIONS = 8, 50, 4
+
+
+def browser_sessions(films: list[tuple[str, bytes]], screener, sessions: int = BROWSER_SESSIONS) -> dict:
+    """``sessions`` Chromium sessions upload one film each at the same moment to a real ``streamlit run``.
+
+    Each page must show its own film and the raw probability the same film gets
+    screened alone. Needs Debian's chromium and Playwright (``tests/browser.py``).
+    """
+    import tempfile
+
+    from tests import browser
+
+    reason = browser.unavailable_reason()
+    if reason:
+        return {"sessions": 0, "skipped": reason}
+    chosen = films[:sessions]
+    expected = [f"Raw P(pneumonia) {screener.screen_bytes(content, name).probability:.3f}" for name, content in chosen]
+    with tempfile.TemporaryDirectory(prefix="cxr-sessions-") as folder:
+        paths = []
+        for name, content in chosen:
+            path = Path(folder) / Path(name).name
+            path.write_bytes(content)
+            paths.append(path)
+        start = time.perf_counter()
+        with browser.streamlit_server() as url:
+            texts = browser.screen_in_sessions(url, paths)
+        elapsed = time.perf_counter() - start
+    own = [path.name in text and answer in text and not any(other.name in text for other in paths if other != path)
+           for path, text, answer in zip(paths, texts, expected)]
+    return {"sessions": len(paths), "screens": len(paths), "mismatches": own.count(False),
+            "wall_s_including_server_start": elapsed}
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -152,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     square = [np.asarray(Image.open(io.BytesIO(content)).convert("L").resize((224, 224), Image.BILINEAR))
               for content in originals]  # (224, 224) uint8 each: the orientation variants need square films
     outcomes = guard_outcomes(screener, square, per_kind=25, seed=arguments.seed)
+    films = [(Path(name).name, content) for name, content in zip(chosen.paths, originals)]
+    load = concurrency.screen_under_load(screener, films, LOAD_THREADS, LOAD_SCREENS_PER_THREAD, arguments.seed)
+    sessions = browser_sessions(films, screener)
     record = {
         "profile": benchmark_profile(shortened=arguments.fuzz < DEFAULT_FUZZ or arguments.films is not None),
         "engine": screener.engine.name, "model_version": screener.engine.version,
@@ -163,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "dicom_copies_compared": dicom_compared,
         "dicom_copies": "per film: 8-bit MONOCHROME2 with its window, 12-bit without a window, MONOCHROME1",
         "guard": outcomes,
+        "concurrency": {"threads": load, "browser": sessions},
     }
     path = write_json(record, config.artifacts_dir() / REPORT_FILE_NAME)
     print(json.dumps({key: record["fuzz"][key] for key in ("inputs", "decided", "refused", "unhandled",
@@ -171,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DICOM copies with the 8-bit decision: {record['dicom_agreement']} of {dicom_compared}")
     for kind, counts in outcomes.items():
         print(f"{kind}: " + ", ".join(f"{verdict} {count}" for verdict, count in counts.items() if count))
+    print(f"under load ({load['threads']} threads, one shared screener): {load['screens']} screens, "
+          f"{load['mismatches']} differ from alone, {load['errors']} raised, {load['throughput_per_s']:.0f} per s, "
+          f"p95 {load['latency_p95_ms']:.0f} ms; browser sessions: {sessions}")
     print(f"wrote {path}")
-    return 1 if report.unhandled else 0
+    return 1 if report.unhandled or load["mismatches"] or load["errors"] or sessions.get("mismatches") else 0
 
 
 if __name__ == "__main__":
