@@ -186,9 +186,9 @@ def _targets_section(lines: list[str]) -> list[str]:
 
 APP_TARGETS = ("app_p95_ms", "app_speedup_vs_keras", "app_cold_start_s", "app_rss_mb", "heatmap_float32",
                "heatmap_int8")
-RELIABILITY_TARGETS = ("fuzz_unhandled", "bit16_agreement", "dicom_agreement", "guard_test_refused",
-                       "orientation_inverted", "orientation_upside_down", "orientation_rotated",
-                       "orientation_upright_flagged")
+RELIABILITY_TARGETS = ("fuzz_unhandled", "bit16_agreement", "dicom_agreement", "load_mismatches",
+                       "session_mismatches", "guard_test_refused", "orientation_inverted", "orientation_upside_down",
+                       "orientation_rotated", "orientation_upright_flagged")
 RESULTS_TARGETS = ("test_roc_auc", "test_recall", "test_accuracy", "test_ece_after_scaling", "band_coverage",
                    "band_accuracy", "int8_size_mb", "int8_agreement", "int8_accuracy_delta", "float16_agreement")
 
@@ -271,8 +271,26 @@ def reliability_block(reliability: dict, ood_report: dict | None = None) -> str:
                      f"{ood_report['false_rejection_rate_test']:.2%}, referred as unlike the population "
                      f"{ood_report.get('unlike_population_rate_test', 0):.2%}; generated non-X-rays refused "
                      f"{ood_report['rejection_rate_non_xray']:.0%}.")
+    lines += _load_lines(reliability.get("concurrency"))
     lines += _targets_section(_target_lines(RELIABILITY_TARGETS, {"reliability": reliability, "ood": ood_report or {}}))
     return "\n".join(lines)
+
+
+def _load_lines(concurrency: dict | None) -> list[str]:
+    """The load test of ``make reliability``: many users at once on one shared screener."""
+    if not concurrency:
+        return []
+    threads = concurrency["threads"]
+    lines = [f"\nUnder load (one shared int8 screener, as the app's sessions share it): {threads['threads']} threads "
+             f"x {threads['screens'] // threads['threads']} screens of test films, **{threads['mismatches']} of "
+             f"{threads['screens']:,} answers differ** from the same film screened alone, {threads['errors']} "
+             f"raised; {threads['throughput_per_s']:.0f} films/s, p95 latency {threads['latency_p95_ms']:.0f} ms "
+             f"under load ({threads['alone_p95_ms']:.0f} ms alone) with {threads['interpreters']} interpreter(s)."]
+    browser = concurrency.get("browser") or {}
+    if browser.get("sessions"):
+        lines.append(f"{browser['sessions']} Chromium sessions uploading at the same moment to `streamlit run`: "
+                     f"{browser['mismatches']} saw another session's answer.")
+    return lines
 
 
 def _summary(entry: dict) -> str:

@@ -163,6 +163,10 @@ _TARGETS = (
            "2026-12-02", "reliability", "bit16_agreement"),
     Target("dicom_agreement", "DICOM copies of test films with the 8-bit decision", AT_LEAST, 0.99, "{:.1%}",
            "2026-12-02", "reliability", "dicom_agreement"),
+    Target("load_mismatches", "answers under load (8 threads, one shared screener) that differ from the film alone",
+           AT_MOST, 0, "{:,}", "2026-12-05", "reliability", "concurrency.threads.mismatches"),
+    Target("session_mismatches", "browser sessions uploading at once that see another session's answer", AT_MOST, 0,
+           "{:,}", "2026-12-05", "reliability", "concurrency.browser.mismatches"),
 )
 TARGETS: dict[str, Target] = {target.key: target for target in _TARGETS}
 

@@ -258,3 +258,16 @@ def test_benchmark_profile_follows_the_run_and_the_benchmark_size(tmp_path):
 def test_results_files_are_json_objects():
     for path in report.RESULTS_DIR.glob("*.json"):
         assert isinstance(read_json_object(path), dict)
+
+
+def test_reliability_block_states_the_load_test_and_its_targets():
+    load = {"threads": {"threads": 8, "screens": 400, "mismatches": 0, "errors": 0, "throughput_per_s": 35.2,
+                        "latency_p95_ms": 406.0, "alone_p95_ms": 40.0, "interpreters": 1},
+            "browser": {"sessions": 4, "screens": 4, "mismatches": 1}}
+    block = report.reliability_block({**RELIABILITY, "concurrency": load}, OOD)
+    assert "8 threads x 50 screens" in block and "**0 of 400 answers differ**" in block
+    assert "35 films/s, p95 latency 406 ms under load (40 ms alone) with 1 interpreter(s)" in block
+    assert "4 Chromium sessions uploading at the same moment" in block and "1 saw another session's answer" in block
+    assert "differ from the film alone ≤ 0: 0, met (set 2026-12-05)" in block
+    assert "see another session's answer ≤ 0: 1, **missed** (set 2026-12-05)" in block
+    assert "Under load" not in report.reliability_block(RELIABILITY, OOD)  # older files: no load test, no line
