@@ -19,8 +19,11 @@ not. Three steps a hospital runs, each a function with a JSON-able result:
    plus the refit head, saved to one file with its provenance.
 
 How well step 3 works is measured by :func:`run_protocol` with the protocol in
-:data:`PROTOCOL_TEXT`, written down before any number was computed on the official
-test set ("site A").
+:data:`PROTOCOL_TEXT`, which also says when it was written and which numbers on the
+official test set ("site A") were already known by then. Choices (the calibration
+rule, the recommended k) are made on development sites (``Site(..., development=True)``:
+simulated sites built from validation patients); site A's numbers are reported, and
+choose nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ DEFAULT_CONFIDENCE = 0.95
 METRICS = ("accuracy", "recall", "specificity", "ece", "coverage")
 
 PROTOCOL_TEXT = """\
-Protocol for the few-label site calibration (fixed before any number on site A):
+Protocol for the few-label site calibration (written on 2 December 2026; history below):
 1. The site is a set of labelled films with patient ids. Repeat n_draws times (seeded):
    draw k films per class by patient (whole patients, until k films of the class), so no
    patient has films in both the draw and the rest.
@@ -65,20 +68,60 @@ Protocol for the few-label site calibration (fixed before any number on site A):
    statistics, validation operating point; no labels, so one model for every draw,
    scored on the same rest sets), calibrated (calibrate_site) for k in 5, 10, 20, 50, 100.
 5. Methods and settings are chosen on simulated sites built from validation patients
-   only (held out from training), each through one fixed acquisition change; site A
-   (the official test set) is then run once and reported as it comes.
+   only (held out from training), each through one fixed acquisition change. So is
+   the recommended number of labelled films (recommend_k). Site A (the official test
+   set) is reported as it comes; its numbers are used to choose nothing.
+
+How and when it was fixed (dates UTC):
+- Before it was written, site A had already been looked at. Notebook 04 has reported
+  each trained model's figures on the official test set since 25 November 2026
+  (accuracy, specificity and calibration at the validation operating point). An
+  exploratory study of an earlier model from the same training code scored five
+  methods on site A with draws of k labelled films per class by patient: zero-shot,
+  label-free BatchNorm statistics, a threshold re-picked on the draw, Platt scaling
+  and a refit head. This protocol's design follows that study, and the targets for
+  site A that notebook 08 checks were set after it.
+- 2 December 2026: the protocol was written, naming one simulated site in item 5.
+  The same day item 5 was widened to two simulated sites that push the model in
+  opposite directions (the record does not show whether before or after the run
+  below). The calibration rule was chosen on the simulated sites only.
+- 2 December 2026, before the protocol first ran on site A: a run of notebook 08
+  scored zero-shot and label-free on the whole of site A and was stopped to fix a
+  bug in the label-free step.
+- 2 December 2026: the protocol ran on site A with the chosen rule. Its label-free
+  row called every film PNEUMONIA on all three sites, site A included; the
+  label-free depth rule was then set on training films only, and the protocol ran
+  on site A a second time with the same calibration rule (the calibrated rows came
+  out identical). A best-possible threshold, chosen with all of site A's labels, was
+  computed once to judge the targets; it chooses nothing.
+- Until 5 December 2026 notebook 08 chose the recommended k on site A's own results;
+  since then it is chosen on the simulated sites and site A is only checked at it.
 """
+
+
+class LocalFilmsContradictModel(ValueError):
+    """The labelled local films rank NORMAL above PNEUMONIA (Platt slope <= 0).
+
+    Raised by :func:`fit_platt` (and so by :func:`calibrate_site`) only for that
+    finding: the model cannot be calibrated for this site, and should not be used
+    there. It is the one error :func:`run_protocol` counts as a refused draw (the
+    site keeps the validation point); every other error is a fault and propagates.
+    """
 
 
 # --------------------------------------------------------------------------- #
 # Draws by patient
 # --------------------------------------------------------------------------- #
-def draw_by_patient(labels, patient_ids, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_by_patient(labels, patient_ids, k: int, rng: np.random.Generator,
+                    exclude_patients=()) -> tuple[np.ndarray, np.ndarray]:
     """Indices of ``k`` films per class (whole patients) and of every film left.
 
     Patients of each class are taken in a random order; a patient joins the draw when
     all their films of that class still fit in ``k``. Patients with films in both
-    classes stay out of the draw's other class and out of the rest.
+    classes stay out of the draw's other class and out of the rest. Patients in
+    ``exclude_patients`` are never drawn (their films stay in the rest): e.g. the
+    patients of the films an app offers as samples, so that a calibration shipped
+    with the app was not fitted on them.
 
     Returns ``(draw (2k,) int, rest (M,) int)``, both sorted.
     """
@@ -88,12 +131,16 @@ def draw_by_patient(labels, patient_ids, k: int, rng: np.random.Generator) -> tu
         raise ValueError(f"{len(labels)} labels but {len(patient_ids)} patient ids.")
     if k < 1:
         raise ValueError(f"k must be >= 1 film per class, got {k}.")
+    drawable = ~np.isin(patient_ids, np.asarray(list(exclude_patients), dtype=str))  # (N,) bool
     drawn = []
     for label in (0, 1):
-        members = np.flatnonzero(labels == label)
+        members = np.flatnonzero((labels == label) & drawable)
         patients = np.unique(patient_ids[members])
         if members.size < k:
-            raise ValueError(f"The site has {members.size} films of class {label}; k = {k} needs more.")
+            left_out = int(((labels == label) & ~drawable).sum())
+            raise ValueError(f"The site has {members.size} films of class {label} to draw from"
+                             + (f" ({left_out} more belong to excluded patients)" if left_out else "")
+                             + f"; k = {k} needs more.")
         chosen, room = [], k
         for patient in rng.permutation(patients):
             films = members[patient_ids[members] == patient]
@@ -287,8 +334,9 @@ def fit_platt(logits, labels) -> tuple[float, float]:
     """(slope, intercept) of P(PNEUMONIA) = sigmoid(slope * logit + intercept), by max likelihood.
 
     Balanced (each class half the weight), lightly regularized so that a draw the
-    logits separate perfectly still gives a finite slope. Raises ValueError when the
-    slope is not positive (the local films contradict the model's ranking).
+    logits separate perfectly still gives a finite slope. Raises
+    :class:`LocalFilmsContradictModel` when the slope is not positive (the local
+    films contradict the model's ranking), ValueError for films of one class only.
     """
     logits = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
     labels = np.asarray(labels).astype(int)
@@ -297,8 +345,9 @@ def fit_platt(logits, labels) -> tuple[float, float]:
     coefficients, intercept = weighted_logistic(logits, labels, _balanced_weights(labels))
     slope = float(coefficients[0])
     if slope <= 0:
-        raise ValueError(f"Platt slope {slope:.3f} <= 0: on these local films the model ranks NORMAL "
-                         "above PNEUMONIA. Do not use the model at this site; check the films and labels.")
+        raise LocalFilmsContradictModel(
+            f"Platt slope {slope:.3f} <= 0: on these local films the model ranks NORMAL above PNEUMONIA. "
+            "Do not use the model at this site; check the films and labels.")
     return slope, intercept
 
 
@@ -789,7 +838,7 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
                    rule: CalibrationRule = CalibrationRule(),
                    confidence: float = DEFAULT_CONFIDENCE, seed: int = config.DEFAULT_SEED,
                    min_k: int = MIN_K, description: str = "",
-                   fitted_on: FittedOn | None = None) -> SiteCalibration:
+                   fitted_on: FittedOn | None = None, film_names=None) -> SiteCalibration:
     """The site operating point from labelled local films (k per class, k >= ``min_k``).
 
     Steps (the rule is fixed in advance):
@@ -809,8 +858,17 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
         anchor: the training films and the model's head (:meth:`Anchor.build`).
         fitted_on: the model whose features these are
             (:meth:`helpers.provenance.FittedOn.of_model_file`); needed to save the result.
+        film_names: the labelled films' file names (no folders), one per label, written
+            to the provenance as ``labelled_films`` so a reader can check which films
+            the calibration saw (e.g. that an app's sample films are not among them).
+            None: not recorded (a hospital may not want its file names in the file).
     """
     labels = np.asarray(labels).astype(int)
+    if film_names is not None:
+        film_names = [Path(str(name)).name for name in film_names]
+        if len(film_names) != len(labels):
+            raise ValueError(f"film_names needs one name per labelled film: got {len(film_names)} names for "
+                             f"{len(labels)} labels.")
     counts = np.bincount(labels, minlength=2)
     if counts.min() < min_k:
         raise ValueError(f"Site calibration needs at least {min_k} labelled films per class, got "
@@ -844,6 +902,7 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
             "unlabelled_films": int(len(site_logits)), "estimated_prevalence": prevalence,
             "platt_slope": slope, "rule": rule.to_dict(), "seed": seed,
             "date": datetime.date.today().isoformat(), "recall_guarantee": guarantee.statement(),
+            **({} if film_names is None else {"labelled_films": sorted(film_names)}),
         },
     )
     return SiteCalibration(point, head, guarantee, fitted_on)
@@ -935,10 +994,13 @@ CHOICE_RULE_TEXT = ("among candidate rules run on every simulated site, the high
 def choose_rule(results: dict[str, dict[str, dict]], k: str = "20", min_recall: float = 0.96) -> str:
     """The development choice, stated before it is made: :data:`CHOICE_RULE_TEXT`.
 
-    ``results`` maps a rule's name to ``{simulated site: run_protocol result}``.
+    ``results`` maps a rule's name to ``{simulated site: run_protocol result}``; every
+    result must come from a development site (``Site(..., development=True)``).
     """
     if not results:
         raise ValueError("No candidate rule results to choose from.")
+    for by_site in results.values():
+        require_development(by_site, "choose_rule")
 
     def values(name, metric):
         return [result["calibrated"][k][metric]["mean"] for result in results[name].values()]
@@ -978,8 +1040,11 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 class Site:
     """One site's films: labels, patients, pooled features and the model's logits.
 
-    ``label_free_logits`` / ``label_free_features`` are the same films through the
-    BatchNorm-adapted model (None: no label-free row).
+    ``label_free_logits`` are the same films through the BatchNorm-adapted model
+    (None: no label-free row). ``development``: True for a site that choices are made
+    on (a simulated site built from validation patients); False (the default) for a
+    site whose numbers are reported, such as site A. :func:`choose_rule` and
+    :func:`recommend_k` accept only results of development sites.
     """
 
     name: str
@@ -989,6 +1054,7 @@ class Site:
     logits: np.ndarray
     label_free_logits: np.ndarray | None = None
     notes: dict = field(default_factory=dict)
+    development: bool = False
 
     def __post_init__(self):
         n = len(self.labels)
@@ -1007,12 +1073,12 @@ def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
 
     Returns ``{"zero_shot": summary, "label_free": summary (when the site has
     label-free logits), "calibrated": {k: summary}, "guarantee": {k: ...}, "n_rest": ...,
-    "refused_draws": {k: count}}`` where summaries map each of :data:`METRICS` to
-    mean / p05 / p95 over draws. A draw whose local films contradict the model (Platt
-    slope <= 0) is refused: the site keeps the validation point, and it is counted. The
-    zero-shot and label-free rows are scored on the same rest sets as the calibrated
-    ones, per k; the top-level ``zero_shot`` / ``label_free`` entries are those of the
-    largest k that was run.
+    "refused_draws": {k: count}, "development": bool}`` where summaries map each of
+    :data:`METRICS` to mean / p05 / p95 over draws. A draw whose local films contradict
+    the model (:class:`LocalFilmsContradictModel`) is refused: the site keeps the
+    validation point, and it is counted. Any other error raises. The zero-shot and
+    label-free rows are scored on the same rest sets as the calibrated ones, per k; the
+    top-level ``zero_shot`` / ``label_free`` entries are those of the largest k run.
     """
     labels = np.asarray(site.labels).astype(int)
     rows = {"zero_shot": {}, "label_free": {}, "calibrated": {}}
@@ -1032,7 +1098,7 @@ def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
                 calibration = calibrate_site(site.features[draw], labels[draw], site.patient_ids[draw],
                                              site.features, anchor, rule,
                                              confidence, seed=int(rng.integers(2**31)), min_k=min(k, MIN_K))
-            except ValueError:  # the local films contradict the model: the site keeps the validation point
+            except LocalFilmsContradictModel:  # the site keeps the validation point; any other error is a fault
                 refusals[str(k)] = refusals.get(str(k), 0) + 1
                 per_method["calibrated"].append(per_method["zero_shot"][-1])
                 continue
@@ -1056,7 +1122,7 @@ def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
               "zero_shot": rows["zero_shot"][largest], "zero_shot_by_k": rows["zero_shot"],
               "calibrated": rows["calibrated"], "guarantee": guarantees, "n_rest": rest_sizes,
               "refused_draws": {str(k): refusals.get(str(k), 0) for k in k_values},
-              "rule": rule.to_dict(), "notes": dict(site.notes)}
+              "rule": rule.to_dict(), "notes": dict(site.notes), "development": bool(site.development)}
     if rows["label_free"]:
         result["label_free"] = rows["label_free"][largest]
         result["label_free_by_k"] = rows["label_free"]
@@ -1096,18 +1162,78 @@ def check_targets(result: dict, targets: dict) -> dict[str, bool]:
     return met
 
 
-def recommend_k(result: dict, min_accuracy: float, min_recall: float) -> dict:
-    """The smallest k per class whose mean accuracy and mean recall reach the floors, or None."""
-    for k in sorted(result["calibrated"], key=int):
-        summary = result["calibrated"][k]
-        if summary["accuracy"]["mean"] >= min_accuracy and summary["recall"]["mean"] >= min_recall:
-            return {"k": int(k), "sentence": (
-                f"Label at least {k} films per class: from there the calibrated model reaches mean "
-                f"accuracy {summary['accuracy']['mean']:.3f} (5th percentile {summary['accuracy']['p05']:.3f}) "
-                f"and mean recall {summary['recall']['mean']:.3f} on the rest of the site.")}
-    return {"k": None, "sentence": (
-        f"No k tried reaches mean accuracy >= {min_accuracy:g} with mean recall >= {min_recall:g}: "
-        "label more films, or keep the model as a second reader only.")}
+def require_development(results_by_site: dict[str, dict], chooser: str) -> None:
+    """Refuse (ValueError) unless every value is a :func:`run_protocol` result of a development site."""
+    if not isinstance(results_by_site, dict) or not results_by_site or "calibrated" in results_by_site:
+        raise ValueError(f"{chooser} takes {{development site name: run_protocol result}}, one or more "
+                         "simulated sites; not a single result.")
+    reported = [name for name, result in results_by_site.items() if result.get("development") is not True]
+    if reported:
+        raise ValueError(f"{chooser} chooses on development sites only (simulated sites built from validation "
+                         f"patients: Site(..., development=True)); {reported} are sites whose numbers are "
+                         "reported, and a reported site must not choose what it is then judged by. Choose on "
+                         "the simulated sites, then report the site at that choice (check_at_k).")
+
+
+RECOMMEND_RULE_TEXT = ("the smallest k per class at which, on every simulated site, the calibrated model's mean "
+                       "accuracy and mean recall over draws reach the floors")
+
+
+def recommend_k(development_results: dict[str, dict], min_accuracy: float, min_recall: float) -> dict:
+    """How many local films per class to label, chosen on the development sites only.
+
+    Args:
+        development_results: ``{simulated site name: run_protocol result}``, each run on
+            a ``Site(..., development=True)``. A site whose numbers are reported (site
+            A) is refused: choosing k on it and then reporting it at that k would
+            overstate. Report it afterwards with :func:`check_at_k`.
+        min_accuracy, min_recall: floors on the mean over draws.
+
+    Returns ``{"k": int or None, "chosen_on": [site names], "rule", "floors", "sentence"}``
+    by :data:`RECOMMEND_RULE_TEXT` (None: no k tried reaches the floors everywhere).
+    """
+    require_development(development_results, "recommend_k")
+    names = list(development_results)
+    shared = set.intersection(*(set(result["calibrated"]) for result in development_results.values()))
+    chosen = {"chosen_on": names, "rule": RECOMMEND_RULE_TEXT,
+              "floors": {"accuracy_mean": min_accuracy, "recall_mean": min_recall}}
+    for k in sorted(shared, key=int):
+        summaries = [development_results[name]["calibrated"][k] for name in names]
+        accuracy = min(summary["accuracy"]["mean"] for summary in summaries)
+        recall = min(summary["recall"]["mean"] for summary in summaries)
+        if accuracy >= min_accuracy and recall >= min_recall:
+            return {**chosen, "k": int(k), "sentence": (
+                f"Label at least {k} films per class: from there, on every simulated site ({', '.join(names)}), "
+                f"the calibrated model reaches mean accuracy >= {accuracy:.3f} and mean recall >= {recall:.3f} "
+                "on the rest of the site.")}
+    return {**chosen, "k": None, "sentence": (
+        f"No k tried reaches mean accuracy >= {min_accuracy:g} with mean recall >= {min_recall:g} on every "
+        "simulated site: label more films, or keep the model as a second reader only.")}
+
+
+def check_at_k(result: dict, k: int | None, min_accuracy: float, min_recall: float) -> dict:
+    """A reported site's figures at a k chosen elsewhere (:func:`recommend_k`): a check, not a choice.
+
+    Returns ``{"site", "k", "accuracy", "recall", "met", "sentence"}`` (mean and 5th
+    percentile over draws; ``met`` None when there is no k to check).
+    """
+    if k is None:
+        return {"site": result["site"], "k": None, "accuracy": None, "recall": None, "met": None,
+                "sentence": f"No k was recommended, so there is nothing to check on {result['site']}."}
+    summary = result["calibrated"].get(str(k))
+    if summary is None:
+        run = sorted(result["calibrated"], key=int)
+        raise ValueError(f"{result['site']} was not run at k = {k} (it has k = {run}); run the protocol there "
+                         "with the recommended k among k_values.")
+    accuracy, recall = summary["accuracy"], summary["recall"]
+    met = bool(accuracy["mean"] >= min_accuracy and recall["mean"] >= min_recall)
+    return {"site": result["site"], "k": int(k),
+            "accuracy": {"mean": accuracy["mean"], "p05": accuracy["p05"]},
+            "recall": {"mean": recall["mean"], "p05": recall["p05"]}, "met": met,
+            "sentence": (f"Check on {result['site']} at the k chosen on the simulated sites (k = {k} per class; "
+                         f"this site chose nothing): mean accuracy {accuracy['mean']:.3f} (5th percentile "
+                         f"{accuracy['p05']:.3f}), mean recall {recall['mean']:.3f}; floors accuracy >= "
+                         f"{min_accuracy:g} and recall >= {min_recall:g} {'met' if met else 'missed'}.")}
 
 
 def plot_learning_curve(result: dict, metrics=("accuracy", "recall", "specificity", "ece", "coverage")):

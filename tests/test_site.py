@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import site
+from helpers import data, screening, site
 from helpers.operating_point import OperatingPoint, sigmoid
 from helpers.provenance import FittedOn, ProvenanceMismatch
 
@@ -54,6 +54,22 @@ def test_draw_refuses_what_the_site_cannot_give():
         site.draw_by_patient([0, 0, 1, 1, 1], ["a", "b", "c", "d", "e"], 3, np.random.default_rng(0))
     with pytest.raises(ValueError, match="exactly 1 films of class 0 by whole patients"):
         site.draw_by_patient([0, 0, 1], ["a", "a", "c"], 1, np.random.default_rng(0))
+
+
+def test_excluded_patients_are_never_drawn_and_stay_in_the_rest(world):
+    kept_out = sorted(set(world["patients"][world["labels"] == 1]))[:40]
+    seen_without_exclusion = False
+    for seed in range(20):
+        draw, rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(seed),
+                                          exclude_patients=kept_out)
+        assert not set(world["patients"][draw]) & set(kept_out)
+        assert set(kept_out) <= set(world["patients"][rest])
+        assert np.bincount(world["labels"][draw]).tolist() == [20, 20]
+        plain, _ = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(seed))
+        seen_without_exclusion |= bool(set(world["patients"][plain]) & set(kept_out))
+    assert seen_without_exclusion  # the exclusion, not luck, keeps them out
+    with pytest.raises(ValueError, match="1 films of class 0 to draw from \\(1 more belong to excluded patients\\)"):
+        site.draw_by_patient([0, 0, 1, 1], ["a", "b", "c", "d"], 2, np.random.default_rng(0), exclude_patients=["a"])
 
 
 def test_patient_folds_keep_patients_together():
@@ -110,9 +126,12 @@ def test_weighted_logistic_matches_scikit_learn():
     assert intercept == pytest.approx(reference.intercept_[0], abs=1e-5)
 
 
-def test_platt_refuses_a_reversed_ranking():
-    with pytest.raises(ValueError, match="ranks NORMAL above PNEUMONIA"):
+def test_platt_refuses_a_reversed_ranking_with_its_own_error():
+    with pytest.raises(site.LocalFilmsContradictModel, match="ranks NORMAL above PNEUMONIA"):
         site.fit_platt([3.0, 2.0, -2.0, -3.0], [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="films of both classes") as one_class:
+        site.fit_platt([1.0, 2.0], [1, 1])
+    assert not isinstance(one_class.value, site.LocalFilmsContradictModel)  # not a finding about the site
     slope, _ = site.fit_platt([-3.0, -2.0, 2.0, 3.0, -1.0, 1.0], [0, 0, 1, 1, 1, 0])
     assert slope > 0
 
@@ -150,6 +169,33 @@ def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world
         site.SiteCalibration.load(tmp_path / "anonymous.json")
 
 
+def test_the_app_sample_films_are_not_in_a_calibration_drawn_without_their_patients(world, tmp_path):
+    """The deployment draw of notebook 08: the app's sample films' patients are kept out, and the
+    saved calibration records its films so that anyone can check it."""
+    labels = world["labels"]
+    names = np.array([f"person{index // 2}_bacteria_{index}.jpeg" if label
+                      else f"IM-{index // 2:04d}-000{index % 2 + 1}.jpeg" for index, label in enumerate(labels)])
+    for name, label in zip(names, labels):  # the Kaggle folder layout the app reads its samples from
+        folder = tmp_path / "chest_xray" / "test" / ("PNEUMONIA" if label else "NORMAL")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    samples = screening.sample_films(data_dir=tmp_path)
+    assert len(samples) == 6
+    sample_patients = {data.patient_id(path.name) for path in samples}
+    patients = np.array([data.patient_id(name) for name in names])
+    draw, _ = site.draw_by_patient(labels, patients, 20, np.random.default_rng(0), exclude_patients=sample_patients)
+    calibration = site.calibrate_site(world["features"][draw], labels[draw], patients[draw], world["features"],
+                                      world["anchor"], film_names=[f"chest_xray/test/x/{name}" for name in names[draw]],
+                                      fitted_on=FittedOn("e" * 64, world["features"].shape[1]))
+    path = calibration.save(tmp_path / "site_calibration.json")
+    recorded = site.SiteCalibration.load(path).point.provenance["labelled_films"]
+    assert sorted(recorded) == sorted(names[draw].tolist())  # names only, no folders
+    assert not {data.patient_id(name) for name in recorded} & sample_patients
+    with pytest.raises(ValueError, match="one name per labelled film"):
+        site.calibrate_site(world["features"][draw], labels[draw], patients[draw], world["features"],
+                            world["anchor"], film_names=names[:3])
+
+
 def test_site_calibration_needs_enough_films_and_a_real_file(world, tmp_path):
     features, labels = world["features"][:8], np.array([0, 0, 0, 0, 1, 1, 1, 1])
     with pytest.raises(ValueError, match="at least 5 labelled films per class, got 4 NORMAL"):
@@ -169,6 +215,7 @@ def test_the_protocol_reports_every_row_and_calibration_beats_zero_shot_on_a_shi
     result = site.run_protocol(shifted, validation_point, world["anchor"], k_values=(5, 20), draws=4,
                                progress=False)
     assert {"zero_shot", "label_free", "calibrated"} <= set(result)
+    assert result["development"] is False and result["refused_draws"] == {"5": 0, "20": 0}
     assert set(result["calibrated"]) == {"5", "20"}
     for entry in (result["zero_shot"], result["label_free"], *result["calibrated"].values()):
         assert set(entry) == set(site.METRICS)
@@ -184,14 +231,84 @@ def test_the_protocol_reports_every_row_and_calibration_beats_zero_shot_on_a_shi
     assert list(met.values()) == [True, False]
 
 
+def test_a_draw_whose_films_contradict_the_model_is_counted_as_refused(world):
+    rng = np.random.default_rng(7)
+    features, labels = gaussian_films(rng, 60, 60)
+    features[labels == 1] -= 2.0  # this site's pneumonias sit where the model expects normals
+    reversed_site = site.Site("reversed", labels, np.array([f"r{index}" for index in range(len(labels))]),
+                              features, world["head"].logits(features))
+    validation_point = OperatingPoint(threshold=0.5, temperature=1.0, band_low=0.3, band_high=0.8)
+    result = site.run_protocol(reversed_site, validation_point, world["anchor"], site.CalibrationRule(refit_head=False),
+                               k_values=(5, 10), draws=3, progress=False)
+    assert result["refused_draws"] == {"5": 3, "10": 3}
+    for k in ("5", "10"):  # a refused draw keeps the validation point
+        assert result["calibrated"][k] == result["zero_shot_by_k"][k]
+        assert result["guarantee"][k]["lower_bound_mean"] is None
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug in the class-mix estimate"), KeyError("a bug")])
+def test_any_other_error_inside_calibrate_site_propagates_out_of_the_protocol(world, monkeypatch, error):
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(site, "estimate_prevalence", broken)
+    logits = world["head"].logits(world["features"])
+    plain = site.Site("synthetic", world["labels"], world["patients"], world["features"], logits)
+    with pytest.raises(type(error), match="a bug"):
+        site.run_protocol(plain, OperatingPoint(), world["anchor"], k_values=(5,), draws=2, progress=False)
+
+
+def protocol_result(accuracy, recall, k="20", development=True, name="s"):
+    """The part of a run_protocol result that choose_rule / recommend_k / check_at_k read."""
+    return {"site": name, "development": development,
+            "calibrated": {k: {"accuracy": {"mean": accuracy, "p05": accuracy - 0.02},
+                               "recall": {"mean": recall, "p05": recall - 0.02}}}}
+
+
 def test_choose_rule_prefers_accuracy_among_rules_that_keep_recall_on_every_simulated_site():
     def result(accuracy, recall):
-        return {"calibrated": {"20": {"accuracy": {"mean": accuracy}, "recall": {"mean": recall}}}}
+        return protocol_result(accuracy, recall)
     rules = {"a": {"s1": result(0.95, 0.90), "s2": result(0.95, 0.99)},
              "b": {"s1": result(0.92, 0.97), "s2": result(0.90, 0.97)},
              "c": {"s1": result(0.91, 0.99), "s2": result(0.90, 0.99)}}
     assert site.choose_rule(rules) == "b"  # a misses recall on s1; b beats c on mean accuracy
     assert site.choose_rule({"a": rules["a"], "d": {"s1": result(0.9, 0.93), "s2": result(0.9, 0.93)}}) == "d"
+    with pytest.raises(ValueError, match="development sites only"):
+        site.choose_rule({"a": {"site A": protocol_result(0.95, 0.99, development=False)}})
+
+
+def test_recommend_k_chooses_on_the_simulated_sites_and_site_a_is_only_checked():
+    def result(by_k, development=True, name="s"):
+        entries = [protocol_result(accuracy, recall, k, development, name) for k, (accuracy, recall) in by_k.items()]
+        return {**entries[0], "calibrated": {k: entry["calibrated"][k] for k, entry in zip(by_k, entries)}}
+
+    simulated = {"darker": result({"5": (0.90, 0.97), "10": (0.93, 0.97), "20": (0.95, 0.98)}),
+                 "sharper": result({"5": (0.95, 0.90), "10": (0.94, 0.95), "20": (0.96, 0.97)})}
+    recommendation = site.recommend_k(simulated, min_accuracy=0.92, min_recall=0.96)
+    assert recommendation["k"] == 20  # k = 10 misses recall on the sharper site
+    assert recommendation["chosen_on"] == ["darker", "sharper"]
+    assert "every simulated site" in recommendation["sentence"]
+    assert site.recommend_k(simulated, min_accuracy=0.99, min_recall=0.5)["k"] is None
+
+    # on its own results site A would pick k = 10; it is only checked, at the simulated sites' k
+    site_a = result({"5": (0.80, 0.90), "10": (0.99, 0.99), "20": (0.91, 0.97)}, development=False, name="site A")
+    with pytest.raises(ValueError, match=r"development sites only.*\['site A'\]"):
+        site.recommend_k({"site A": site_a}, min_accuracy=0.92, min_recall=0.96)
+    with pytest.raises(ValueError, match="not a single result"):
+        site.recommend_k(site_a, min_accuracy=0.92, min_recall=0.96)
+    check = site.check_at_k(site_a, recommendation["k"], min_accuracy=0.92, min_recall=0.96)
+    assert check["k"] == 20 and check["met"] is False and check["accuracy"]["mean"] == 0.91
+    assert "this site chose nothing" in check["sentence"] and check["sentence"].endswith("missed.")
+    assert site.check_at_k(site_a, None, 0.92, 0.96)["met"] is None
+    with pytest.raises(ValueError, match="not run at k = 50"):
+        site.check_at_k(site_a, 50, 0.92, 0.96)
+
+
+def test_protocol_text_states_its_history_not_a_claim_of_blindness():
+    text = site.PROTOCOL_TEXT
+    assert "before any number" not in text
+    assert "2 December 2026" in text and "exploratory study" in text and "recommend_k" in text
+    assert not {"issue", "ticket", "spike", "session"} & set(text.lower().replace(",", " ").split())
 
 
 def test_simulated_site_members_reach_the_class_mix_by_whole_patients():
