@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from helpers import config, guard, screening, uploads
 from helpers.jsonio import read_json_object, write_json
@@ -49,7 +50,6 @@ GUARD_STEM = "guard"
 HASH_DIGITS = 12
 DEFAULT_OUTPUT = config.PROJECT_ROOT / "phone" / "public"
 FLOAT16_TARGET = 2.0 ** 14  # the precision matrix is scaled so its largest entry is near this (float16 max 65504)
-DECOMPRESSION_BOMB_PIXELS = 2 * 89_478_485  # Pillow refuses to open an image above this (Image.MAX_IMAGE_PIXELS * 2)
 ARRAY_ALIGNMENT = 4
 
 
@@ -198,7 +198,8 @@ def upload_rules() -> dict:
     """The limits of :mod:`helpers.uploads`, checked by the page from the file header before decoding."""
     return {"min_side": uploads.MIN_IMAGE_SIDE, "max_pixels": uploads.MAX_IMAGE_PIXELS,
             "max_bytes": uploads.MAX_UPLOAD_BYTES, "accepted_formats": list(uploads.ACCEPTED_FORMATS),
-            "decompression_bomb_pixels": DECOMPRESSION_BOMB_PIXELS, "image_size": screening.imaging.IMAGE_SIZE}
+            "decompression_bomb_pixels": 2 * Image.MAX_IMAGE_PIXELS,  # Pillow refuses to open a larger image
+            "image_size": screening.imaging.IMAGE_SIZE}
 
 
 def _copy_versioned(source: Path, folder: Path, stem: str, suffix: str) -> str:

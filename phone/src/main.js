@@ -311,7 +311,14 @@ app.memory = () => ({
 element("film").addEventListener("change", onFileChosen);
 element("camera-button").addEventListener("click", startCamera);
 element("camera-stop").addEventListener("click", stopCamera);
-app.ready = load().catch(error => {
+// A new version's service worker may take over while this page loads the old files: reload once.
+const RELOADED = "cxr-phone-reloaded";
+app.ready = load().then(() => sessionStorage.removeItem(RELOADED)).catch(error => {
+  if (!sessionStorage.getItem(RELOADED) && navigator.onLine) {
+    sessionStorage.setItem(RELOADED, "1");
+    location.reload();
+    return;
+  }
   app.state = "error";
   app.error = String(error && error.message ? error.message : error);
   setStatus(`The model could not be loaded: ${app.error}`);

@@ -114,7 +114,8 @@ export class Guard {
     this.mean = arrays.mean;
     const table = halfToFloatTable();
     const stored = arrays.precision_upper;
-    this.precisionUpper = new Float64Array(stored.length);
+    // float16 values and their power-of-two scale are exact in float32: half the memory of float64 to stream.
+    this.precisionUpper = new Float32Array(stored.length);
     for (let i = 0; i < stored.length; i++) this.precisionUpper[i] = table[stored[i]] / description.precision_scale;
     this.gates = {};
     for (const prefix of ["xray", "orientation"]) {
@@ -246,18 +247,21 @@ export class OperatingPoint {
 }
 
 // ------------------------------------------------------------------ heat map
-function interpolationMatrix(source, target) {
-  const matrix = new Float64Array(target * source);
+// Bilinear interpolation with half-pixel centres (helpers/imaging.py _interpolation_matrix): each target
+// pixel mixes two source pixels, low and high, with weights 1 - fraction and fraction.
+function interpolationTaps(source, target) {
+  const low = new Int32Array(target), high = new Int32Array(target);
+  const lowWeight = new Float64Array(target), highWeight = new Float64Array(target);
   for (let t = 0; t < target; t++) {
     let centre = (t + 0.5) * (source / target) - 0.5;
     centre = Math.min(Math.max(centre, 0.0), source - 1);
-    const low = Math.floor(centre);
-    const high = Math.min(low + 1, source - 1);
-    const fraction = centre - low;
-    matrix[t * source + low] += 1.0 - fraction;
-    matrix[t * source + high] += fraction;
+    low[t] = Math.floor(centre);
+    high[t] = Math.min(low[t] + 1, source - 1);
+    const fraction = centre - low[t];
+    lowWeight[t] = 1.0 - fraction;
+    highWeight[t] = fraction;
   }
-  return matrix;
+  return {low, high, lowWeight, highWeight};
 }
 
 // helpers/screening.py heatmap_from_logit_map: (h * w) logit map -> Float32Array (size * size) in [0, 1].
@@ -271,21 +275,20 @@ export function heatmapFromLogitMap(logitMap, mapSize, bias, positive, size = IM
   }
   const divisor = largest > 0 ? largest : 1.0;
   for (let i = 0; i < evidence.length; i++) evidence[i] = Math.fround(evidence[i] / divisor);  // normalize_maps: float32
-  const rows = interpolationMatrix(mapSize, size);
-  const heatmap = new Float32Array(size * size);
-  const partial = new Float64Array(size * mapSize);  // rows @ maps: (size, mapSize)
+  const taps = interpolationTaps(mapSize, size);
+  const partial = new Float64Array(size * mapSize);  // rows of the map interpolated: (size, mapSize)
   for (let y = 0; y < size; y++) {
+    const low = taps.low[y] * mapSize, high = taps.high[y] * mapSize;
     for (let c = 0; c < mapSize; c++) {
-      let sum = 0.0;
-      for (let r = 0; r < mapSize; r++) sum += rows[y * mapSize + r] * evidence[r * mapSize + c];
-      partial[y * mapSize + c] = sum;
+      partial[y * mapSize + c] = taps.lowWeight[y] * evidence[low + c] + taps.highWeight[y] * evidence[high + c];
     }
   }
+  const heatmap = new Float32Array(size * size);
   for (let y = 0; y < size; y++) {
+    const row = y * mapSize;
     for (let x = 0; x < size; x++) {
-      let sum = 0.0;
-      for (let c = 0; c < mapSize; c++) sum += partial[y * mapSize + c] * rows[x * mapSize + c];
-      heatmap[y * size + x] = Math.min(Math.max(sum, 0.0), 1.0);
+      const value = taps.lowWeight[x] * partial[row + taps.low[x]] + taps.highWeight[x] * partial[row + taps.high[x]];
+      heatmap[y * size + x] = Math.min(Math.max(value, 0.0), 1.0);
     }
   }
   return heatmap;
