@@ -15,6 +15,23 @@ from helpers import config
 from helpers.data import CLASS_NAMES, Examples, find_duplicate_groups, load_image
 
 
+# Images per (split, class) in the published copies of ChestXRay2017 (Kermany et al. 2018, Mendeley v2).
+# The keras.io TFRecord pair (the project's default download) folds the 16 official "val"
+# films (8 per class) into train; the Kaggle / Mendeley folders keep them apart.
+PUBLISHED_COPIES = {
+    "official train and test splits (as in the Kaggle / Mendeley folders)":
+        {("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875, ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390},
+    "keras.io public TFRecord pair (train also holds the 16 official val films)":
+        {("train", "NORMAL"): 1349, ("train", "PNEUMONIA"): 3883, ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390},
+}
+
+
+def published_copy(counts) -> str | None:
+    """Which published copy of the dataset :func:`class_table` ``counts`` are: its name, or None for none."""
+    images = {key: int(value) for key, value in counts["images"].items()}
+    return next((name for name, published in PUBLISHED_COPIES.items() if images == published), None)
+
+
 def class_table(splits: dict[str, Examples]):
     """Images and patients per split and class, with the class share.
 
