@@ -33,7 +33,7 @@ from helpers.dicom import is_dicom
 from helpers.download import download_public_tfrecords
 from helpers.errors import UnusableInput
 from helpers.progress import progress_bar
-from helpers.uploads import ImageRejected, dataset_film_bytes
+from helpers.uploads import ImageRejected, dataset_film_bytes, refuse_oversized_image
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
 IMAGE_SIZE = 224
@@ -443,7 +443,8 @@ def load_image(source: str | os.PathLike | bytes, image_size: int = IMAGE_SIZE) 
 
     Raises:
         FileNotFoundError: the path does not exist.
-        DataError: the bytes are empty, truncated or not an image.
+        DataError: the bytes are empty, truncated or not an image, or the header declares
+            more than the upload limit of pixels (refused before TensorFlow decodes them).
     """
     import tensorflow as tf
 
@@ -462,6 +463,10 @@ def load_image(source: str | os.PathLike | bytes, image_size: int = IMAGE_SIZE) 
             source = dataset_film_bytes(bytes(source), name)
         except ImageRejected as rejection:
             raise DataError(str(rejection)) from rejection
+    try:
+        refuse_oversized_image(bytes(source), name)  # a decompression bomb, from its header, before decoding
+    except ImageRejected as rejection:
+        raise DataError(str(rejection)) from rejection
     try:
         image = decode_and_resize(tf.constant(bytes(source)), image_size)
     except tf.errors.InvalidArgumentError as error:

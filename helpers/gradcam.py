@@ -279,7 +279,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     looks up any Matplotlib colormap by name.
 
     Args:
-        image: (H, W, 3) or (H, W), 0-255 (or already in [0, 1] if float with max <= 1).
+        image: (H, W, 3) or (H, W), uint8 or float 0-255 (the project's pixels; never guessed from the values).
         heatmap: (H, W) in [0, 1].
         alpha: opacity of the heatmap (0 = image only, 1 = heatmap only).
         colormap: a Matplotlib colormap name.

@@ -22,6 +22,8 @@ import numpy as np
 
 IMAGE_SIZE = 224  # the model's input height = width (helpers.data.IMAGE_SIZE)
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+MAX_IMAGE_PIXELS = 50_000_000  # the largest film decoded (helpers.uploads re-exports it as its upload rule)
+MAX_DECODED_BYTES = 2 * MAX_IMAGE_PIXELS  # the largest stored pixel array decoded: a 50 MP film at 16 bits
 PNG_COMPRESS_LEVEL = 1  # fast zlib: many times faster than the default level, a little larger
 WINDOW_PERCENTILES = (0.5, 99.5)  # high-bit-depth films: this range of the film's pixels -> 0-255
 
@@ -57,27 +59,40 @@ def resize_plane(plane: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
-def decode_pixels(content: bytes, size: int = IMAGE_SIZE, upright: bool = True) -> np.ndarray:
+def decode_pixels(content: bytes, size: int = IMAGE_SIZE, upright: bool = True,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Encoded image bytes -> float32 (size, size, 3) RGB in [0, 255].
 
     Args:
         content: JPEG, PNG, BMP, GIF, WebP or TIFF bytes (checked by the caller).
         upright: apply the EXIF orientation, as photo viewers do (phones store
             rotated shots with a tag; the pixels themselves lie sideways).
+        max_pixels: an image whose header declares more pixels is refused before
+            anything is decoded (:func:`helpers.uploads.inspect_image_bytes` says why
+            in a message naming the file; this keeps any other caller bounded too).
 
     Raises:
-        OSError, SyntaxError, ValueError: Pillow could not decode the bytes (the
-            screening pipeline turns them into a message naming the file).
+        OSError, SyntaxError, ValueError: Pillow could not decode the bytes, or the
+            image is larger than ``max_pixels`` (the screening pipeline turns them into
+            a message naming the file).
     """
     from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(bytes(content))) as image:
+        refuse_more_pixels_than(image, max_pixels)
         image.load()
         if upright:
             image = ImageOps.exif_transpose(image)
         planes = [resize_plane(plane, size) for plane in channels(image)]
     pixels = np.stack(planes * 3 if len(planes) == 1 else planes, axis=-1)  # (size, size, 3)
     return np.clip(pixels, 0.0, 255.0)
+
+
+def refuse_more_pixels_than(image, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Raise ``ValueError`` when an opened, not yet decoded PIL image declares more than ``max_pixels``."""
+    if image.width * image.height > max_pixels:
+        raise ValueError(f"The image is {image.width}x{image.height} pixels, more than the {max_pixels:,} "
+                         "decoded here; resize it first.")
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
@@ -134,26 +149,65 @@ def _jet_table(entries: int = 256) -> np.ndarray:
 JET = _jet_table()  # (256, 3) heat-map colours: blue (cold) -> red (hot)
 
 
-def to_unit_range(image: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, 3) pixels, 0-255 (or already [0, 1] floats) -> float32 (H, W, 3) in [0, 1]."""
-    image = np.asarray(image, dtype=np.float32)
+FLOAT_PIXEL_SCALE = 255.0  # the project's pixels are float 0-255 everywhere (CONTRIBUTING, "Images")
+
+
+def full_scale(dtype, bits: int | None = None) -> float:
+    """The value of white for pixels of ``dtype``, never guessed from the pixel values.
+
+    Unsigned integers: ``2**bits - 1``, ``bits`` being the declared depth (a 12-bit
+    film in uint16: 4095) or, by default, the dtype's (uint8: 255, uint16: 65535).
+    Booleans: 1. Floats: :data:`FLOAT_PIXEL_SCALE` (255); pass ``scale=1.0`` to the
+    functions below for [0, 1] floats.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return 1.0
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return float(2 ** (bits or 8 * dtype.itemsize) - 1)
+    if np.issubdtype(dtype, np.floating):
+        return FLOAT_PIXEL_SCALE
+    raise ValueError(f"Pixels of dtype {dtype} have no known scale: pass scale= (the value of white) explicitly.")
+
+
+def to_unit_range(image: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """(H, W) or (H, W, 3) pixels -> float32 (H, W, 3) in [0, 1], divided by the value of white.
+
+    Args:
+        scale: the value of white; default :func:`full_scale` of the dtype (uint8 and
+            float: 255, uint16: 65535). It never depends on the pixel values, so a dark
+            0-255 film (maximum 1) stays dark; pass ``scale=1.0`` for [0, 1] floats.
+    """
+    image = _in_unit_range(image, scale)
     if image.ndim == 2:
         image = np.repeat(image[..., np.newaxis], 3, axis=-1)
-    return image / 255.0 if image.size and image.max() > 1.0 else image
+    return image
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colours: np.ndarray = JET) -> np.ndarray:
+def _in_unit_range(image: np.ndarray, scale: float | None) -> np.ndarray:
+    """Pixels divided by the value of white (``scale``, or the dtype's): float32, same shape."""
+    image = np.asarray(image)
+    scale = full_scale(image.dtype) if scale is None else float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale is the value of white, a positive number; got {scale}.")
+    return image.astype(np.float32) / np.float32(scale)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colours: np.ndarray = JET,
+            scale: float | None = None) -> np.ndarray:
     """Blend a heat map over an image: float32 (H, W, 3) in [0, 1].
 
     Args:
-        image: (H, W, 3) or (H, W) pixels, 0-255 (or [0, 1] floats).
+        image: (H, W, 3) or (H, W) pixels, uint8 or float 0-255 (the project's pixels).
         heatmap: (H, W) in [0, 1].
         alpha: opacity of the heat map (0 = image only, 1 = heat map only).
         colours: (K, 3) colour table in [0, 1] (default :data:`JET`).
+        scale: the value of white in ``image`` (:func:`to_unit_range`; default from
+            its dtype: 255 for uint8 and float). ``scale=1.0`` for [0, 1] floats.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-    image = to_unit_range(image)
+    image = to_unit_range(image, scale)
     heatmap = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
     if image.ndim != 3 or image.shape[-1] != 3 or heatmap.shape != image.shape[:2]:
         raise ValueError(f"overlay needs an (H, W, 3) image and an (H, W) heatmap, got "
@@ -183,15 +237,19 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> b
     return png_bytes((blended + 0.5).astype(np.uint8), compress_level=0)  # stored, not compressed: faster
 
 
-def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """PNG encoding of an (H, W, 3) image, uint8 0-255 or float (0-255, or 0-1 if max <= 1)."""
+def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL, scale: float | None = None) -> bytes:
+    """PNG encoding of an (H, W, 3) or (H, W) image as 8 bits.
+
+    Args:
+        scale: the value of white in ``image``; default from its dtype (:func:`full_scale`:
+            uint8 and float 255, the project's pixels). Pass ``scale=1.0`` for [0, 1]
+            floats such as :func:`overlay`'s. Never guessed from the pixel values.
+    """
     from PIL import Image
 
     array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.asarray(array, dtype=np.float32)
-        array = array * 255.0 if array.size and array.max() <= 1.0 else array
-        array = np.clip(np.round(array), 0, 255).astype(np.uint8)
+    if array.dtype != np.uint8 or (scale is not None and float(scale) != 255.0):
+        array = np.clip(np.round(_in_unit_range(array, scale) * 255.0), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

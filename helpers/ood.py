@@ -35,6 +35,7 @@ import numpy as np
 
 from helpers import config, guard
 from helpers.cache import load_or_compute, weights_fingerprint
+from helpers.errors import distinct_pair
 from helpers.jsonio import write_json
 from helpers.model import POOL_LAYER
 from helpers.provenance import FittedOn, ProvenanceMismatch
@@ -286,40 +287,44 @@ class OODDetector:
                  upright_probability: float | None = None, orientation: str | None = None) -> OODVerdict:
         """The verdict of one image whose ``kind`` :meth:`kinds` decided: which gate, and the message."""
         facts = {"xray_probability": xray_probability, "upright_probability": upright_probability}
+        distance_text, threshold_text = distinct_pair(distance, self.distance_threshold, 1)  # "60.605 > 60.601"
         if kind == guard.NOT_XRAY and colour > self.max_colourfulness:
+            colour_text, most_text = distinct_pair(colour, self.max_colourfulness, 0)
             return self._made("colour", kind, colour, distance, facts, (
-                f"This image is in colour (colourfulness {colour:.0f}, chest X-rays "
-                f"are grey: at most {self.max_colourfulness:.0f}). It is not a chest X-ray, "
+                f"This image is in colour (colourfulness {colour_text}, chest X-rays "
+                f"are grey: at most {most_text}). It is not a chest X-ray, "
                 "so no prediction is made. Upload a frontal chest X-ray."))
         if kind == guard.NOT_XRAY and self.xray_gate is not None:
+            score_text, below_text = distinct_pair(xray_probability, self.xray_gate.threshold, 2)
             return self._made("xray", kind, colour, distance, facts, (
-                f"This image does not look like a chest X-ray (X-ray score {xray_probability:.2f}, "
-                f"below {self.xray_gate.threshold:.2f}), so no prediction is made. "
+                f"This image does not look like a chest X-ray (X-ray score {score_text}, "
+                f"below {below_text}), so no prediction is made. "
                 "Upload a frontal chest X-ray."))
         if kind == guard.NOT_XRAY:
             # Without the X-ray gate, distance cannot tell "not an X-ray" from "an unfamiliar X-ray": refuse.
             return self._made("features", kind, colour, distance, facts, (
                 f"This image does not look like the chest X-rays the model was trained on (feature "
-                f"distance {distance:.1f} > {self.distance_threshold:.1f}, the {100 * self.quantile:g}th "
+                f"distance {distance_text} > {threshold_text}, the {100 * self.quantile:g}th "
                 "percentile of held-out training X-rays), so no prediction is made. Upload a frontal "
                 "chest X-ray, upright and not inverted (bones light, air dark)."))
         if kind == guard.WRONG_WAY_ROUND:
             words = guard.ORIENTATION_WORDS.get(orientation, "the wrong way round")
+            score_text, below_text = distinct_pair(upright_probability, self.orientation_gate.threshold, 2)
             return self._made("orientation", kind, colour, distance, facts, (
-                f"This chest X-ray looks {words} (upright score {upright_probability:.2f}, "
-                f"below {self.orientation_gate.threshold:.2f}). No prediction is made on a film the "
+                f"This chest X-ray looks {words} (upright score {score_text}, "
+                f"below {below_text}). No prediction is made on a film the "
                 "wrong way round: turn it upright (bones light, air dark, head at the top) and "
                 "upload it again."), orientation)
         if kind == guard.UNLIKE_POPULATION:
             return self._made("features", kind, colour, distance, facts, (
                 f"This looks like a chest X-ray, but it lies outside the population this model was "
-                f"validated on (feature distance {distance:.1f} > {self.distance_threshold:.1f}, "
+                f"validated on (feature distance {distance_text} > {threshold_text}, "
                 f"the {100 * self.quantile:g}th percentile of held-out training films): another "
                 "hospital, machine or patient group. Refer to a radiologist; the model's probability "
                 "is shown for reference only, not as a decision."))
         return self._made("accepted", kind, colour, distance, facts, (
             f"Looks like a chest X-ray{', upright,' if self.orientation_gate is not None else ''} like the "
-            f"training films (feature distance {distance:.1f} <= {self.distance_threshold:.1f})."))
+            f"training films (feature distance {distance_text} <= {threshold_text})."))
 
     def _made(self, gate: str, kind: str, colour: float, distance: float, facts: dict, message: str,
               orientation: str | None = None) -> OODVerdict:

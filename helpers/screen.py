@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         if arguments.heatmaps and result.accepted:
             target = arguments.heatmaps / (name.replace("/", "__") + ".heatmap.png")
-            target.write_bytes(imaging.png_bytes(result.overlay()))
+            target.write_bytes(imaging.png_bytes(result.overlay(), scale=1.0))  # the overlay is in [0, 1]
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(screening.results_csv(results))
     decisions = Counter(result.decision for result in results if result.accepted)

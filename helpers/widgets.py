@@ -274,5 +274,5 @@ class ExplorerApp:
             return
         image_widget.value = imaging.png_bytes(explanation.image) if explanation.image is not None else b""
         overlay = explorer.overlay_image(explanation)
-        overlay_widget.value = imaging.png_bytes(overlay) if overlay is not None else b""
+        overlay_widget.value = imaging.png_bytes(overlay, scale=1.0) if overlay is not None else b""  # [0, 1]
         html_widget.value = explanation_html(explanation)

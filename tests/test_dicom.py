@@ -117,3 +117,102 @@ def _encode(film: np.ndarray, fmt: str, **options) -> bytes:
 
 def _png(film: np.ndarray) -> bytes:
     return _encode(film, "PNG")
+
+
+# --------------------------------------------------------------------------- #
+# Compressed transfer syntaxes, the declared depth, and headers checked before decoding
+# --------------------------------------------------------------------------- #
+def _film(rows: int = 120, columns: int = 100, bits: int = 12) -> np.ndarray:
+    grid_rows, grid_columns = np.mgrid[0:rows, 0:columns]
+    top = 2**bits - 1
+    return (top / 2 + top / 3 * np.sin(grid_rows / 9.0) * np.cos(grid_columns / 7.0)).astype(np.uint16)
+
+
+def _recoded(content: bytes, syntax) -> bytes:
+    from pydicom import dcmread
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    dataset = dcmread(io.BytesIO(content))
+    if syntax == DeflatedExplicitVRLittleEndian:
+        dataset.file_meta.TransferSyntaxUID = syntax  # pydicom deflates the dataset when saving
+    else:
+        dataset.compress(syntax)  # RLE: pydicom's encoder; JPEG 2000: pylibjpeg-openjpeg's
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("syntax_name", ["RLELossless", "JPEG2000Lossless", "DeflatedExplicitVRLittleEndian"])
+def test_lossless_compressed_films_read_as_the_uncompressed_one(syntax_name):
+    from pydicom import uid
+
+    plain = dicom.film_bytes(_film(), bits_stored=12)
+    expected, _ = dicom.read_film(plain, "plain.dcm")
+    film, facts = dicom.read_film(_recoded(plain, getattr(uid, syntax_name)), "packed.dcm")
+    np.testing.assert_array_equal(film, expected)
+    assert (facts["rows"], facts["columns"]) == (120, 100)
+
+
+def test_an_8_bit_film_without_a_window_keeps_its_grey_levels():
+    """BitsStored decides (8 bits: grey levels as they are, as an 8-bit PNG is read), not the value range."""
+    film = np.tile(np.linspace(40, 90, 100).astype(np.uint8), (80, 1))  # a narrow range: a stretch would show
+    read, facts = dicom.read_film(dicom.film_bytes(film), "film.dcm")
+    np.testing.assert_array_equal(read, film.astype(np.float32))
+    assert facts["window"].startswith("8 bits stored")
+    six_bit = (film // 4).astype(np.uint8)  # 6 bits stored: 0..63 -> 0..255
+    read, _ = dicom.read_film(dicom.film_bytes(six_bit, bits_stored=6), "film.dcm")
+    np.testing.assert_allclose(read, six_bit * (255 / 63), rtol=1e-6)
+    twelve_bit, facts = dicom.read_film(dicom.film_bytes(_film(), bits_stored=12), "film.dcm")
+    assert facts["window"].startswith("0.5-99.5") and twelve_bit.max() == 255.0  # deeper: the documented window
+
+
+def test_a_codestream_of_another_size_than_the_header_is_refused_before_decoding(monkeypatch):
+    from pydicom import uid
+    from pydicom.dataset import Dataset
+
+    from tests.test_bombs import encapsulated, j2k_bomb, jpeg_bomb
+
+    def no_decoding(self):
+        raise AssertionError("pixel_array was touched")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(no_decoding))
+    for stream, syntax in ((jpeg_bomb(120, 100), uid.JPEGBaseline8Bit), (j2k_bomb(120, 100), uid.JPEG2000Lossless)):
+        with pytest.raises(dicom.DicomRejected, match=r"odd\.dcm: its compressed image is 120x100 .* declares 64x64"):
+            dicom.read_film(encapsulated(64, 64, stream, syntax), "odd.dcm")
+
+
+def test_the_declared_size_is_checked_against_the_limits_before_decoding(monkeypatch):
+    from pydicom.dataset import Dataset
+
+    def no_decoding(self):
+        raise AssertionError("pixel_array was touched")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(no_decoding))
+    content = dicom.film_bytes(_film(120, 100), bits_stored=12)
+    with pytest.raises(dicom.DicomRejected, match=r"big\.dcm declares a 100x120 image \(0\.012 MP\); the limit is "
+                                                  r"0\.011 MP"):
+        dicom.read_film(content, "big.dcm", max_pixels=11_000)
+    with pytest.raises(dicom.DicomRejected, match=r"declares 0\.023 MB of pixels .*16 bits\); the limit is 0\.019 MB"):
+        dicom.read_film(content, "big.dcm", max_bytes=20_000)
+
+
+def test_damaged_headers_and_unknown_compressions_are_refused_with_a_reason():
+    from pydicom import dcmread, uid
+
+    from tests.test_bombs import dicom_file, encapsulate_frames, jpeg_bomb
+
+    dataset = dcmread(io.BytesIO(dicom.film_bytes(_film(), bits_stored=12)))
+    dataset.NumberOfFrames = 9
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    frames_element = b"\x28\x00\x08\x00IS\x02\x00"  # (0028,0008) IS, 2 bytes: "9 "
+    damaged = buffer.getvalue().replace(frames_element + b"9 ", frames_element + b"1A")
+    with pytest.raises(dicom.DicomRejected, match="NumberOfFrames as '1A', which is not a number"):
+        dicom.read_film(damaged, "bad.dcm")
+    with pytest.raises(dicom.DicomRejected, match=r"compressed as MPEG2.*does not decode"):
+        dicom.read_film(dicom_file(64, 64, encapsulate_frames([b"\0" * 100]), uid.MPEG2MPML), "movie.dcm")
+    two = encapsulate_frames([jpeg_bomb(64, 64), jpeg_bomb(64, 64)])
+    with pytest.raises(dicom.DicomRejected, match="declares one frame but its compressed pixel data holds 2"):
+        dicom.read_film(dicom_file(64, 64, two, uid.JPEGBaseline8Bit), "two.dcm")
+    with pytest.raises(dicom.DicomRejected, match="does not start with a readable image header"):
+        dicom.read_film(dicom_file(64, 64, encapsulate_frames([b"\0" * 100]), uid.JPEG2000Lossless), "junk.dcm")

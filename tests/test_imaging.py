@@ -89,3 +89,56 @@ def test_overlay_png_is_the_same_blend_in_8_bits():
     assert np.abs(decoded - imaging.overlay(image, heatmap, 0.4) * 255).max() <= 1.0
     with pytest.raises(ValueError, match="heatmap"):
         imaging.overlay_png(image, heatmap[:5])
+
+
+# --------------------------------------------------------------------------- #
+# The pixel scale comes from the dtype or the caller, never from the values
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_a_dark_0_255_film_is_not_taken_for_a_0_1_image(dtype):
+    dark = np.zeros((4, 4, 3), dtype=dtype)
+    dark[0, 0] = 1  # the brightest pixel is grey level 1 of 255: a nearly black film
+    unit = imaging.to_unit_range(dark)
+    assert unit.max() == pytest.approx(1 / 255)  # the old guess ("max <= 1: already [0, 1]") gave 1.0
+    assert imaging.overlay(dark, np.zeros((4, 4)), alpha=0.0).max() == pytest.approx(1 / 255)
+    from PIL import Image
+
+    assert np.asarray(Image.open(io.BytesIO(imaging.png_bytes(dark)))).max() == 1  # not 255
+
+
+def test_the_scale_is_explicit_for_unit_floats_and_declared_bit_depths():
+    unit = np.full((2, 2), 0.5, dtype=np.float32)
+    np.testing.assert_allclose(imaging.to_unit_range(unit, scale=1.0), 0.5)
+    assert imaging.to_unit_range(unit, scale=1.0).shape == (2, 2, 3)
+    twelve_bit = np.full((2, 2), 4095, dtype=np.uint16)
+    np.testing.assert_allclose(imaging.to_unit_range(twelve_bit, scale=imaging.full_scale(np.uint16, bits=12)), 1.0)
+    np.testing.assert_allclose(imaging.to_unit_range(twelve_bit), 4095 / 65535)  # uint16 by default: 16 bits
+    assert imaging.full_scale(np.uint8) == 255 and imaging.full_scale(np.float32) == 255
+    assert imaging.full_scale(np.bool_) == 1
+    with pytest.raises(ValueError, match="scale="):
+        imaging.to_unit_range(np.zeros((2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="positive"):
+        imaging.to_unit_range(unit, scale=0.0)
+
+
+def test_png_bytes_of_a_unit_range_overlay_says_so():
+    from PIL import Image
+
+    overlay = np.full((3, 3, 3), 0.6, dtype=np.float32)
+    assert np.asarray(Image.open(io.BytesIO(imaging.png_bytes(overlay, scale=1.0)))).max() == 153
+    assert np.asarray(Image.open(io.BytesIO(imaging.png_bytes(overlay)))).max() == 1  # read as 0-255 pixels
+
+
+def test_high_bit_depth_is_decided_by_the_declared_mode_not_the_values():
+    from PIL import Image
+
+    low = Image.fromarray(np.arange(80 * 70, dtype=np.uint16).reshape(80, 70) % 200)  # 16-bit, values below 255
+    assert low.mode.startswith("I;16")
+    assert imaging.channels(low)[0].max() == 255.0  # windowed as a 16-bit film, whatever its values
+    eight = Image.fromarray((np.arange(80 * 70).reshape(80, 70) % 200).astype(np.uint8))
+    assert imaging.channels(eight)[0].max() == 199.0  # an 8-bit film keeps its grey levels
+
+
+def test_decode_pixels_refuses_more_pixels_than_allowed_before_decoding():
+    with pytest.raises(ValueError, match="300x200 pixels"):
+        imaging.decode_pixels(encode_image(np.zeros((200, 300), np.uint8), "PNG"), max_pixels=300 * 200 - 1)
