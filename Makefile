@@ -10,11 +10,12 @@ STAMP  := $(VENV)/.installed
 TEST_ARTIFACTS ?= $(CURDIR)/artifacts-test
 
 CHROMIUM ?= /usr/bin/chromium
+ORTHANC ?= /usr/sbin/Orthanc
 # Two pytest-xdist workers, whole test files each: tests/test_notebooks.py (the smoke notebook
 # chain) runs on one while the other takes the rest. PYTEST_WORKERS= runs everything in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser clean-test
+.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser orthanc clean-test
 
 help:
 	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -22,7 +23,7 @@ help:
 	@echo "make test-fast  unit + integration tests only (no notebooks)"
 	@echo "make smoke      run the notebooks in the smoke profile (a few minutes)"
 	@echo "make quality    print the test-set quality bar of the trained model"
-	@echo "make benchmark  TFLite size / latency / memory, and the web app's end-to-end latency"
+	@echo "make benchmark  TFLite size / latency / memory, the web app's end-to-end latency, the archive screener's films/s"
 	@echo "make lab        open JupyterLab"
 	@echo "make app        start the screening web app (Streamlit) on the phone model"
 	@echo "make phone      build the phone web app (phone/dist/, needs Node to build) and serve it on localhost"
@@ -53,11 +54,21 @@ browser:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null); \
 	else echo "No $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium chromium-driver)."; fi
 
-test: $(STAMP) browser
+# The archive screener's DICOMweb tests run a real PACS: Debian's Orthanc with its DICOMweb plugin,
+# installed here when missing and root (the tests start their own server; the system service is not used).
+orthanc:
+	@if [ -x $(ORTHANC) ] && dpkg -s orthanc-dicomweb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing orthanc and orthanc-dicomweb (Debian) for the DICOMweb tests"; \
+		apt-get install -y -q orthanc orthanc-dicomweb >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q orthanc orthanc-dicomweb >/dev/null); \
+	else echo "No $(ORTHANC) and not root: the DICOMweb tests will be skipped (apt-get install orthanc orthanc-dicomweb)."; fi
+
+test: $(STAMP) browser orthanc
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
 		$(BIN)/python -m pytest tests $(PYTEST_WORKERS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) orthanc
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
 		$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_WORKERS)
 
