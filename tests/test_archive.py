@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import signal
-import subprocess
-import tempfile
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 
-from helpers import archive, dicom, one_pass, screen, screening
+from helpers import archive, one_pass, screen, screening
 from helpers.operating_point import OperatingPoint
-from tests import browser
+from tests import orthanc as pacs
 from tests.test_screening import grey_films, saved_classifier, tiny_classifier
 
 VARIANT = "float32"
@@ -35,8 +30,6 @@ VARIANT = "float32"
 POINT = OperatingPoint(threshold=0.53, band_low=0.528, band_high=0.532, chosen_on="test fixture", rule="fixed")
 FILMS_PER_CLASS = 12
 PART_SIZE = 2  # many small parts, so faults land mid-run
-ORTHANC = "/usr/sbin/Orthanc"
-DICOMWEB_PACKAGE = "orthanc-dicomweb"
 # Compared row for row with the CLI; total_ms is a timing, and the UIDs and hash are the archive's own columns.
 COMPARED_COLUMNS = tuple(column for column in screening.CSV_COLUMNS if column != "total_ms")
 pytestmark = pytest.mark.integration  # real films (CXR_DATA_DIR)
@@ -207,64 +200,16 @@ def test_bad_arguments_are_refused_with_a_remedy(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------- a real PACS: Orthanc over DICOMweb
-def orthanc_unavailable() -> str | None:
-    if not Path(ORTHANC).is_file():
-        return (f"no Orthanc at {ORTHANC}: install Debian's orthanc and orthanc-dicomweb "
-                "(make test does it when run as root)")
-    if dicomweb_plugin() is None:
-        return (f"no DICOMweb plugin for Orthanc: install Debian's {DICOMWEB_PACKAGE} "
-                "(make test does it when run as root)")
-    return None
-
-
-def dicomweb_plugin() -> str | None:
-    """The plugin's shared library, from the Debian package's file list."""
-    try:
-        listed = subprocess.run(["dpkg", "-L", DICOMWEB_PACKAGE], capture_output=True, text=True, check=False).stdout
-    except FileNotFoundError:  # not a Debian system
-        return None
-    found = [line for line in listed.splitlines() if line.endswith(".so") and Path(line).is_file()]
-    return found[0] if found else None
-
-
 @pytest.fixture(scope="module")
 def orthanc():
-    """Orthanc with the DICOMweb plugin on a free local port and its own storage; yields its DICOMweb root URL."""
-    reason = orthanc_unavailable()
+    """Orthanc with the DICOMweb plugin (tests/orthanc.py); skipped locally without it, a failure in CI."""
+    reason = pacs.unavailable_reason()
     if reason and os.environ.get("CI"):
         pytest.fail(f"The DICOMweb tests must run in CI: {reason}")
     if reason:
         pytest.skip(reason)
-    port = browser.free_port()
-    with tempfile.TemporaryDirectory(prefix="cxr-orthanc-") as storage:
-        configuration = {"Name": "cxr-test", "StorageDirectory": storage, "IndexDirectory": storage,
-                         "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-                         "AuthenticationEnabled": False, "Plugins": [dicomweb_plugin()],
-                         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-        config_file = Path(storage) / "orthanc.json"
-        config_file.write_text(json.dumps(configuration))
-        with browser._server([ORTHANC, str(config_file)], f"http://127.0.0.1:{port}/system", None, expect=None):
-            yield f"http://127.0.0.1:{port}"
-
-
-def dicom_copy(jpeg: Path, study: str, modality: str = "DX", study_date: str = "20240315") -> bytes:
-    """A DICOM copy of a film (grey, uncompressed) as the only instance of its study, with dummy patient data."""
-    grey = np.asarray(Image.open(jpeg).convert("L"))
-    dataset = pydicom.dcmread(io.BytesIO(dicom.film_bytes(grey, modality=modality)))
-    dataset.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study])
-    dataset.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study, "series"])
-    dataset.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study, "instance"])  # unique, as in a PACS
-    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    dataset.StudyDate, dataset.PatientID = study_date, "PATIENT-ID-42"
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def store(orthanc_url: str, content: bytes) -> None:
-    request = urllib.request.Request(f"{orthanc_url}/instances", data=content, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
+    with pacs.orthanc_server() as url:
+        yield url
 
 
 def test_dicomweb_from_orthanc_gives_the_folder_rows(client, model, orthanc, film_folder, tmp_path):
@@ -272,14 +217,14 @@ def test_dicomweb_from_orthanc_gives_the_folder_rows(client, model, orthanc, fil
     folder.mkdir()
     films = sorted(film_folder.rglob("*.jpeg"))
     for index, film in enumerate(films):
-        content = dicom_copy(film, f"study-{index}")
-        store(orthanc, content)
+        content = pacs.dicom_copy(film, f"study-{index}")
+        pacs.store(orthanc, content)
         (folder / f"{pydicom.dcmread(io.BytesIO(content)).SOPInstanceUID}.dcm").write_bytes(content)
-    store(orthanc, dicom_copy(films[0], "ct-study", modality="CT"))  # another modality: not searched
-    store(orthanc, dicom_copy(films[1], "old-study", study_date="20190101"))  # outside the dates: not searched
+    pacs.store(orthanc, pacs.dicom_copy(films[0], "ct-study", modality="CT"))  # a CT: not searched
+    pacs.store(orthanc, pacs.dicom_copy(films[1], "old-study", study_date="20190101"))  # before the dates: not searched
 
-    setup = archive.worker_setup(VARIANT, str(model), None, False, f"{orthanc}/dicom-web")[0]
-    source = archive.Source("dicomweb", f"{orthanc}/dicom-web", ("DX",), "20240101-20241231")
+    setup = archive.worker_setup(VARIANT, str(model), None, False, orthanc + pacs.DICOMWEB_ROOT)[0]
+    source = archive.Source("dicomweb", orthanc + pacs.DICOMWEB_ROOT, ("DX",), "20240101-20241231")
     out = tmp_path / "job"
     archive.prepare_job(out, source, setup, PART_SIZE)
     summary = archive.screen_job(client, out, setup, show_progress=False)
