@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 report = {"environment": {**timing.cpu_description(), "processor": platform.processor(),
                                           "chromium": browser.version, "platform": platform.platform(),
+                                          "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
                                           "slowdown": f"CDP Emulation.setCPUThrottlingRate {SLOWDOWN} on the page "
                                                       "target (LiteRT.js runs on the page's main thread, no worker)",
                                           "wasm": "LiteRT.js single-threaded wasm (XNNPACK), no cross-origin isolation"},
@@ -272,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             report["camera"] = camera_benchmark(playwright, url, camera_video(films[:2] + films[-2:], work / "camera.y4m"),
                                                 arguments.camera_frames, arguments.camera_seconds)
     report["seconds"] = round(time.time() - started, 1)
+    report["environment"]["load_average_at_end"] = os.getloadavg()  # other work on the machine slows every figure
     path = Path(arguments.output) if arguments.output else artifacts / BENCHMARK_FILE_NAME
     write_json(report, path)
     print(json.dumps({variant: {key: entry[key] for key in ("compile_ms", "inference_ms", "end_to_end_ms")}

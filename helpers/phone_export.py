@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from helpers import config, guard, screening, uploads
 from helpers.jsonio import read_json_object, write_json
@@ -51,6 +51,7 @@ HASH_DIGITS = 12
 DEFAULT_OUTPUT = config.PROJECT_ROOT / "phone" / "public"
 FLOAT16_TARGET = 2.0 ** 14  # the precision matrix is scaled so its largest entry is near this (float16 max 65504)
 ARRAY_ALIGNMENT = 4
+ICON_SIZES = (192, 512)  # what browsers ask of an installable page's manifest
 
 
 class PhoneExportError(screening.ScreeningModelError):
@@ -211,6 +212,25 @@ def _copy_versioned(source: Path, folder: Path, stem: str, suffix: str) -> str:
     return name
 
 
+def write_icons(output: Path) -> list[Path]:
+    """``icon-<size>.png``: the app's icon (a chest outline, light on dark blue) at each of :data:`ICON_SIZES`."""
+    paths = []
+    for size in ICON_SIZES:
+        icon = Image.new("RGB", (size, size), (29, 53, 87))
+        draw = ImageDraw.Draw(icon)
+        unit, width = size / 64, max(2, round(size / 20))
+        draw.line([(32 * unit, 10 * unit), (32 * unit, 54 * unit)], fill=(241, 250, 238), width=width)
+        for top in (26, 33, 40):
+            draw.line([(24 * unit, top * unit), (40 * unit, top * unit)], fill=(241, 250, 238), width=width)
+        for left, right in ((14, 30), (34, 50)):
+            draw.arc([left * unit, 16 * unit, right * unit, 56 * unit], 90 if left < 32 else 270,
+                     270 if left < 32 else 90, fill=(241, 250, 238), width=width)
+        path = output / f"icon-{size}.png"
+        icon.save(path)
+        paths.append(path)
+    return paths
+
+
 def export_bundle(artifacts: str | os.PathLike | None = None, output: str | os.PathLike = DEFAULT_OUTPUT,
                   variants: tuple[str, ...] = screening.ONE_PASS_VARIANTS, require_guard: bool = True) -> Path:
     """Write the models, the guard and ``bundle.json`` for the page into ``output``; returns the bundle path.
@@ -256,6 +276,7 @@ def export_bundle(artifacts: str | os.PathLike | None = None, output: str | os.P
     elif require_guard:
         raise PhoneExportError(f"No OOD detector at {detector_path}: the page would answer for any picture. "
                                "Fit it with notebook 07 (python -m helpers.notebooks --only 07).")
+    write_icons(output)
     default = entries[variants[0]]
     guard_hash = guard_entry["file"].split(".")[1] if guard_entry else "noguard"
     bundle = {"schema": BUNDLE_SCHEMA, "version": f"{default['sha256'][:HASH_DIGITS]}-{guard_hash}",

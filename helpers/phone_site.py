@@ -114,10 +114,16 @@ def serving(folder: str | os.PathLike, with_server: bool = False):
         thread.join()
 
 
-def write_y4m(frames: list[np.ndarray], path: str | os.PathLike, fps: int) -> Path:
-    """A YUV4MPEG2 video (4:2:0) of RGB frames (H, W, 3) uint8, even sizes: Chromium's fake camera plays it.
+def _studio_range(values: np.ndarray, span: float, offset: float) -> np.ndarray:
+    """Full-range 0-255 YCbCr values -> the studio range Chromium reads a y4m file in (Y 16-235, Cb/Cr 16-240)."""
+    return np.clip(np.round(offset + values * span / 255.0), 0, 255).astype(np.uint8)
 
-    ``--use-file-for-fake-video-capture=<path>`` loops it at ``fps`` frames per second.
+
+def write_y4m(frames: list[np.ndarray], path: str | os.PathLike, fps: int) -> Path:
+    """A YUV4MPEG2 video (4:2:0, BT.601 studio range) of RGB frames (H, W, 3) uint8, even sizes.
+
+    Chromium's fake camera (``--use-file-for-fake-video-capture=<path>``) loops it at
+    ``fps`` frames per second, and shows the frames with the levels they had.
     """
     height, width = frames[0].shape[:2]
     if height % 2 or width % 2 or any(frame.shape != frames[0].shape for frame in frames):
@@ -126,18 +132,19 @@ def write_y4m(frames: list[np.ndarray], path: str | os.PathLike, fps: int) -> Pa
     with path.open("wb") as video:
         video.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for frame in frames:
-            luma, blue, red = (np.asarray(plane) for plane in Image.fromarray(frame).convert("YCbCr").split())
-            chroma = [np.asarray(Image.fromarray(plane).resize((width // 2, height // 2), Image.BILINEAR))
+            luma, blue, red = (np.asarray(plane, np.float32) for plane in Image.fromarray(frame).convert("YCbCr").split())
+            chroma = [np.asarray(Image.fromarray(plane, mode="F").resize((width // 2, height // 2), Image.BILINEAR))
                       for plane in (blue, red)]
-            video.write(b"FRAME\n" + luma.tobytes() + chroma[0].tobytes() + chroma[1].tobytes())
+            video.write(b"FRAME\n" + _studio_range(luma, 219.0, 16.0).tobytes()
+                        + b"".join(_studio_range(plane - 128.0, 224.0, 128.0).tobytes() for plane in chroma))
     return path
 
 
 def letterboxed(image, width: int, height: int) -> np.ndarray:
-    """A PIL image fitted into a black (height, width, 3) uint8 frame, centred (a film held up to a camera)."""
+    """A PIL image scaled to fit a black (height, width, 3) uint8 frame, centred (a film held up to a camera)."""
     frame = Image.new("RGB", (width, height))
-    fitted = image.convert("RGB")
-    fitted.thumbnail((width, height))
+    scale = min(width / image.width, height / image.height)
+    fitted = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
     frame.paste(fitted, ((width - fitted.width) // 2, (height - fitted.height) // 2))
     return np.asarray(frame)
 

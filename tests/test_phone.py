@@ -333,12 +333,12 @@ def test_second_visit_screens_offline(site, url, playwright_browser):
 
 
 def fake_camera_video(site, path: Path, seconds_each: float = 2.0, fps: int = 10) -> Path:
-    """A y4m video for Chromium's fake camera: a test film, then a colour photo, then the film again."""
+    """A y4m video for Chromium's fake camera: a test film filling the frame, then a colour photo, then the film."""
     from PIL import Image
 
-    with Image.open(site["films"][-1]) as film:
-        film_frame = phone_site.letterboxed(film, 320, 240)
-    photo_frame = phone_site.letterboxed(Image.open(io.BytesIO(colour_photo())), 320, 240)
+    with Image.open(site["films"][2]) as film:  # an original 224 x 224 test film (the last ones are resized)
+        film_frame = phone_site.letterboxed(film, 224, 224)
+    photo_frame = phone_site.letterboxed(Image.open(io.BytesIO(colour_photo())), 224, 224)
     frames = int(seconds_each * fps)
     return phone_site.write_y4m([film_frame] * frames + [photo_frame] * frames + [film_frame] * frames, path, fps)
 

@@ -136,6 +136,7 @@ function showResult(result, pixels) {
   verdict.dataset.decision = result.accepted ? result.decision : "refused";
   element("message").textContent = result.message;
   element("summary").textContent = summary(result);
+  verdict.scrollIntoView({block: "nearest"});  // on a phone the answer is below the buttons
   const canvas = element("overlay");
   canvas.hidden = !result.accepted;
   if (result.accepted && pixels) {
