@@ -18,7 +18,7 @@ PYTEST_WORKERS ?= -n 2 --dist loadfile
 .PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser orthanc clean-test
 
 help:
-	@echo "make run        run notebooks 01-08 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
+	@echo "make run        run notebooks 01-09 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
 	@echo "make test       unit + integration tests and the notebooks in the smoke profile"
 	@echo "make test-fast  unit + integration tests only (no notebooks)"
 	@echo "make smoke      run the notebooks in the smoke profile (a few minutes)"
@@ -79,6 +79,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/tflite_benchmark.py
 	$(BIN)/python benchmarks/app_latency.py
 	$(BIN)/python benchmarks/phone_benchmark.py
+	$(BIN)/python benchmarks/archive_benchmark.py
 
 reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py

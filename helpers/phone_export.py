@@ -170,6 +170,50 @@ def read_guard(folder: str | os.PathLike = DEFAULT_OUTPUT) -> OODDetector:
                                           "Export it again (python -m helpers.phone_export)."))
 
 
+def guard_storage_options(detector: OODDetector, features: np.ndarray) -> list[dict]:
+    """What each way of shipping the precision matrix costs in bytes and in distance error.
+
+    Args:
+        features: (N, D) pooled features of real films, to measure on.
+
+    Returns one row per form (float32 or float16, whole matrix or upper triangle, the
+    float16 ones scaled by :func:`precision_scale`): its bytes and the largest relative
+    difference of the Mahalanobis distances from those of the float64 matrix.
+    """
+    precision = detector.distribution.precision
+    size, scale = precision.shape[0], precision_scale(precision)
+    reference = detector.distribution.distances(features)
+    rows = []
+    for dtype in (np.float32, np.float16):
+        for shape in ("whole matrix", "upper triangle"):
+            stored = (precision * scale).astype(dtype) if dtype == np.float16 else precision.astype(dtype)
+            values = upper_triangle(stored) if shape == "upper triangle" else stored.ravel()
+            restored = stored.astype(np.float64) / (scale if dtype == np.float16 else 1.0)
+            distances = FeatureDistribution(detector.distribution.mean, restored).distances(features)
+            rows.append({"storage": f"{np.dtype(dtype).name}, {shape}", "bytes": int(values.size * np.dtype(dtype).itemsize),
+                         "max_relative_distance_error": float(np.max(np.abs(distances - reference) / reference)),
+                         "matrix": f"{size}x{size}"})
+    return rows
+
+
+def benchmark_tables(report: dict) -> tuple[list[dict], list[dict]]:
+    """The parity and latency rows of a ``phone_benchmark.json`` (``benchmarks/phone_benchmark.py``), per variant."""
+    parity, latency = [], []
+    for variant, entry in report.get("variants", {}).items():
+        agreement = entry["parity"]
+        parity.append({"variant": variant, "films": agreement["films"],
+                       "decisions equal to Python's": agreement["decision_agreement"],
+                       "probability max abs difference": agreement["probability_max_abs_difference"],
+                       "heat-map Spearman (median)": agreement["heatmap_spearman_median"]})
+        slow = next(value for key, value in entry.items() if key.startswith("slowdown_"))
+        latency.append({"variant": variant, "compile ms": entry["compile_ms"],
+                        "inference p50 / p95 ms": f"{entry['inference_ms']['p50']} / {entry['inference_ms']['p95']}",
+                        "end to end p50 / p95 ms": f"{entry['end_to_end_ms']['p50']} / {entry['end_to_end_ms']['p95']}",
+                        "4x slower CPU, end to end p50 / p95 ms":
+                            f"{slow['end_to_end_ms']['p50']} / {slow['end_to_end_ms']['p95']}"})
+    return parity, latency
+
+
 def read_bundle(folder: str | os.PathLike = DEFAULT_OUTPUT) -> dict:
     """``bundle.json`` of an exported folder."""
     path = Path(folder) / BUNDLE_FILE_NAME

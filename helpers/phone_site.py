@@ -11,7 +11,9 @@ access needs HTTPS or localhost.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import http.server
 import os
@@ -23,12 +25,17 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from playwright.sync_api import sync_playwright
 
 from helpers import config, phone_export, screening
 
 PHONE_DIR = config.PROJECT_ROOT / "phone"
 DIST_DIR = PHONE_DIR / "dist"
 DEFAULT_PORT = 8765
+BUILD_LOCK_NAME = ".build.lock"  # git-ignored
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium, driven by Playwright from PyPI (no playwright install)
+PHONE_SCREEN = {"viewport": {"width": 360, "height": 640}, "device_scale_factor": 2, "is_mobile": True,
+                "has_touch": True}
 CONTENT_TYPES = {".wasm": "application/wasm", ".webmanifest": "application/manifest+json",
                  ".tflite": "application/octet-stream", ".bin": "application/octet-stream", ".js": "text/javascript",
                  ".svg": "image/svg+xml"}
@@ -55,11 +62,23 @@ def install_packages(force: bool = False) -> None:
         _run(["npm", "ci", "--no-audit", "--no-fund"], "install the page's pinned packages")
 
 
+@contextlib.contextmanager
+def _build_lock():
+    """One build at a time in ``phone/`` (the tests and a notebook may build at once; ``npm ci`` empties node_modules)."""
+    with (PHONE_DIR / BUILD_LOCK_NAME).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def bundle_page(public: str | os.PathLike, output: str | os.PathLike = DIST_DIR) -> Path:
     """``node build.mjs``: the page, its script, the wasm builds and ``public``'s files into ``output``."""
-    install_packages()
-    _run(["node", "build.mjs", "--public", str(Path(public).resolve()), "--out", str(Path(output).resolve())],
-         "bundle the page")
+    with _build_lock():
+        install_packages()
+        _run(["node", "build.mjs", "--public", str(Path(public).resolve()), "--out", str(Path(output).resolve())],
+             "bundle the page")
     return Path(output)
 
 
@@ -112,6 +131,36 @@ def serving(folder: str | os.PathLike, with_server: bool = False):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def screenshot(url: str, film: str | os.PathLike, path: str | os.PathLike, chromium: str = CHROMIUM) -> str:
+    """Open the page on a 360 x 640 touch screen, screen ``film``, save the whole page as PNG; returns the summary.
+
+    Raises:
+        PhoneBuildError: no Chromium at ``chromium`` (install Debian's chromium).
+    """
+    if not Path(chromium).is_file():
+        raise PhoneBuildError(f"No Chromium at {chromium}: install it (apt-get install chromium) to see the page.")
+    # Playwright's sync API refuses a thread with a running event loop (a Jupyter kernel's): use a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_screenshot, url, film, path, chromium).result()
+
+
+def _screenshot(url: str, film: str | os.PathLike, path: str | os.PathLike, chromium: str) -> str:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_context(**PHONE_SCREEN).new_page()
+            page.goto(url)
+            page.wait_for_function("window.cxrPhone && window.cxrPhone.state !== 'loading'", timeout=120_000)
+            page.set_input_files("#film", str(film))
+            page.wait_for_function("window.cxrPhone.timings.length > 0", timeout=120_000)
+            page.wait_for_timeout(300)  # let the heat map paint
+            page.screenshot(path=str(path), full_page=True)
+            return page.evaluate("window.cxrPhone.last.summary")
+        finally:
+            browser.close()
 
 
 def _studio_range(values: np.ndarray, span: float, offset: float) -> np.ndarray:

@@ -30,6 +30,7 @@ EXPECTED_NOTEBOOKS = [
     "06_tflite_conversion.ipynb",
     "07_prediction_explorer.ipynb",
     "08_new_site.ipynb",
+    "09_phone_web_app.ipynb",
 ]
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
@@ -92,6 +93,8 @@ ARTIFACT_CHECKS = {
     "07_prediction_explorer.ipynb": lambda: _check_keys(_json("ood.json"), (
         "false_rejection_rate_test", "rejection_rate_non_xray", "n_non_xray")),
     "08_new_site.ipynb": lambda: (_check_new_site(_json("new_site.json")), _json("site_calibration.json")),
+    "09_phone_web_app.ipynb": lambda: (_json("phone/public/bundle.json"), _artifact("phone/site/index.html"),
+                                       _artifact("figures/09_phone_web_app/phone_page.png")),
 }
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import subprocess
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import guard, one_pass, phone_export, phone_site, screening, uploads
+from helpers import guard, imaging, one_pass, phone_export, phone_site, screening, uploads
+from helpers.errors import distinct_pair
 from helpers.model import MODEL_FILE_NAME
 from helpers.ood import FeatureDistribution, OODDetector, non_xray_images
 from helpers.operating_point import OperatingPoint
@@ -222,7 +225,47 @@ def upside_down(path: Path) -> bytes:
 
 
 # --------------------------------------------------------------------------- #
-# The tests
+# The page's own functions under Node, against Python's
+# --------------------------------------------------------------------------- #
+def run_node(script: str) -> str:
+    """Run an ES module ``script`` with Node; returns what it printed."""
+    if shutil.which("node") is None:
+        if os.environ.get("CI"):
+            pytest.fail("Node.js is needed to build and check the phone app in CI.")
+        pytest.skip("Node.js is not installed (it builds the phone app).")
+    finished = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return finished.stdout
+
+
+def source(name: str) -> str:
+    return (phone_site.PHONE_DIR / "src" / name).as_uri()
+
+
+@pytest.mark.parametrize("width, height", [(1000, 800), (300, 250), (224, 500), (500, 224), (180, 160), (65, 70)])
+def test_resize_is_pillows_step_for_step(tmp_path, width, height):
+    plane = np.random.default_rng(width).uniform(0, 255, (height, width)).astype(np.float32)
+    (tmp_path / "plane.bin").write_bytes(plane.tobytes())
+    run_node(f"""import {{resizePlane}} from "{source('resize.js')}";
+import {{readFileSync, writeFileSync}} from "node:fs";
+const bytes = readFileSync("{tmp_path / 'plane.bin'}");
+const plane = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+writeFileSync("{tmp_path / 'resized.bin'}", Buffer.from(resizePlane(plane, {width}, {height}, 224).buffer));""")
+    resized = np.frombuffer((tmp_path / "resized.bin").read_bytes(), np.float32).reshape(224, 224)
+    np.testing.assert_array_equal(resized, imaging.resize_plane(plane, 224))
+
+
+def test_numbers_in_messages_are_printed_as_python_prints_them():
+    pairs = [(60.6049, 60.6011, 1), (45.93, 60.62, 1), (0.031, 0.5, 2), (0.4999, 0.5, 2), (31.7, 25.0, 0),
+             (25.4, 25.0, 0), (400.0, 50.0, 0), (50.0000001, 50.0, 0), (3.0, 3.0, 1)]
+    printed = json.loads(run_node(f"""import {{distinctPair}} from "{source('format.js')}";
+console.log(JSON.stringify({json.dumps(pairs)}.map(([value, limit, decimals]) => distinctPair(value, limit, decimals))));"""))
+    assert [tuple(pair) for pair in printed] == [distinct_pair(*pair) for pair in pairs]
+
+
+# --------------------------------------------------------------------------- #
+# The page in Chromium
 # --------------------------------------------------------------------------- #
 def test_export_ships_the_guard_python_reads_back(site):
     shipped = phone_export.read_guard(site["public"])

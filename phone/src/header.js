@@ -3,6 +3,8 @@
 // Each refusal's words are Python's (helpers/uploads.py inspect_image_bytes and friends),
 // with the limits read from bundle.json; tests/test_phone.py compares them on real files.
 
+import {distinctPair, formatG} from "./format.js";
+
 export class ImageRejected extends Error {}
 
 function bigEndian16(bytes, at) { return (bytes[at] << 8) | bytes[at + 1]; }
@@ -64,15 +66,12 @@ export function readHeader(bytes) {
   return null;
 }
 
-// Python's f"{x:.0f}" for the sizes in the messages.
-function wholeNumber(value) { return value.toFixed(0); }
-
 // Checks of helpers/uploads.py inspect_image_bytes, in its order; returns the header or throws ImageRejected.
 export function checkUpload(bytes, name, rules) {
   if (bytes.length === 0) throw new ImageRejected(`${name} is empty (0 bytes). Choose a JPEG or PNG chest X-ray.`);
   if (bytes.length > rules.max_bytes) {
-    throw new ImageRejected(`${name} is ${wholeNumber(bytes.length / 2 ** 20)} MB; the limit is `
-      + `${Math.floor(rules.max_bytes / 2 ** 20)} MB. Save a smaller JPEG or PNG.`);
+    const [size, limit] = distinctPair(bytes.length / 2 ** 20, rules.max_bytes / 2 ** 20);
+    throw new ImageRejected(`${name} is ${size} MB; the limit is ${limit} MB. Save a smaller JPEG or PNG.`);
   }
   const header = readHeader(bytes);
   if (header === null) {
@@ -87,7 +86,7 @@ export function checkUpload(bytes, name, rules) {
     const pixels = header.width * header.height;
     throw new ImageRejected(`${name} is far too large to decode safely (Image size (${pixels} pixels) exceeds limit `
       + `of ${rules.decompression_bomb_pixels} pixels, could be decompression bomb DOS attack.). `
-      + "Resize it below 50 megapixels.");
+      + `Resize it below ${formatG(rules.max_pixels / 1e6)} megapixels.`);
   }
   if (!rules.accepted_formats.includes(header.format)) {
     throw new ImageRejected(`${name} is a ${header.format} image; upload JPEG or PNG (BMP, GIF and WebP work too).`);
@@ -98,9 +97,9 @@ export function checkUpload(bytes, name, rules) {
       + "upload the full-resolution X-ray, not a thumbnail.");
   }
   if (header.width * header.height > rules.max_pixels) {
-    throw new ImageRejected(`${name} is ${header.width}x${header.height} pixels `
-      + `(${wholeNumber(header.width * header.height / 1e6)} MP); the limit is `
-      + `${wholeNumber(rules.max_pixels / 1e6)} MP. Resize it first.`);
+    const [pixels, limit] = distinctPair(header.width * header.height / 1e6, rules.max_pixels / 1e6);
+    throw new ImageRejected(`${name} is ${header.width}x${header.height} pixels (${pixels} MP); the limit is `
+      + `${limit} MP. Resize it first.`);
   }
   return {...header, sizeBytes: bytes.length};
 }

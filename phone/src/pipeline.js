@@ -3,6 +3,7 @@
 // Pure functions on typed arrays; the model call is in engine.js. Every message is
 // worded as Python words it; tests/test_phone.py compares them for the same files.
 
+import {distinctPair, formatG} from "./format.js";
 import {resizePlane} from "./resize.js";
 
 export const IMAGE_SIZE = 224;
@@ -183,37 +184,34 @@ export class Guard {
 
   message(kind, colour, distance, xrayProbability, uprightProbability, orientation) {
     const description = this.description;
-    const threshold = description.distance_threshold.toFixed(1);
+    const [distanceText, thresholdText] = distinctPair(distance, description.distance_threshold, 1);
     const percentile = formatG(100 * description.quantile);
     if (kind === NOT_XRAY && colour > description.max_colourfulness) {
-      return `This image is in colour (colourfulness ${colour.toFixed(0)}, chest X-rays are grey: at most `
-        + `${description.max_colourfulness.toFixed(0)}). It is not a chest X-ray, so no prediction is made. `
-        + "Upload a frontal chest X-ray.";
+      const [colourText, mostText] = distinctPair(colour, description.max_colourfulness, 0);
+      return `This image is in colour (colourfulness ${colourText}, chest X-rays are grey: at most `
+        + `${mostText}). It is not a chest X-ray, so no prediction is made. Upload a frontal chest X-ray.`;
     }
     if (kind === NOT_XRAY) {
-      return `This image does not look like a chest X-ray (X-ray score ${xrayProbability.toFixed(2)}, `
-        + `below ${this.gates.xray.threshold.toFixed(2)}), so no prediction is made. Upload a frontal chest X-ray.`;
+      const [scoreText, belowText] = distinctPair(xrayProbability, this.gates.xray.threshold, 2);
+      return `This image does not look like a chest X-ray (X-ray score ${scoreText}, `
+        + `below ${belowText}), so no prediction is made. Upload a frontal chest X-ray.`;
     }
     if (kind === WRONG_WAY_ROUND) {
       const words = description.orientation_words[orientation] || "the wrong way round";
-      return `This chest X-ray looks ${words} (upright score ${uprightProbability.toFixed(2)}, `
-        + `below ${this.gates.orientation.threshold.toFixed(2)}). No prediction is made on a film the `
-        + "wrong way round: turn it upright (bones light, air dark, head at the top) and upload it again.";
+      const [scoreText, belowText] = distinctPair(uprightProbability, this.gates.orientation.threshold, 2);
+      return `This chest X-ray looks ${words} (upright score ${scoreText}, below ${belowText}). No prediction `
+        + "is made on a film the wrong way round: turn it upright (bones light, air dark, head at the top) and "
+        + "upload it again.";
     }
     if (kind === UNLIKE_POPULATION) {
       return "This looks like a chest X-ray, but it lies outside the population this model was "
-        + `validated on (feature distance ${distance.toFixed(1)} > ${threshold}, the ${percentile}th percentile `
+        + `validated on (feature distance ${distanceText} > ${thresholdText}, the ${percentile}th percentile `
         + "of held-out training films): another hospital, machine or patient group. Refer to a radiologist; "
         + "the model's probability is shown for reference only, not as a decision.";
     }
-    return `Looks like a chest X-ray, upright, like the training films (feature distance ${distance.toFixed(1)} `
-      + `<= ${threshold}).`;
+    return `Looks like a chest X-ray, upright, like the training films (feature distance ${distanceText} `
+      + `<= ${thresholdText}).`;
   }
-}
-
-// Python's format(x, "g") for the plain numbers used here (99.5 -> "99.5", 99 -> "99").
-export function formatG(value) {
-  return String(Number(value.toPrecision(6)));
 }
 
 // ------------------------------------------------------------------ decision
