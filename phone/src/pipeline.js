@@ -4,7 +4,7 @@
 // worded as Python words it; tests/test_phone.py compares them for the same files.
 
 import {distinctPair, formatG} from "./format.js";
-import {resizePlane} from "./resize.js";
+import {resizeRgba} from "./resize.js";
 
 export const IMAGE_SIZE = 224;
 export const CHEST_XRAY = "chest_xray";
@@ -17,34 +17,26 @@ export const UNLIKE_POPULATION = "unlike_population";
 // Grey pictures (R = G = B everywhere) are resized once; helpers/imaging.py resizes each plane
 // of an RGB picture, which gives the same numbers for equal planes.
 export function pixelsFromRgba(rgba, width, height, size = IMAGE_SIZE) {
-  const count = width * height;
   let grey = true;
-  for (let i = 0; i < count * 4; i += 4) {
+  for (let i = 0; i < rgba.length; i += 4) {
     if (rgba[i] !== rgba[i + 1] || rgba[i] !== rgba[i + 2]) { grey = false; break; }
   }
-  const planes = [];
-  for (let channel = 0; channel < (grey ? 1 : 3); channel++) {
-    const plane = new Float32Array(count);
-    for (let i = 0; i < count; i++) plane[i] = rgba[i * 4 + channel];
-    planes.push(resizePlane(plane, width, height, size));
-  }
+  const channels = grey ? 1 : 3;
+  const resized = resizeRgba(rgba, width, height, size, channels);
   const pixels = new Float32Array(size * size * 3);
   for (let i = 0; i < size * size; i++) {
     for (let channel = 0; channel < 3; channel++) {
-      const value = planes[grey ? 0 : channel][i];
+      const value = resized[i * channels + (grey ? 0 : channel)];
       pixels[i * 3 + channel] = value < 0 ? 0 : (value > 255 ? 255 : value);  // np.clip(pixels, 0, 255)
     }
   }
   return pixels;
 }
 
-// np.round: halves to even.
+// np.round: halves to even (Math.round takes halves up).
 function roundHalfEven(value) {
-  const floor = Math.floor(value);
-  const fraction = value - floor;
-  if (fraction > 0.5) return floor + 1;
-  if (fraction < 0.5) return floor;
-  return floor % 2 === 0 ? floor : floor + 1;
+  const rounded = Math.round(value);
+  return rounded - value === 0.5 && rounded % 2 !== 0 ? rounded - 1 : rounded;
 }
 
 // helpers/tflite/runtime.py to_input_dtype: uint8 input -> rounded and clipped pixels; float32 -> as they are.

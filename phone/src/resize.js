@@ -15,6 +15,17 @@ function triangle(x) {
   return distance < 1.0 ? 1.0 - distance : 0.0;
 }
 
+const coefficientCache = new Map();  // (input size, output size) -> coefficients: camera frames reuse them
+
+function cachedCoefficients(inputSize, outputSize) {
+  const key = `${inputSize}:${outputSize}`;
+  if (!coefficientCache.has(key)) {
+    if (coefficientCache.size > 16) coefficientCache.clear();
+    coefficientCache.set(key, resampleCoefficients(inputSize, outputSize));
+  }
+  return coefficientCache.get(key);
+}
+
 // For each output pixel: the first input pixel, how many it uses, and their weights.
 export function resampleCoefficients(inputSize, outputSize) {
   const scale = inputSize / outputSize;
@@ -90,6 +101,60 @@ export function resizePlane(plane, width, height, size) {
       let sum = 0.0;
       for (let k = 0; k < used; k++) sum += source[(low + k) * sourceWidth + x] * rows.weights[base + k];
       output[y * size + x] = sum;
+    }
+  }
+  return output;
+}
+
+// The same resize on the first `channels` (1 or 3) channels of RGBA bytes at once: each channel's sums
+// are taken in resizePlane's order, so each output channel equals resizePlane of that channel.
+// rgba: Uint8ClampedArray (height * width * 4) -> Float32Array (size * size * channels), interleaved.
+export function resizeRgba(rgba, width, height, size, channels) {
+  if (rgba.length !== width * height * 4) {
+    throw new Error(`resizeRgba: ${rgba.length} bytes for a ${width}x${height} RGBA picture.`);
+  }
+  const horizontal = width !== size;
+  const vertical = height !== size;
+  const rows = cachedCoefficients(height, size);
+  const firstRow = rows.first[0];
+  const lastRow = rows.first[size - 1] + rows.count[size - 1];
+  let source = rgba, sourceWidth = width, stride = 4, rowOffset = 0;
+  if (horizontal) {
+    const columns = cachedCoefficients(width, size);
+    const band = vertical ? lastRow - firstRow : height;
+    const start = vertical ? firstRow : 0;
+    const temporary = new Float32Array(size * band * channels);
+    for (let y = 0; y < band; y++) {
+      const line = (y + start) * width;
+      for (let x = 0; x < size; x++) {
+        const low = columns.first[x], used = columns.count[x], base = x * columns.kernelSize;
+        for (let c = 0; c < channels; c++) {
+          let sum = 0.0;
+          for (let k = 0; k < used; k++) sum += rgba[(line + low + k) * 4 + c] * columns.weights[base + k];
+          temporary[(y * size + x) * channels + c] = sum;
+        }
+      }
+    }
+    source = temporary;
+    sourceWidth = size;
+    stride = channels;
+    rowOffset = vertical ? firstRow : 0;
+  }
+  const output = new Float32Array(size * size * channels);
+  if (!vertical) {
+    for (let i = 0; i < size * size; i++) {
+      for (let c = 0; c < channels; c++) output[i * channels + c] = source[i * stride + c];
+    }
+    return output;
+  }
+  for (let y = 0; y < size; y++) {
+    const low = rows.first[y] - rowOffset, used = rows.count[y], base = y * rows.kernelSize;
+    for (let x = 0; x < sourceWidth; x++) {
+      for (let c = 0; c < channels; c++) {
+        let sum = 0.0;
+        for (let k = 0; k < used; k++) sum += source[((low + k) * sourceWidth + x) * stride + c] * rows.weights[base + k];
+        output[(y * size + x) * channels + c] = sum;
+      }
     }
   }
   return output;
