@@ -462,6 +462,20 @@ def screen_entry(screener: screening.Screener, setup: WorkerSetup, entry: Entry)
     return archive_row(result, entry, setup.model_sha256)
 
 
+def prepare_worker(setup: WorkerSetup) -> str:
+    """Load this worker's screener now (what :func:`warm_up` runs on each worker); returns the model's version."""
+    return worker_screener(setup).engine.version
+
+
+def warm_up(client: Client, setup: WorkerSetup) -> int:
+    """Load the screener on every worker of ``client`` at once; returns how many workers.
+
+    A worker that cannot load it (another model file, no detector) raises here, before
+    any part is submitted; workers that join later load it on their first task.
+    """
+    return len(client.run(prepare_worker, setup))
+
+
 def screen_part(setup: WorkerSetup, entries: list[Entry]) -> list[dict]:
     """The Dask task: one row per entry, in order, with this worker's screener."""
     screener = worker_screener(setup)
@@ -490,6 +504,7 @@ def screen_job(client: Client, out: Path, setup: WorkerSetup, window: int | None
     part_size = int(job["part_size"])
     summary = JobSummary(out, int(job["inputs"]), part_count(int(job["inputs"]), part_size))
     window = window or window_size(client)
+    warm_up(client, setup)
     start = time.perf_counter()
     parts = pending_parts(out, part_size)
     bar = progress_bar(total=summary.inputs, desc="screen", unit="film", disable=not show_progress)
@@ -660,4 +675,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main: the tasks it submits then refer to helpers.archive.screen_part, which
+    # each worker imports by name (a function of __main__ would have to be pickled by value, with its globals).
+    from helpers import archive as importable
+
+    sys.exit(importable.main())

@@ -69,15 +69,17 @@ SOURCES = {source.name: source for source in (
     Source("app_benchmark", "app_benchmark.json", "run `make benchmark` (all test films) after a full `make run`"),
     Source("reliability", "reliability.json",
            "run `make reliability` (its default sizes) after a full `make run`"),
+    Source("archive_benchmark", "archive_benchmark.json",
+           "run `make benchmark` (benchmarks/archive_benchmark.py with its default sizes) after a full `make run`"),
 )}
 # The README's blocks: the results files each is rendered from (the first is required, the others add rows).
 BLOCK_SOURCES = {"results": ("reference",), "app": ("app_benchmark", "parity"),
-                 "reliability": ("reliability", "ood"), "new_site": ("new_site",)}
+                 "reliability": ("reliability", "ood"), "new_site": ("new_site",), "archive": ("archive_benchmark",)}
 # What each source feeds, for the refusal message: reference.json gathers the headline figures.
 FEEDS = {"reference": ("results", "model card"), "parity": ("results", "app", "model card"),
          "tflite_benchmark": ("results", "model card"), "ood": ("results", "reliability", "model card"),
          "new_site": ("results", "new_site", "model card"), "app_benchmark": ("app", "model card"),
-         "reliability": ("reliability", "model card")}
+         "reliability": ("reliability", "model card"), "archive_benchmark": ("archive",)}
 
 
 class NotFullProfile(ValueError):
@@ -291,6 +293,60 @@ def _load_lines(concurrency: dict | None) -> list[str]:
         lines.append(f"{browser['sessions']} Chromium sessions uploading at the same moment to `streamlit run`: "
                      f"{browser['mismatches']} saw another session's answer.")
     return lines
+
+
+ARCHIVE_TARGETS = ("archive_scaling", "archive_over_loop", "archive_manifest_client_mb")
+ARCHIVE_RUNS = (("folder", "dask_1", "Dask, 1 worker, folder"), ("folder", "dask_2", "Dask, 2 workers, folder"),
+                ("dicomweb", "dask_1", "Dask, 1 worker, Orthanc over DICOMweb"),
+                ("dicomweb", "dask_2", "Dask, 2 workers, Orthanc over DICOMweb"))
+PIPELINE_STAGES = {"decode": "decoding", "model": "the model", "ood": "the OOD check", "heatmap": "the heat map"}
+
+
+def archive_block(benchmark: dict) -> str:
+    """``benchmarks/archive_benchmark.py`` as a Markdown table and the scaling note, all from the record."""
+    loop = benchmark["folder"]["loop"]
+    lines = [f"| {benchmark['films']:,} films (`make benchmark`) | films/s | cluster start / first result | "
+             "peak memory per worker |", "|---|---|---|---|",
+             f"| plain loop (`helpers.screen`, {loop['threads']} LiteRT threads) | {loop['films_per_s']:.1f} | - | - |"]
+    for source, run, label in ARCHIVE_RUNS:
+        measured = benchmark.get(source, {}).get(run)
+        if measured:
+            memory = ", ".join(f"{value:.0f}" for value in measured["worker_peak_rss_mb"])
+            lines.append(f"| {label} | {measured['films_per_s']:.1f} | {measured['cluster_start_s']:.1f} s / "
+                         f"{measured['first_result_s']:.1f} s | {memory} MB |")
+    stages = benchmark["stages_ms"]
+    pipeline = {stage: stages[stage] for stage in PIPELINE_STAGES if stages.get(stage) is not None}
+    slowest = max(pipeline, key=pipeline.get)
+    limit = (f"reading the films limits throughput (storage), more than {PIPELINE_STAGES[slowest]}"
+             if stages["read"] > pipeline[slowest] else
+             f"{PIPELINE_STAGES[slowest]} limits throughput ({pipeline[slowest] / sum(pipeline.values()):.0%} of the "
+             "pipeline), storage does not")
+    scaling = benchmark["scaling"]
+    one_worker = benchmark["folder"]["dask_1"]["films_per_s"]
+    lines.append(
+        f"\n**Scaling.** 2 workers screen {scaling['folder_2_over_1_worker']:.2f}x the films/s of 1 worker "
+        f"(efficiency {scaling['folder_2_over_1_worker'] / 2:.0%}) and {scaling['folder_2_workers_over_loop']:.2f}x "
+        f"the plain loop; the 2-worker rows {'equal' if benchmark['rows_equal_loop'] else '**differ from**'} the "
+        f"loop's. Per film (the loop's medians): reading the file {_ms(stages['read'])}, "
+        + ", ".join(f"{PIPELINE_STAGES[stage]} {_ms(value)}" for stage, value in pipeline.items())
+        + f": {limit}. Expect about {one_worker:.0f} films/s per core (one single-thread worker "
+        "per core), times the cores of the cluster, until the storage or the PACS cannot serve the films that fast.")
+    bare = benchmark.get("without_dask")
+    if bare:
+        share = scaling["folder_2_over_1_worker"] / bare["2_over_1"]
+        lines.append(f"Two plain processes without Dask, one single-thread screener each, screen "
+                     f"{bare['2_over_1']:.2f}x the films/s of one on the same films: that is what the second core "
+                     f"gave here, and Dask's 2 workers reach {share:.0%} of it.")
+    manifest = benchmark.get("manifest")
+    if manifest:
+        lines.append(f"A manifest of {manifest['rows']:,} files that do not exist: {manifest['result_rows']:,} rows, "
+                     f"{'each a refusal' if manifest['all_refused'] else '**not all refusals**'}; the client's peak "
+                     f"memory {manifest['client_peak_rss_mb']:.0f} MB.")
+    start, end = benchmark["load_average_start"], benchmark["load_average_end"]
+    lines.append(f"Measured on {benchmark['cores']} cores shared with other work (load average {start[0]:.1f} at the "
+                 f"start, {end[0]:.1f} at the end): the ratios move with that load.")
+    lines += _targets_section(_target_lines(ARCHIVE_TARGETS, {"archive_benchmark": benchmark}))
+    return "\n".join(lines)
 
 
 def _summary(entry: dict) -> str:
@@ -532,6 +588,7 @@ def render_blocks(results: dict[str, dict]) -> dict[str, str]:
         "app": lambda: app_block(results["app_benchmark"], results.get("parity")),
         "reliability": lambda: reliability_block(results["reliability"], results.get("ood")),
         "new_site": lambda: new_site_block(results["new_site"]),
+        "archive": lambda: archive_block(results["archive_benchmark"]),
     }
     return {block: render() for block, render in renderers.items() if BLOCK_SOURCES[block][0] in results}
 

@@ -167,6 +167,13 @@ _TARGETS = (
            AT_MOST, 0, "{:,}", "2026-12-05", "reliability", "concurrency.threads.mismatches"),
     Target("session_mismatches", "browser sessions uploading at once that see another session's answer", AT_MOST, 0,
            "{:,}", "2026-12-05", "reliability", "concurrency.browser.mismatches"),
+    # The archive screener on Dask (benchmarks/archive_benchmark.py, results/archive_benchmark.json)
+    Target("archive_scaling", "archive screener, 2 workers over 1 worker on 2 cores (films/s)", AT_LEAST, 1.7,
+           "{:.2f}x", "2026-12-05", "archive_benchmark", "scaling.folder_2_over_1_worker"),
+    Target("archive_over_loop", "archive screener, 2 workers over the plain loop (films/s)", AT_LEAST, 1.0, "{:.2f}x",
+           "2026-12-05", "archive_benchmark", "scaling.folder_2_workers_over_loop"),
+    Target("archive_manifest_client_mb", "archive client's peak memory on a 1,000,000-row manifest", AT_MOST, 1000.0,
+           "{:.0f} MB", "2026-12-05", "archive_benchmark", "manifest.client_peak_rss_mb"),
 )
 TARGETS: dict[str, Target] = {target.key: target for target in _TARGETS}
 

@@ -14,6 +14,8 @@ import io
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from helpers.operating_point import OperatingPoint
 from tests import orthanc as pacs
 from tests.test_screening import grey_films, saved_classifier, tiny_classifier
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "float32"
 # The tiny model's probabilities for the official test films lie around 0.51-0.55.
 POINT = OperatingPoint(threshold=0.53, band_low=0.528, band_high=0.532, chosen_on="test fixture", rule="fixed")
@@ -179,15 +182,20 @@ def test_an_interrupted_client_finishes_on_rerun_each_input_once(model, film_fol
     assert_each_input_once(out, expected)
 
 
-def test_a_manifest_with_a_missing_file_gets_a_refusal_row(client, setup, film_folder, tmp_path):
+def test_the_command_screens_a_manifest_and_a_missing_file_is_a_refusal_row(model, film_folder, tmp_path):
     films = sorted(film_folder.glob("PNEUMONIA/*.jpeg"))[:3]
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("path\n" + "".join(f"{path}\n" for path in films) + "missing/film.jpeg\n")
+    manifest.write_text("path\n" + "".join(f"{path.relative_to(film_folder)}\n" for path in films)
+                        + "missing/film.jpeg\n")
+    shutil.copytree(film_folder / "PNEUMONIA", tmp_path / "PNEUMONIA")  # relative paths: beside the manifest
     out = tmp_path / "job"
-    archive.prepare_job(out, archive.Source("manifest", str(manifest)), setup, PART_SIZE)
-    summary = archive.screen_job(client, out, setup, show_progress=False)
-    rows = read_rows(summary.results)
-    assert [row["file"] for row in rows] == [*map(str, films), "missing/film.jpeg"]
+    completed = subprocess.run([sys.executable, "-m", "helpers.archive", str(manifest), "--out", str(out),
+                                "--engine", VARIANT, "--model", str(model), "--workers", "1", "--no-progress"],
+                               capture_output=True, text=True, cwd=str(PROJECT_ROOT), timeout=300, check=False)
+    assert completed.returncode == archive.EXIT_SOME_REFUSED, completed.stderr[-3000:]
+    assert "4 inputs:" in completed.stdout and "1 refused" in completed.stdout
+    rows = read_rows(out / archive.RESULTS_FILE)
+    assert [row["file"] for row in rows] == [*(f"PNEUMONIA/{path.name}" for path in films), "missing/film.jpeg"]
     assert [row["status"] for row in rows] == ["decided"] * 3 + ["refused"]
     assert "missing/film.jpeg does not exist" in rows[-1]["reason"] and "manifest" in rows[-1]["reason"]
 
