@@ -1,8 +1,9 @@
 """Pneumonia screening web app: upload chest X-rays, get the phone model's decision and heat map.
 
 Start it with ``make app`` or ``streamlit run app/streamlit_app.py [-- --model PATH]``.
-A thin layer over :mod:`helpers.screening` (the decision rule, the upload checks and
-the heat map live there, tested without a browser). Runs on LiteRT alone: no
+A thin layer over :mod:`helpers.serving.pipeline` (the decision rule, the upload checks
+and the heat map live there, tested without a browser; the notebook explorer and the
+CLI screen through the same pipeline). Runs on LiteRT alone: no
 TensorFlow is imported. Uploads stay in memory and are never written to disk.
 """
 
@@ -19,9 +20,10 @@ if str(PROJECT_ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` wi
 
 import streamlit as st  # noqa: E402
 
-from helpers import imaging, screening, uploads  # noqa: E402
+from helpers import imaging, uploads  # noqa: E402
 from helpers.errors import UnusableInput  # noqa: E402
 from helpers.escaping import markdown_literal as literal  # noqa: E402
+from helpers.serving import pipeline  # noqa: E402
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "bmp", "gif", "webp"]
 IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map
@@ -42,22 +44,22 @@ def command_line_model() -> str | None:
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def load_screener(variant: str, model: str, site: str) -> screening.Screener:
+def load_screener(variant: str, model: str, site: str) -> pipeline.Screener:
     """The engine, OOD detector and (optional) site calibration, loaded once for every session."""
-    return screening.Screener.load(variant, model, site=site or None)
+    return pipeline.Screener.load(variant, model, site=site or None)
 
 
-def sidebar() -> tuple[screening.Screener | None, float]:
+def sidebar() -> tuple[pipeline.Screener | None, float]:
     st.sidebar.header("Model")
-    variant = st.sidebar.selectbox("Engine", screening.ONE_PASS_VARIANTS, index=0,
+    variant = st.sidebar.selectbox("Engine", pipeline.ONE_PASS_VARIANTS, index=0,
                                    help="int8 is the phone model; float16 and float32 are larger and slower.")
     alpha = st.sidebar.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
     try:
-        model = screening.find_model(variant, command_line_model())
-        site = screening.find_site_calibration(model)
+        model = pipeline.find_model(variant, command_line_model())
+        site = pipeline.find_site_calibration(model)
         use_site = site is not None and st.sidebar.radio(
             "Operating point", ["validation (in the model)", "site calibration"],
-            index=1 if os.environ.get(screening.SITE_ENVIRONMENT_VARIABLE) else 0,
+            index=1 if os.environ.get(pipeline.SITE_ENVIRONMENT_VARIABLE) else 0,
             help=f"The site calibration is {site} (notebook 08).") == "site calibration"
         screener = load_screener(variant, str(model), str(site) if use_site else "")
     except UnusableInput as error:  # any unusable model, metadata, detector or site file: one message
@@ -78,7 +80,7 @@ def sidebar() -> tuple[screening.Screener | None, float]:
         st.sidebar.warning(literal(screener.engine.provenance_note))
     if screener.detector is None:
         st.sidebar.warning("No out-of-distribution detector found: only the colour check runs.")
-    st.sidebar.info(screening.NOT_A_MEDICAL_DEVICE)
+    st.sidebar.info(pipeline.NOT_A_MEDICAL_DEVICE)
     return screener, alpha
 
 
@@ -88,7 +90,7 @@ def chosen_files() -> list[tuple[str, bytes]]:
                              accept_multiple_files=True,
                              max_upload_size=uploads.MAX_UPLOAD_BYTES // 2**20)
     chosen = [(file.name, file.getvalue()) for file in files or []]
-    samples = screening.sample_films()
+    samples = pipeline.sample_films()
     if samples:
         picked = st.multiselect("Or try official test films (no upload)", [path.name for path in samples])
         chosen += [(path.name, path.read_bytes()) for path in samples if path.name in picked]
@@ -101,14 +103,14 @@ def chosen_files() -> list[tuple[str, bytes]]:
     return chosen[:MAX_FILES_PER_BATCH]
 
 
-def session_cache() -> screening.ResultCache:
+def session_cache() -> pipeline.ResultCache:
     """This browser session's results by file content: moving a slider does not screen again."""
     if "results" not in st.session_state:
-        st.session_state["results"] = screening.ResultCache(capacity=4 * MAX_FILES_PER_BATCH)
+        st.session_state["results"] = pipeline.ResultCache(capacity=4 * MAX_FILES_PER_BATCH)
     return st.session_state["results"]
 
 
-def where_on_the_scale(result: screening.ScreeningResult) -> str:
+def where_on_the_scale(result: pipeline.ScreeningResult) -> str:
     """Where the raw probability sits against the threshold and the refer band, in words."""
     text = f"Raw P(pneumonia) {result.probability:.3f} vs threshold {result.threshold:.3f}"
     if result.band:
@@ -118,7 +120,7 @@ def where_on_the_scale(result: screening.ScreeningResult) -> str:
     return text
 
 
-def show_result(result: screening.ScreeningResult, alpha: float) -> None:
+def show_result(result: pipeline.ScreeningResult, alpha: float) -> None:
     st.subheader(literal(result.name))
     if not result.accepted:
         st.error(literal(result.message))
@@ -145,7 +147,7 @@ def main() -> None:
     st.set_page_config(page_title="Pneumonia screening (teaching)", page_icon=":lungs:", layout="wide")
     st.title("Pneumonia screening on chest X-rays")
     st.caption("MobileNetV2 phone model (TensorFlow Lite), decision rule chosen on validation, heat map "
-               "from the same pass. " + screening.NOT_A_MEDICAL_DEVICE)
+               "from the same pass. " + pipeline.NOT_A_MEDICAL_DEVICE)
     phone_url = os.environ.get("CXR_PHONE_URL", "http://127.0.0.1:8765/")  # where `make phone` serves it
     st.caption(f"On a phone, offline, with the camera: [the phone web app]({phone_url}) (`make phone`).")
     screener, alpha = sidebar()
@@ -160,7 +162,7 @@ def main() -> None:
     if len(results) > 1:
         st.subheader(f"{len(results)} files")
         st.dataframe([result.row() for result in results], hide_index=True)
-        st.download_button("Download results (CSV)", screening.results_csv(results),
+        st.download_button("Download results (CSV)", pipeline.results_csv(results),
                            file_name="screening_results.csv", mime="text/csv")
     for result in results:
         show_result(result, alpha)

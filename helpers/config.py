@@ -24,6 +24,8 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("full", "smoke")
 DEFAULT_SEED = 42
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
+KERAS_MODEL_FILE_NAME = "pneumonia_mobilenetv2.keras"  # in <artifacts>/model/
 
 
 def project_data_dir() -> Path:

@@ -35,7 +35,7 @@ from helpers.errors import UnusableInput
 from helpers.progress import progress_bar
 from helpers.uploads import ImageRejected, dataset_film_bytes, refuse_oversized_image
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label
+CLASS_NAMES = config.CLASS_NAMES  # ("NORMAL", "PNEUMONIA"), index = label
 IMAGE_SIZE = 224
 SPLITS = ("train", "test")
 SOURCES = ("auto", "shards", "tfrecord", "folder")

@@ -1,4 +1,4 @@
-"""The prediction explorer's logic: cases by outcome, metrics at a threshold, one image explained.
+"""The prediction explorer's logic: cases by outcome, metrics at a threshold, one image screened.
 
 Everything here is plain Python/NumPy/pandas so it is tested without a browser;
 :mod:`helpers.widgets` only wires these functions to ipywidgets.
@@ -13,24 +13,28 @@ Everything here is plain Python/NumPy/pandas so it is tested without a browser;
   filtered and sorted by confidence.
 * :func:`metrics_at_threshold` -- confusion matrix and precision / recall /
   specificity of the whole test set at any threshold.
-* :class:`Engine` -- "which model answers": the Keras model or a TFLite variant,
-  each a callable mapping pixels (B, 224, 224, 3) float 0-255 to logits (B,).
-* :class:`Explainer` -- one image (a test case, or the bytes of an upload) to an
-  :class:`Explanation`: probability, calibrated probability, decision, referral,
-  Grad-CAM heatmap -- or a rejection message for a corrupt, too small, or
-  non-X-ray image (never a traceback).
+* :func:`discover_engines` -- "which model answers": the Keras model with the
+  one-pass outputs (:class:`helpers.one_pass.KerasOnePassEngine`) and the one-pass
+  TFLite variants the web app runs (:class:`helpers.serving.engine.OnePassEngine`).
+* :class:`Explainer` -- one image (a test case, or the bytes of an upload) through
+  the web app's pipeline (:class:`helpers.serving.pipeline.Screener`: decode, one
+  pass, guard, decision, heat map from the logit map), shown as an
+  :class:`Explanation`: the pipeline's :class:`~helpers.serving.pipeline.ScreeningResult`
+  and the truth when known. The explorer builds no verdict of its own, so it gives
+  the app's and the CLI's answer, refusals and messages included.
 
 Upload rules live in :mod:`helpers.uploads` (shared with the web app and the batch
-screener): what is accepted, and the message for what is not.
+screener): what is accepted, and the message for what is not. Grad-CAM by gradients
+(:mod:`helpers.gradcam`, notebook 05) explains the Keras model layer by layer; for
+this head the pipeline's heat map equals it (notebook 06 checks it).
 """
 
 from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,14 +45,14 @@ from helpers import ood
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
 from helpers.errors import UnusableInput, one_line
 from helpers.evaluation import binary_metrics, confusion_counts, metrics_from_counts
-from helpers.gradcam import compute_gradcam, overlay
-from helpers.guard import UNLIKE_POPULATION
-from helpers.model import logit_model
-from helpers.operating_point import OperatingPoint, logit, outcomes, sigmoid
+from helpers.model import default_model_path
+from helpers.one_pass import KerasOnePassEngine
+from helpers.operating_point import OperatingPoint, load_operating_point, outcomes
 from helpers.predict import predict, predictions_path, read_predictions_for
-from helpers.screening import ONE_PASS_STEM, check_provenance
-from helpers.tflite import VARIANTS, TFLiteClassifier, TFLiteModelError, metadata_path, read_metadata, tflite_dir
-from helpers.uploads import ImageInfo, decode_upload
+from helpers.serving.engine import ONE_PASS_VARIANTS, OnePassEngine
+from helpers.serving.pipeline import Screener, ScreeningResult, one_pass_path
+from helpers.tflite import tflite_dir
+from helpers.uploads import ImageInfo
 
 OUTCOMES = ("all", "TP", "TN", "FP", "FN", "referred")
 OUTCOME_DESCRIPTIONS = {
@@ -151,82 +155,43 @@ def threshold_curves(labels, probabilities, thresholds: np.ndarray | None = None
 # --------------------------------------------------------------------------- #
 # Engines: which model answers
 # --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class Engine:
-    """A named model: ``logits(images)`` maps (B, 224, 224, 3) float32 0-255 -> (B,) float64."""
-
-    name: str
-    logits: Callable[[np.ndarray], np.ndarray]
-    description: str = ""
-
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (B,), logits (B,)) for images (B, 224, 224, 3) 0-255."""
-        logits = np.asarray(self.logits(np.asarray(images, dtype=np.float32)), dtype=np.float64).reshape(-1)
-        return sigmoid(logits), logits
+KERAS_ENGINE_NAME = "Keras (one pass)"
 
 
-KERAS_ENGINE_NAME = "Keras"
+def discover_engines(model=None, tflite_directory: str | os.PathLike | None = None,
+                     point: OperatingPoint | None = None,
+                     model_path: str | os.PathLike | None = None) -> tuple[dict, list[str]]:
+    """The Keras one-pass engine (when ``model`` is given) and every loadable one-pass ``.tflite``.
 
+    Every engine gives the three outputs of the one-pass model (:mod:`helpers.serving.engine`),
+    so each screens through the same :class:`~helpers.serving.pipeline.Screener` as the
+    web app. A ``.tflite`` must come from the current Keras model (its metadata's hash,
+    :func:`helpers.serving.engine.check_provenance`): an out-of-date one is skipped with the remedy.
 
-def keras_engine(model, name: str = KERAS_ENGINE_NAME) -> Engine:
-    """The Keras model, scored through its ``logit`` layer (exact logits)."""
-    scorer = logit_model(model)  # (B, 224, 224, 3) -> (B, 1)
-
-    def logits(images: np.ndarray) -> np.ndarray:
-        return np.asarray(scorer.predict_on_batch(images), dtype=np.float64).reshape(-1)
-
-    return Engine(name, logits, "Keras model (float32), the reference")
-
-
-def probability_engine(name: str, predict_probabilities: Callable[[np.ndarray], np.ndarray],
-                       description: str = "") -> Engine:
-    """Wrap any callable returning P(PNEUMONIA) (B,) as an :class:`Engine` (logit = log(p/(1-p)))."""
-    def logits(images: np.ndarray) -> np.ndarray:
-        return logit(np.asarray(predict_probabilities(images), dtype=np.float64).reshape(-1))
-
-    return Engine(name, logits, description)
-
-
-def tflite_engine(path: str | os.PathLike, name: str | None = None) -> Engine:
-    """A ``.tflite`` variant through ``helpers.tflite.TFLiteClassifier`` (loaded once, now).
-
-    Its output is a probability (uint8-quantized for int8 models), so the logit is
-    recovered as log(p / (1 - p)); a saturated 0 or 1 is clipped to +-27.6. A model
-    with metadata must come from the current Keras model
-    (:func:`helpers.screening.check_provenance`): an out-of-date one is refused.
-    """
-    classifier = TFLiteClassifier(path)
-    if metadata_path(path).is_file():  # converted by notebook 06: it must come from the current Keras model
-        check_provenance(read_metadata(path), Path(path))  # raises ScreeningModelError (a ValueError) if not
-    stem = Path(path).stem
-    name = name or "TFLite " + stem.split("_mobilenetv2_")[-1]
-    return probability_engine(name, classifier.predict, f"TensorFlow Lite model {Path(path).name}")
-
-
-def discover_engines(model=None, tflite_directory: str | os.PathLike | None = None) -> tuple[dict, list[str]]:
-    """The Keras engine (when ``model`` is given) and every loadable ``.tflite`` variant.
+    Args:
+        point: the Keras engine's operating point (default: :func:`load_operating_point`).
+        model_path: the ``.keras`` file ``model`` was loaded from (default: the artifacts' one, if any).
 
     Returns:
-        engines: {name: Engine}, Keras first, then TFLite variants by file name.
+        engines: {name: engine}, Keras first, then the TFLite variants (int8, float16, float32).
         notes: human-readable lines about missing or unloadable TFLite files.
     """
     engines, notes = {}, []
     if model is not None:
-        engines[KERAS_ENGINE_NAME] = keras_engine(model)
+        saved = Path(model_path) if model_path else default_model_path()
+        engines[KERAS_ENGINE_NAME] = KerasOnePassEngine(model, point or load_operating_point(),
+                                                        saved if saved.is_file() else None)
     directory = Path(tflite_directory) if tflite_directory else tflite_dir(create=False)
-    files = sorted(path for path in directory.glob("*.tflite")  # the one-pass models are the web app's
-                   if not path.name.startswith(ONE_PASS_STEM)) if directory.is_dir() else []
-    # float32, float16, dynamic_range, int8 (least to most compressed); unknown names last
-    rank = {variant: index for index, variant in enumerate(VARIANTS)}
-    files.sort(key=lambda path: (rank.get(path.stem.split("_mobilenetv2_")[-1], len(rank)), path.name))
+    files = [one_pass_path(variant, directory) for variant in ONE_PASS_VARIANTS]
+    files = [path for path in files if path.is_file()]
     if not files:
-        notes.append(f"No TFLite models in {directory}: run notebooks/06_tflite_conversion.ipynb "
+        notes.append(f"No one-pass TFLite models in {directory}: run notebooks/06_tflite_conversion.ipynb "
                      "to compare the phone models here.")
     for path in files:
         try:
-            engine = tflite_engine(path)
-        except (TFLiteModelError, ValueError) as error:
-            notes.append(f"Skipped {path.name}: {error}")
+            engine = OnePassEngine(path)
+        except UnusableInput as error:  # ScreeningModelError: a broken, mismatched or out-of-date file
+            notes.append(f"Skipped {path.name}: {one_line(error)}")
             continue
         engines[engine.name] = engine
     return engines, notes
@@ -255,32 +220,68 @@ def read_upload(value) -> list[tuple[str, bytes]]:
 
 
 # --------------------------------------------------------------------------- #
-# One image explained
+# One image explained: the pipeline's result, seen by the explorer
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
 class Explanation:
-    """What the explorer shows for one image.
+    """What the explorer shows for one image: a :class:`ScreeningResult`, and the truth when known.
 
-    ``accepted`` False means no prediction: ``message`` says why (bad file, not a
-    chest X-ray) and the numeric fields are None.
+    The verdict, the probabilities, the heat map and every message are the pipeline's
+    (:class:`helpers.serving.pipeline.Screener`, the same as the web app and the CLI);
+    this view adds the test label and its outcome.
     """
 
-    name: str
-    accepted: bool
-    message: str
-    engine: str = ""
-    image: np.ndarray | None = None  # (224, 224, 3) float32 0-255
-    probability: float | None = None  # raw model output P(PNEUMONIA)
-    calibrated_probability: float | None = None
-    logit: float | None = None
-    threshold: float | None = None
-    decision: str | None = None  # "PNEUMONIA" / "NORMAL" at the threshold
-    referred: bool = False
-    heatmap: np.ndarray | None = None  # (224, 224) in [0, 1], Grad-CAM of the decided class
+    result: ScreeningResult
     label: int | None = None  # true label when known (test cases)
-    ood: object | None = None  # helpers.ood.OODVerdict
-    info: ImageInfo | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def name(self) -> str:
+        return self.result.name
+
+    @property
+    def accepted(self) -> bool:
+        return self.result.accepted
+
+    @property
+    def message(self) -> str:
+        return self.result.message
+
+    @property
+    def engine(self) -> str:
+        return self.result.engine
+
+    @property
+    def image(self) -> np.ndarray | None:
+        return self.result.image
+
+    @property
+    def heatmap(self) -> np.ndarray | None:
+        return self.result.heatmap
+
+    @property
+    def probability(self) -> float | None:
+        return self.result.probability
+
+    @property
+    def calibrated_probability(self) -> float | None:
+        return self.result.calibrated_probability
+
+    @property
+    def threshold(self) -> float | None:
+        return self.result.threshold
+
+    @property
+    def decision(self) -> str | None:
+        """PNEUMONIA / NORMAL at the threshold (the model's answer, also when referred)."""
+        return self.result.model_decision
+
+    @property
+    def referred(self) -> bool:
+        return self.result.referred
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.result.notes
 
     @property
     def outcome(self) -> str | None:
@@ -290,125 +291,75 @@ class Explanation:
         return str(outcomes([self.label], [self.probability], self.threshold)[0])
 
     def summary(self) -> str:
-        """One line: decision, calibrated probability, referral (or the rejection)."""
-        if not self.accepted:
-            return f"{self.name}: not analysed. {self.message}"
-        text = (f"{self.name}: {self.decision} (calibrated P(pneumonia) = {self.calibrated_probability:.3f}, "
-                f"raw {self.probability:.3f}, threshold {self.threshold:.3f}, {self.engine})")
-        if self.referred and self.ood is not None and self.ood.kind == UNLIKE_POPULATION:
-            text += "; outside the population the model was validated on: refer to a radiologist"
-        elif self.referred:
-            text += "; inside the referral band: refer to a radiologist"
-        if self.label is not None:
+        """The pipeline's one line, and the truth when known."""
+        text = self.result.summary()
+        if self.outcome is not None:
             text += f"; truth {CLASS_NAMES[self.label]} ({self.outcome})"
         return text
 
 
 class Explainer:
-    """Predict and explain one image with any engine; Grad-CAM and OOD use the Keras model.
+    """Screen one image with any engine through the pipeline the web app uses.
 
     Args:
-        model: the Keras classifier (Grad-CAM needs its gradients; the OOD features
-            come from its ``global_pool`` layer).
-        point: the operating point (threshold / temperature / band).
-        detector: a fitted ``helpers.ood.OODDetector``, or None to skip the OOD check
-            (the explanation then carries a note saying so).
-        engines: {name: Engine}; default: the Keras model only.
+        model: the Keras classifier (the default engine, :class:`KerasOnePassEngine`).
+        point: the operating point (threshold / temperature / band); the slider moves its threshold.
+        detector: a fitted ``helpers.ood.OODDetector``, or None: then only the colour
+            check runs (each result carries a note saying so), as in the app.
+        engines: {name: engine} (:func:`discover_engines`); default: the Keras model only.
     """
 
     def __init__(self, model, point: OperatingPoint, detector=None, engines: dict | None = None):
         self.model = model
         self.point = point
         self.detector = detector
-        self.engines = dict(engines) if engines else {KERAS_ENGINE_NAME: keras_engine(model)}
-        self._features = ood.feature_model(model) if detector is not None else None
+        self.engines = dict(engines) if engines else {KERAS_ENGINE_NAME: KerasOnePassEngine(model, point)}
+        self.screeners = {name: Screener(engine, detector) for name, engine in self.engines.items()}
 
-    def engine(self, name: str | None) -> Engine:
+    def screener(self, name: str | None) -> Screener:
+        """The pipeline of engine ``name`` (default: the first engine)."""
         if name is None:
-            return next(iter(self.engines.values()))
-        if name not in self.engines:
-            raise ValueError(f"Unknown engine {name!r}; available: {list(self.engines)}.")
-        return self.engines[name]
+            return next(iter(self.screeners.values()))
+        if name not in self.screeners:
+            raise ValueError(f"Unknown engine {name!r}; available: {list(self.screeners)}.")
+        return self.screeners[name]
 
-    def check_ood(self, image: np.ndarray):
-        """The OOD verdict for one (224, 224, 3) image, or None without a detector."""
-        if self.detector is None:
-            return None
-        features = ood.compute_features(self._features, image[np.newaxis])  # (1, 1280)
-        return self.detector.check(image[np.newaxis], features)[0]
+    def point_at(self, threshold: float | None) -> OperatingPoint:
+        return self.point if threshold is None else self.point.with_threshold(threshold)
 
     def explain_image(self, image: np.ndarray, name: str = "image", engine: str | None = None,
                       threshold: float | None = None, label: int | None = None,
-                      check_ood: bool = True, refuse_ood: bool = True,
-                      info: ImageInfo | None = None) -> Explanation:
-        """Explain decoded pixels (224, 224, 3) 0-255.
+                      known_film: bool = False, info: ImageInfo | None = None) -> Explanation:
+        """Screen decoded pixels (224, 224, 3) 0-255.
 
         Args:
-            check_ood: run the OOD check (needs a detector).
-            refuse_ood: refuse an image the check rejects (uploads). With False (test
-                cases, known X-rays) the prediction is still made and a note says the
-                check would have refused the image.
+            known_film: a test-set film (a known X-ray): a guard refusal becomes a note
+                and the model still answers, so every case can be browsed.
         """
         image = np.asarray(image, dtype=np.float32)
         if image.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise ValueError(f"Expected one ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) image, got {image.shape}; "
                              "decode it with helpers.data.load_image.")
-        point = self.point if threshold is None else self.point.with_threshold(threshold)
-        threshold = point.threshold
-        chosen = self.engine(engine)
-        verdict = self.check_ood(image) if check_ood else None
-        notes = []
-        if check_ood and verdict is None:
-            notes.append("No out-of-distribution check (no detector fitted): the model answers "
-                         "for any picture.")
-        outside = verdict is not None and verdict.kind == UNLIKE_POPULATION
-        if verdict is not None and not verdict.accepted and not refuse_ood:
-            notes.append("The OOD check would not give a plain decision if this image were uploaded: "
-                         + verdict.message)
-        elif outside:
-            notes.append(verdict.message)
-        elif verdict is not None and not verdict.accepted:
-            return Explanation(name, False, verdict.message, chosen.name, image=image, label=label,
-                               ood=verdict, info=info, threshold=threshold, notes=tuple(notes))
-        probabilities, logits = chosen.predict(image[np.newaxis])
-        probability, logit_value = float(probabilities[0]), float(logits[0])
-        decided_class = int(point.predicted([probability])[0])
-        heatmap = compute_gradcam(self.model, image, target=[decided_class])  # (224, 224)
-        if chosen.name != KERAS_ENGINE_NAME:
-            notes.append("Grad-CAM is computed on the Keras model (TFLite models have no gradients).")
-        calibrated = float(point.calibrated(logit_value))
-        return Explanation(
-            name=name, accepted=True,
-            message=verdict.message if verdict is not None else "No OOD check.",
-            engine=chosen.name, image=image, probability=probability,
-            calibrated_probability=calibrated, logit=logit_value, threshold=threshold,
-            decision=CLASS_NAMES[decided_class],
-            referred=bool(point.referred([probability])[0]) or (outside and refuse_ood),
-            heatmap=heatmap, label=label, ood=verdict, info=info, notes=tuple(notes),
-        )
+        result = self.screener(engine).screen_pixels(image, name, info, point=self.point_at(threshold),
+                                                     known_film=known_film)
+        return Explanation(result, label)
 
     def explain_bytes(self, content: bytes, name: str = "upload", engine: str | None = None,
                       threshold: float | None = None) -> Explanation:
-        """Explain an uploaded file; any unusable input gives a rejected Explanation."""
-        try:
-            image, info = decode_upload(content, name)
-            return self.explain_image(image, name, engine, threshold, info=info)
-        except UnusableInput as rejection:  # the file, or the engine's model file: one message, no traceback
-            return Explanation(name, False, one_line(rejection), engine or "", threshold=threshold)
+        """Screen an uploaded file exactly as the web app does; an unusable file gives a refusal."""
+        return Explanation(self.screener(engine).screen_bytes(content, name, point=self.point_at(threshold)))
 
 
 # --------------------------------------------------------------------------- #
 # Pictures
 # --------------------------------------------------------------------------- #
 def overlay_image(explanation: Explanation, alpha: float = 0.4) -> np.ndarray | None:
-    """The Grad-CAM overlay (224, 224, 3) float in [0, 1], or None without a heatmap."""
-    if explanation.heatmap is None or explanation.image is None:
-        return None
-    return overlay(explanation.image, explanation.heatmap, alpha)
+    """The pipeline's heat-map overlay (224, 224, 3) float in [0, 1], or None for a refusal."""
+    return explanation.result.overlay(alpha)
 
 
 def plot_explanation(explanation: Explanation, alpha: float = 0.4):
-    """Image and Grad-CAM overlay side by side, the result as the title. Returns the figure."""
+    """Image and heat-map overlay side by side, the result as the title. Returns the figure."""
     figure, axes = plt.subplots(1, 2, figsize=(6.4, 3.6))
     for ax in axes:
         ax.axis("off")
@@ -418,7 +369,7 @@ def plot_explanation(explanation: Explanation, alpha: float = 0.4):
     overlay_picture = overlay_image(explanation, alpha)
     if overlay_picture is not None:
         axes[1].imshow(overlay_picture)
-        axes[1].set_title(f"Grad-CAM: why {explanation.decision}", fontsize=9)
+        axes[1].set_title(f"heat map: why {explanation.decision}", fontsize=9)
     else:
         axes[1].text(0.5, 0.5, "no prediction", ha="center", va="center", transform=axes[1].transAxes)
     if explanation.accepted:
@@ -529,40 +480,35 @@ def demo_uploads(xray_bytes: bytes, seed: int = 42) -> dict[str, bytes]:
 
 
 def upload_results_table(results: list[Explanation]):
-    """One row per explained upload: accepted, decision / reason (for the notebook)."""
+    """One row per screened upload: analysed, decision / reason (for the notebook)."""
     rows = []
-    for result in results:
+    for explanation in results:
+        result = explanation.result
         rows.append({
             "file": result.name,
             "analysed": result.accepted,
             "decision": result.decision if result.accepted else "-",
             "calibrated P(pneumonia)": round(result.calibrated_probability, 3) if result.accepted else None,
-            "refer": result.referred if result.accepted else None,
-            "OOD distance": round(result.ood.distance, 1) if result.ood is not None else None,
-            "message": result.message if not result.accepted else "",
+            "guard": result.guard or "-",
+            "OOD distance": round(result.distance, 1) if result.distance is not None else None,
+            "message": result.message if not result.accepted or result.outside_population else "",
         })
     return pd.DataFrame(rows)
 
 
 def compare_engines(explainer: Explainer, images: np.ndarray, names, threshold: float | None = None):
-    """Every engine's answer on the same images: one row per (image, engine).
+    """Every engine's answer on the same images, through the pipeline: one row per (image, engine).
 
     Args:
-        images: (N, 224, 224, 3) float 0-255. names: (N,) labels for the rows.
+        images: (N, 224, 224, 3) float 0-255 test films. names: (N,) labels for the rows.
     Returns a DataFrame with image, engine, probability, calibrated probability,
-    decision and referral.
+    decision (PNEUMONIA / NORMAL at the threshold) and referral.
     """
-    point = explainer.point if threshold is None else explainer.point.with_threshold(threshold)
-    images = np.asarray(images, dtype=np.float32)
     rows = []
-    for engine in explainer.engines.values():
-        probabilities, logits = engine.predict(images)
-        calibrated = point.calibrated(logits)
-        referred = point.referred(probabilities)
-        predicted = point.predicted(probabilities)
-        for name, probability, calibrated_value, refer, decided in zip(
-                names, probabilities, calibrated, referred, predicted):
-            rows.append({"image": name, "engine": engine.name, "probability": float(probability),
-                         "calibrated": float(calibrated_value),
-                         "decision": CLASS_NAMES[int(decided)], "refer": bool(refer)})
+    for engine in explainer.engines:
+        for name, image in zip(names, np.asarray(images, dtype=np.float32)):
+            result = explainer.explain_image(image, str(name), engine, threshold, known_film=True).result
+            rows.append({"image": name, "engine": engine, "probability": result.probability,
+                         "calibrated": result.calibrated_probability, "decision": result.model_decision,
+                         "refer": result.referred})
     return pd.DataFrame(rows)

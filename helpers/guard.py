@@ -10,7 +10,7 @@ user needs:
 * **a chest X-ray unlike the training population** (another hospital, an adult,
   another machine): answer "refer to a radiologist", never a confident decision.
 
-Each gate here is a :class:`LinearGate`: the 1280 ``global_pool`` features the model
+Each gate is a :class:`helpers.serving.guard.LinearGate` (applied at screening time there, fitted here): the 1280 ``global_pool`` features the model
 computes anyway, standardized, then a logistic regression. They are trained on
 *transformed training films only* and their thresholds set on the validation split:
 
@@ -29,28 +29,24 @@ on the input, decided before the model's answer is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from helpers import augment
 from helpers.operating_point import logit, sigmoid
+from helpers.serving.guard import (  # noqa: F401  (re-exported: the gates' runtime and the verdict kinds)
+    ANSWERED_KINDS,
+    CHEST_XRAY,
+    NOT_XRAY,
+    ORIENTATION_WORDS,
+    ORIENTATIONS,
+    UNLIKE_POPULATION,
+    UPRIGHT,
+    VERDICT_KINDS,
+    WRONG_WAY_ROUND,
+    XRAY_CLASSES,
+    LinearGate,
+)
 
-CHEST_XRAY = "chest_xray"
-NOT_XRAY = "not_xray"
-WRONG_WAY_ROUND = "wrong_way_round"
-UNLIKE_POPULATION = "unlike_population"
-VERDICT_KINDS = (CHEST_XRAY, NOT_XRAY, WRONG_WAY_ROUND, UNLIKE_POPULATION)
-ANSWERED_KINDS = (CHEST_XRAY, UNLIKE_POPULATION)  # the model's probability is computed (shown second for the latter)
-
-UPRIGHT = "upright"
-ORIENTATIONS = (UPRIGHT, "inverted", "upside_down", "rotated")
-ORIENTATION_WORDS = {
-    "inverted": "inverted (a negative: air white, bones dark)",
-    "upside_down": "upside down",
-    "rotated": "turned on its side (rotated 90 degrees)",
-}
-XRAY_CLASSES = ("not_xray", "xray")
 EDGE_QUANTILE = 0.005  # threshold_between: each group's edge is this far into its tail
 LOGIT_EPSILON = 1e-9  # gate probabilities saturate near 0 and 1: clip before taking the logit
 STRONG_ACQUISITION = augment.AugmentConfig(min_crop=0.5, brightness=0.25, contrast=0.5, gamma=0.5,
@@ -115,68 +111,8 @@ def acquisition_variants(images: np.ndarray, rng: np.random.Generator) -> dict[s
 
 
 # --------------------------------------------------------------------------- #
-# A standardized logistic regression on features
+# Fitting a standardized logistic regression on features
 # --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class LinearGate:
-    """Softmax regression on standardized features: (N, D) -> (N, K) class probabilities.
-
-    ``threshold`` applies to the probability of ``classes[watched]`` (set on validation
-    by the fitting function); the gate *fires* when that probability is below it.
-    """
-
-    classes: tuple[str, ...]
-    mean: np.ndarray  # (D,)
-    scale: np.ndarray  # (D,)
-    weights: np.ndarray  # (D, K)
-    bias: np.ndarray  # (K,)
-    threshold: float = 0.5
-    watched: int = 0  # the class whose probability the threshold applies to
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """(N, D) features -> (N, K) probabilities (rows sum to 1)."""
-        features = np.atleast_2d(np.asarray(features, dtype=np.float32))
-        if features.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"Features have {features.shape[1]} dimensions, the gate {self.mean.shape[0]}: "
-                             "use the model the gate was fitted on.")
-        standardized = (features - self.mean) / self.scale  # (N, D)
-        scores = np.einsum("nd,dk->nk", standardized, self.weights, optimize=False) + self.bias  # (N, K), no BLAS
-        scores -= scores.max(axis=1, keepdims=True)
-        exponentials = np.exp(scores)
-        return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-    def watched_probability(self, features: np.ndarray) -> np.ndarray:
-        """(N,) probability of ``classes[watched]``."""
-        return self.probabilities(features)[:, self.watched]
-
-    def fires(self, features: np.ndarray) -> np.ndarray:
-        """(N,) bool: the watched class's probability is below the threshold."""
-        return self.fires_at(self.watched_probability(features))
-
-    def fires_at(self, watched_probabilities) -> np.ndarray:
-        """(N,) bool from precomputed watched-class probabilities: the gate's one rule."""
-        return np.asarray(watched_probabilities) < self.threshold
-
-    def with_threshold(self, threshold: float) -> "LinearGate":
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"A gate threshold is a probability in (0, 1), got {threshold}.")
-        return LinearGate(self.classes, self.mean, self.scale, self.weights, self.bias, float(threshold), self.watched)
-
-    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """The arrays to store in an ``.npz`` under ``prefix``."""
-        return {f"{prefix}_classes": np.array(self.classes), f"{prefix}_mean": self.mean,
-                f"{prefix}_scale": self.scale, f"{prefix}_weights": self.weights, f"{prefix}_bias": self.bias,
-                f"{prefix}_threshold": np.float64(self.threshold), f"{prefix}_watched": np.int64(self.watched)}
-
-    @classmethod
-    def from_arrays(cls, stored, prefix: str) -> "LinearGate":
-        """Read :meth:`to_arrays` back from a loaded ``.npz``; KeyError names the missing array."""
-        return cls(tuple(str(name) for name in stored[f"{prefix}_classes"]),
-                   np.asarray(stored[f"{prefix}_mean"], np.float32), np.asarray(stored[f"{prefix}_scale"], np.float32),
-                   np.asarray(stored[f"{prefix}_weights"], np.float32), np.asarray(stored[f"{prefix}_bias"], np.float32),
-                   float(stored[f"{prefix}_threshold"]), int(stored[f"{prefix}_watched"]))
-
-
 def fit_linear_gate(features: np.ndarray, labels, classes: tuple[str, ...], watched: str,
                     regularization: float = 0.05, balanced: bool = False, seed: int = 0) -> LinearGate:
     """Fit a :class:`LinearGate` (threshold 0.5 until one is chosen on validation).

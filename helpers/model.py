@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from helpers.config import artifacts_dir
+from helpers.config import KERAS_MODEL_FILE_NAME, artifacts_dir
 from helpers.data import IMAGE_SIZE
 from helpers.errors import MissingFile, ModelFileError
 
@@ -23,7 +23,7 @@ LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
 POOL_LAYER = "global_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
-MODEL_FILE_NAME = "pneumonia_mobilenetv2.keras"
+MODEL_FILE_NAME = KERAS_MODEL_FILE_NAME
 
 
 def initial_output_bias(num_positive: int, num_negative: int) -> float:

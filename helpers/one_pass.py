@@ -13,7 +13,7 @@ here, and needs no gradients. Notebook 06 checks it on real films.
 
 :func:`one_pass_model` adds the map and the pooled features as outputs;
 :func:`convert_one_pass` writes the float32, float16 and int8 files with metadata
-declaring them, which :class:`helpers.screening.OnePassEngine` checks at load time.
+declaring them, which :class:`helpers.OnePassEngine` checks at load time.
 """
 
 from __future__ import annotations
@@ -23,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import screening, tflite
+from helpers import tflite
 from helpers.gradcam import rank_correlation
 from helpers.model import LAST_CONV_LAYER, LOGIT_LAYER, POOL_LAYER
 from helpers.operating_point import OperatingPoint
+from helpers.provenance import file_sha256
+from helpers.serving.engine import ONE_PASS_VARIANTS, OUTPUT_ROLES, OnePassEngine
+from helpers.serving.pipeline import heatmap_from_logit_map, one_pass_path
 
 LOGIT_MAP_LAYER = "logit_map"
 OUTPUT_MEANINGS = {
@@ -62,7 +65,7 @@ def head_bias(model) -> float:
 def declared_outputs(one_pass) -> dict:
     """The metadata's ``outputs`` block for a :func:`one_pass_model`: shape (one image) and meaning per role."""
     return {role: {"shape": [1, *[int(d) for d in tensor.shape[1:]]], "meaning": OUTPUT_MEANINGS[role]}
-            for role, tensor in zip(screening.OUTPUT_ROLES, one_pass.outputs)}
+            for role, tensor in zip(OUTPUT_ROLES, one_pass.outputs)}
 
 
 def convert_one_pass(model, variant: str, point: OperatingPoint, calibration_images: np.ndarray | None = None,
@@ -78,9 +81,9 @@ def convert_one_pass(model, variant: str, point: OperatingPoint, calibration_ima
 
     Returns the ``.tflite`` path (its JSON metadata is written beside it).
     """
-    if variant not in screening.ONE_PASS_VARIANTS:
-        raise ValueError(f"One-pass variants are {screening.ONE_PASS_VARIANTS}, got {variant!r}.")
-    path = screening.one_pass_path(variant, directory or tflite.tflite_dir())
+    if variant not in ONE_PASS_VARIANTS:
+        raise ValueError(f"One-pass variants are {ONE_PASS_VARIANTS}, got {variant!r}.")
+    path = one_pass_path(variant, directory or tflite.tflite_dir())
     combined = one_pass_model(model)
     tflite.convert(combined, variant, path, calibration_images)
     metadata = tflite.build_metadata(path, variant, point, keras_model_path, calibration=calibration,
@@ -99,11 +102,62 @@ def heatmap_agreement(keras_heatmaps: np.ndarray, one_pass_heatmaps: np.ndarray)
             "median": float(np.nanmedian(correlations)), "n_images": int(len(correlations))}
 
 
-def one_pass_heatmaps(engine: screening.OnePassEngine, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def one_pass_heatmaps(engine: OnePassEngine, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, 224, 224) for ``classes`` (N,) and probabilities (N,) from one engine call per image."""
     heatmaps, probabilities = [], []
     for image, decided in zip(np.asarray(images, dtype=np.float32), classes):
         probability, logit_map, _ = engine.run(image)
-        heatmaps.append(screening.heatmap_from_logit_map(logit_map, engine.bias, bool(decided)))
+        heatmaps.append(heatmap_from_logit_map(logit_map, engine.bias, bool(decided)))
         probabilities.append(probability)
     return np.stack(heatmaps), np.asarray(probabilities, dtype=np.float32)
+
+
+class KerasOnePassEngine:
+    """The Keras model with the one-pass outputs, behind the engine interface of :mod:`helpers.serving.engine`.
+
+    ``run(pixels)`` gives what the ``.tflite`` gives -- P(PNEUMONIA), the (7, 7) logit map
+    and the pooled features -- from :func:`one_pass_model`, so a
+    :class:`helpers.serving.pipeline.Screener` decides, guards and draws the heat map
+    for the Keras model with the same code as for the phone model.
+
+    Args:
+        model: the Keras classifier (layer names of :mod:`helpers.model`).
+        point: the operating point to decide with (notebook 04's, usually).
+        model_path: the ``.keras`` file it was loaded from: its SHA-256 is what fitted
+            files (detector, site calibration) are checked against. None: an unsaved model.
+    """
+
+    def __init__(self, model, point: OperatingPoint, model_path: str | os.PathLike | None = None):
+        self.model = model
+        self.one_pass = one_pass_model(model)
+        self.bias = head_bias(model)
+        self.point = point
+        self.path = Path(model_path) if model_path else Path(f"{model.name}.keras (not saved)")
+        self._sha256 = file_sha256(model_path) if model_path else None
+        self.provenance_note = "" if model_path else "An unsaved Keras model: its provenance is not checked."
+
+    @property
+    def name(self) -> str:
+        return "Keras (one pass)"
+
+    @property
+    def version(self) -> str:
+        return f"{self.model.name} sha256 {self._sha256[:12]}" if self._sha256 else self.model.name
+
+    @property
+    def keras_sha256(self) -> str | None:
+        return self._sha256
+
+    @property
+    def feature_width(self) -> int:
+        return int(self.one_pass.outputs[2].shape[-1])
+
+    def run(self, pixels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """One image (224, 224, 3) 0-255 -> (P(PNEUMONIA), logit map (7, 7), pooled features (D,))."""
+        pixels = np.asarray(pixels, dtype=np.float32)
+        expected = tuple(int(d) for d in self.one_pass.inputs[0].shape[1:])
+        if pixels.shape != expected:
+            raise ValueError(f"Expected one image of shape {expected}, got {pixels.shape}.")
+        probability, logit_map, pooled = self.one_pass.predict_on_batch(pixels[np.newaxis])
+        return (float(np.asarray(probability).reshape(-1)[0]), np.asarray(logit_map, dtype=np.float32)[0, ..., 0],
+                np.asarray(pooled, dtype=np.float32).reshape(-1))

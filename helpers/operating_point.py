@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import config
-from helpers.data import CLASS_NAMES
+from helpers.config import CLASS_NAMES
 from helpers.errors import UnusableInput
 from helpers.jsonio import read_json_object, write_json
 

@@ -1,6 +1,6 @@
 """Screen every file in a folder with the phone model: ``python -m helpers.screen FOLDER --out results.csv``.
 
-The same pipeline as the web app (:mod:`helpers.screening`), no TensorFlow. Every
+The same pipeline as the web app (:mod:`helpers.serving.pipeline`), no TensorFlow. Every
 file gets a row -- its decision and probabilities, or why it was refused; nothing is
 skipped silently. The exit code says how it went: 0 every file decided, 1 some
 files refused, 2 the model could not be loaded or the folder is missing.
@@ -13,9 +13,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from helpers import imaging, screening
+from helpers import imaging
 from helpers.errors import UnusableInput, one_line
 from helpers.progress import progress_bar
+from helpers.serving import pipeline as screening  # the pipeline itself: the CLI never imports TensorFlow
 
 EXIT_ALL_DECIDED, EXIT_SOME_REFUSED, EXIT_UNUSABLE = 0, 1, 2
 

@@ -29,28 +29,60 @@ choose nothing.
 from __future__ import annotations
 
 import datetime
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from helpers import augment, config, ood, shift
+from helpers import augment, config
 from helpers.evaluation import confusion_counts, expected_calibration_error, metrics_from_counts
-from helpers.imbalance import class_weights
-from helpers.jsonio import read_json_object, write_json
+from helpers.jsonio import write_json
 from helpers.model import LOGIT_LAYER, POOL_LAYER, default_model_path
 from helpers.operating_point import OperatingPoint, called_pneumonia, logit, sigmoid
 from helpers.progress import progress_bar
-from helpers.provenance import FITTED_ON_KEY, FittedOn, ProvenanceMismatch, model_sha256_of
+from helpers.provenance import FittedOn, model_sha256_of
+from helpers.serving import site as site_runtime
+from helpers.serving.site import (  # noqa: F401  (re-exported: a site calibration at screening time)
+    DEFAULT_CONFIDENCE,
+    SITE_FILE_NAME,
+    RecallGuarantee,
+    positives_needed,
+    recall_lower_bound,
+)
+from helpers.site_adaptation import (  # noqa: F401  (re-exported: steps 1 and 2, without labels)
+    CONTROL_TOLERANCE,
+    DEPTH_RULE_TEXT,
+    SHIFT_RULE,
+    ShiftThresholds,
+    adapt_batchnorm,
+    batchnorm_layers,
+    channel_moments,
+    depth_control,
+    disjoint_training_samples,
+    label_free_logits,
+    relative_statistics,
+    shift_report,
+    source_sample_for,
+)
+from helpers.site_heads import (  # noqa: F401  (re-exported: the fitting pieces of step 3)
+    Anchor,
+    AnchoredSpace,
+    LinearHead,
+    LocalFilmsContradictModel,
+    draw_by_patient,
+    estimate_prevalence,
+    fit_platt,
+    refit_head,
+    shift_to_prevalence,
+    split_patients,
+    weighted_logistic,
+)
 
-SITE_FILE_NAME = "site_calibration.json"
 REPORT_FILE_NAME = "new_site.json"
 K_VALUES = (5, 10, 20, 50, 100)
 MIN_K = 5
 RECOMMENDED_MIN_K = 10
 DEFAULT_DRAWS = 200
-DEFAULT_CONFIDENCE = 0.95
 METRICS = ("accuracy", "recall", "specificity", "ece", "coverage")
 
 PROTOCOL_TEXT = """\
@@ -99,607 +131,6 @@ How and when it was fixed (dates UTC):
 """
 
 
-class LocalFilmsContradictModel(ValueError):
-    """The labelled local films rank NORMAL above PNEUMONIA (Platt slope <= 0).
-
-    Raised by :func:`fit_platt` (and so by :func:`calibrate_site`) only for that
-    finding: the model cannot be calibrated for this site, and should not be used
-    there. It is the one error :func:`run_protocol` counts as a refused draw (the
-    site keeps the validation point); every other error is a fault and propagates.
-    """
-
-
-# --------------------------------------------------------------------------- #
-# Draws by patient
-# --------------------------------------------------------------------------- #
-def draw_by_patient(labels, patient_ids, k: int, rng: np.random.Generator,
-                    exclude_patients=()) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of ``k`` films per class (whole patients) and of every film left.
-
-    Patients of each class are taken in a random order; a patient joins the draw when
-    all their films of that class still fit in ``k``. Patients with films in both
-    classes stay out of the draw's other class and out of the rest. Patients in
-    ``exclude_patients`` are never drawn (their films stay in the rest): e.g. the
-    patients of the films an app offers as samples, so that a calibration shipped
-    with the app was not fitted on them.
-
-    Returns ``(draw (2k,) int, rest (M,) int)``, both sorted.
-    """
-    labels = np.asarray(labels).astype(int)
-    patient_ids = np.asarray(patient_ids).astype(str)
-    if len(labels) != len(patient_ids):
-        raise ValueError(f"{len(labels)} labels but {len(patient_ids)} patient ids.")
-    if k < 1:
-        raise ValueError(f"k must be >= 1 film per class, got {k}.")
-    drawable = ~np.isin(patient_ids, np.asarray(list(exclude_patients), dtype=str))  # (N,) bool
-    drawn = []
-    for label in (0, 1):
-        members = np.flatnonzero((labels == label) & drawable)
-        patients = np.unique(patient_ids[members])
-        if members.size < k:
-            left_out = int(((labels == label) & ~drawable).sum())
-            raise ValueError(f"The site has {members.size} films of class {label} to draw from"
-                             + (f" ({left_out} more belong to excluded patients)" if left_out else "")
-                             + f"; k = {k} needs more.")
-        chosen, room = [], k
-        for patient in rng.permutation(patients):
-            films = members[patient_ids[members] == patient]
-            if len(films) <= room:
-                chosen.extend(films.tolist())
-                room -= len(films)
-            if room == 0:
-                break
-        if room:
-            raise ValueError(f"Could not draw exactly {k} films of class {label} by whole patients.")
-        drawn.extend(chosen)
-    draw = np.sort(np.asarray(drawn, dtype=np.int64))
-    drawn_patients = set(patient_ids[draw].tolist())
-    rest = np.flatnonzero([patient not in drawn_patients for patient in patient_ids])
-    return draw, rest
-
-
-def split_patients(patient_ids, folds: int, rng: np.random.Generator) -> np.ndarray:
-    """(N,) fold number in [0, folds) per film, whole patients per fold, sizes balanced."""
-    patient_ids = np.asarray(patient_ids).astype(str)
-    patients = rng.permutation(np.unique(patient_ids))
-    fold_of = {patient: index % folds for index, patient in enumerate(patients)}
-    return np.array([fold_of[patient] for patient in patient_ids], dtype=np.int64)
-
-
-# --------------------------------------------------------------------------- #
-# The head: a linear map of pooled features, refit anchored on training films
-# --------------------------------------------------------------------------- #
-@dataclass(frozen=True)
-class LinearHead:
-    """logit = features @ weights + bias, on the model's 1280 pooled features."""
-
-    weights: np.ndarray  # (D,)
-    bias: float
-
-    def logits(self, features) -> np.ndarray:
-        features = np.asarray(features, dtype=np.float64)
-        if features.ndim != 2 or features.shape[1] != len(self.weights):
-            raise ValueError(f"Expected pooled features (N, {len(self.weights)}), got {features.shape}.")
-        return features @ self.weights + self.bias  # (N,)
-
-    @classmethod
-    def from_model(cls, model) -> "LinearHead":
-        """The Keras model's own head (its ``logit`` Dense layer)."""
-        kernel, bias = model.get_layer(LOGIT_LAYER).get_weights()  # (D, 1), (1,)
-        return cls(np.asarray(kernel[:, 0], dtype=np.float64), float(bias[0]))
-
-    def to_dict(self) -> dict:
-        return {"weights": self.weights.tolist(), "bias": self.bias}
-
-    @classmethod
-    def from_dict(cls, saved: dict, source: str = "") -> "LinearHead":
-        try:
-            weights = np.asarray(saved["weights"], dtype=np.float64)
-            bias = float(saved["bias"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: 'head' needs 'weights' (a list of numbers) and 'bias' ({error}).") \
-                from error
-        if weights.ndim != 1 or not np.all(np.isfinite(weights)) or not math.isfinite(bias):
-            raise ValueError(f"{source}: the head's weights must be finite numbers, one per feature.")
-        return cls(weights, bias)
-
-
-@dataclass(frozen=True)
-class AnchoredSpace:
-    """Where the head is refit: the model's own logit plus the top principal components.
-
-    The original logit keeps what training taught (the anchor); ``dims`` whitened
-    principal components of the training features give the refit room to move.
-    """
-
-    head: LinearHead
-    mean: np.ndarray  # (D,)
-    components: np.ndarray  # (dims, D), rows scaled to unit variance on training
-
-    @classmethod
-    def fit(cls, head: LinearHead, training_features, dims: int = 32) -> "AnchoredSpace":
-        features = np.asarray(training_features, dtype=np.float64)
-        mean = features.mean(axis=0)
-        _, singular, vectors = np.linalg.svd(features - mean, full_matrices=False)
-        dims = min(dims, len(singular))
-        scale = singular[:dims] / math.sqrt(max(len(features) - 1, 1))  # (dims,) std per component
-        return cls(head, mean, vectors[:dims] / scale[:, None])
-
-    def transform(self, features) -> np.ndarray:
-        """(N, D) pooled features -> (N, 1 + dims): [original logit, whitened components]."""
-        features = np.asarray(features, dtype=np.float64)
-        return np.column_stack([self.head.logits(features), (features - self.mean) @ self.components.T])
-
-    def to_head(self, coefficients: np.ndarray, intercept: float) -> LinearHead:
-        """The refit model written back as a head on the pooled features."""
-        anchor, rest = float(coefficients[0]), np.asarray(coefficients[1:])
-        weights = anchor * self.head.weights + self.components.T @ rest  # (D,)
-        bias = anchor * self.head.bias - float(self.mean @ (self.components.T @ rest)) + float(intercept)
-        return LinearHead(weights, bias)
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """The training films in an :class:`AnchoredSpace`, computed once for every refit."""
-
-    space: AnchoredSpace
-    x: np.ndarray  # (N, 1 + dims)
-    labels: np.ndarray  # (N,)
-
-    @classmethod
-    def build(cls, head: LinearHead, training_features, training_labels, dims: int = 32) -> "Anchor":
-        space = AnchoredSpace.fit(head, training_features, dims)
-        labels = np.asarray(training_labels).astype(int)
-        if len(labels) != len(training_features) or len(np.unique(labels)) < 2:
-            raise ValueError("Need one label per training film, with both classes present.")
-        return cls(space, space.transform(training_features), labels)
-
-
-def weighted_logistic(x, y, weights, regularization: float = 1.0, iterations: int = 50,
-                      tolerance: float = 1e-8) -> tuple[np.ndarray, float]:
-    """``(coefficients (D,), intercept)`` minimizing ``C * sum(w * log loss) + |coefficients|^2 / 2``.
-
-    The objective of scikit-learn's ``LogisticRegression(C=regularization)`` with
-    sample weights, solved by Newton's method with step halving (a few milliseconds
-    for thousands of rows and tens of columns, so thousands of refits stay cheap).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    design = np.column_stack([x, np.ones(len(x))])  # (N, D + 1), intercept last
-    y = np.asarray(y, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64) * regularization
-    penalty = np.ones(design.shape[1])
-    penalty[-1] = 0.0  # the intercept is not penalized
-
-    def objective(beta):
-        z = design @ beta
-        return float(np.sum(weights * (np.logaddexp(0.0, z) - y * z)) + 0.5 * np.sum(penalty * beta ** 2))
-
-    beta = np.zeros(design.shape[1])
-    value = objective(beta)
-    for _ in range(iterations):
-        p = sigmoid(design @ beta)
-        gradient = design.T @ (weights * (p - y)) + penalty * beta
-        hessian = (design * (weights * p * (1 - p))[:, None]).T @ design + np.diag(penalty) + 1e-9 * np.eye(len(beta))
-        step = np.linalg.solve(hessian, gradient)
-        scale = 1.0
-        while scale > 1e-4:
-            candidate = beta - scale * step
-            candidate_value = objective(candidate)
-            if candidate_value <= value:
-                break
-            scale /= 2
-        else:
-            break
-        converged = value - candidate_value < tolerance * max(1.0, abs(value))
-        beta, value = candidate, candidate_value
-        if converged:
-            break
-    return beta[:-1], float(beta[-1])
-
-
-def refit_head(anchor: Anchor, local_features, local_labels, local_share: float = 0.5,
-               regularization: float = 1.0) -> LinearHead:
-    """Logistic regression on training films plus weighted local films, in the anchor's space.
-
-    Each class gets equal total weight within training and within the local films
-    (a balanced fit: the site's class mix is put back later, by
-    :func:`shift_to_prevalence`); the local films together weigh ``local_share`` of
-    the total. ``regularization`` is the inverse L2 strength ``C``.
-    """
-    if not 0.0 < local_share < 1.0:
-        raise ValueError(f"local_share must be in (0, 1), got {local_share}.")
-    local_labels = np.asarray(local_labels).astype(int)
-    if len(np.unique(local_labels)) < 2:
-        raise ValueError("The local films need both classes (NORMAL and PNEUMONIA).")
-    x = np.vstack([anchor.x, anchor.space.transform(local_features)])
-    y = np.concatenate([anchor.labels, local_labels])
-    weights = np.concatenate([
-        _balanced_weights(anchor.labels) * (1.0 - local_share) / len(anchor.labels),
-        _balanced_weights(local_labels) * local_share / len(local_labels),
-    ]) * len(y)
-    coefficients, intercept = weighted_logistic(x, y, weights, regularization)
-    return anchor.space.to_head(coefficients, intercept)
-
-
-def _balanced_weights(labels: np.ndarray) -> np.ndarray:
-    """(N,) per-film weights of :func:`helpers.imbalance.class_weights` (they sum to N, half per class)."""
-    weights = class_weights(labels)
-    return np.where(labels == 1, weights[1], weights[0])
-
-
-# --------------------------------------------------------------------------- #
-# Calibration and the site's class mix
-# --------------------------------------------------------------------------- #
-def fit_platt(logits, labels) -> tuple[float, float]:
-    """(slope, intercept) of P(PNEUMONIA) = sigmoid(slope * logit + intercept), by max likelihood.
-
-    Balanced (each class half the weight), lightly regularized so that a draw the
-    logits separate perfectly still gives a finite slope. Raises
-    :class:`LocalFilmsContradictModel` when the slope is not positive (the local
-    films contradict the model's ranking), ValueError for films of one class only.
-    """
-    logits = np.asarray(logits, dtype=np.float64).reshape(-1, 1)
-    labels = np.asarray(labels).astype(int)
-    if len(np.unique(labels)) < 2:
-        raise ValueError("Platt scaling needs films of both classes.")
-    coefficients, intercept = weighted_logistic(logits, labels, _balanced_weights(labels))
-    slope = float(coefficients[0])
-    if slope <= 0:
-        raise LocalFilmsContradictModel(
-            f"Platt slope {slope:.3f} <= 0: on these local films the model ranks NORMAL above PNEUMONIA. "
-            "Do not use the model at this site; check the films and labels.")
-    return slope, intercept
-
-
-def estimate_prevalence(probabilities, prior: float = 0.5, iterations: int = 100,
-                        tolerance: float = 1e-6) -> float:
-    """The share of PNEUMONIA among unlabelled films, by EM (Saerens et al. 2002).
-
-    ``probabilities`` are calibrated for a population with PNEUMONIA share ``prior``;
-    the estimate is the prevalence under which they are self-consistent.
-    """
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-9, 1 - 1e-9)
-    if p.size == 0:
-        raise ValueError("Need at least one unlabelled film to estimate the class mix.")
-    if not 0.0 < prior < 1.0:
-        raise ValueError(f"prior must be in (0, 1), got {prior}.")
-    estimate = prior
-    for _ in range(iterations):
-        ratio_positive, ratio_negative = estimate / prior, (1 - estimate) / (1 - prior)
-        adjusted = ratio_positive * p / (ratio_positive * p + ratio_negative * (1 - p))
-        updated = float(adjusted.mean())
-        if abs(updated - estimate) < tolerance:
-            return updated
-        estimate = updated
-    return estimate
-
-
-def shift_to_prevalence(intercept: float, from_prior: float, to_prior: float) -> float:
-    """The calibration intercept for a population whose PNEUMONIA share is ``to_prior``."""
-    return float(intercept + logit(to_prior) - logit(from_prior))
-
-
-# --------------------------------------------------------------------------- #
-# The recall guarantee
-# --------------------------------------------------------------------------- #
-def recall_lower_bound(detected: int, positives: int, confidence: float = DEFAULT_CONFIDENCE) -> float:
-    """One-sided Clopper-Pearson lower bound on recall from ``detected`` of ``positives`` films.
-
-    With all ``k`` detected it is ``(1 - confidence) ** (1 / k)``: 20 of 20 gives 0.861.
-    """
-    from scipy.stats import beta
-
-    if positives < 1 or not 0 <= detected <= positives:
-        raise ValueError(f"Need 0 <= detected <= positives and positives >= 1, got {detected} of {positives}.")
-    if detected == 0:
-        return 0.0
-    return float(beta.ppf(1.0 - confidence, detected, positives - detected + 1))
-
-
-def positives_needed(target_recall: float, confidence: float = DEFAULT_CONFIDENCE) -> int:
-    """Local pneumonia films needed (all detected) before recall >= target can be claimed."""
-    if not 0.0 < target_recall < 1.0:
-        raise ValueError(f"target_recall must be in (0, 1), got {target_recall}.")
-    return int(math.ceil(math.log(1.0 - confidence) / math.log(target_recall)))
-
-
-@dataclass(frozen=True)
-class RecallGuarantee:
-    """What the local positives support: recall >= lower_bound with ``confidence``."""
-
-    positives: int
-    detected: int
-    confidence: float
-    lower_bound: float
-
-    @classmethod
-    def from_counts(cls, detected: int, positives: int, confidence: float = DEFAULT_CONFIDENCE):
-        return cls(int(positives), int(detected), float(confidence),
-                   recall_lower_bound(detected, positives, confidence))
-
-    def statement(self) -> str:
-        return (f"With {self.positives} local pneumonia films ({self.detected} detected, out of fold), "
-                f"recall >= {self.lower_bound:.2f} at {self.confidence:.0%} confidence.")
-
-    def claim(self, target_recall: float) -> str:
-        """A sentence that claims ``target_recall`` only when the local films support it."""
-        if self.lower_bound >= target_recall:
-            return f"Supported: {self.statement()}"
-        return (f"Not supported: recall >= {target_recall:g} cannot be claimed at "
-                f"{self.confidence:.0%} confidence from {self.positives} local pneumonia films "
-                f"({self.detected} detected); that needs at least "
-                f"{positives_needed(target_recall, self.confidence)}, all detected. {self.statement()}")
-
-    def to_dict(self) -> dict:
-        return {"positives": self.positives, "detected": self.detected, "confidence": self.confidence,
-                "lower_bound": self.lower_bound, "statement": self.statement()}
-
-
-# --------------------------------------------------------------------------- #
-# Step 1: the shift report (no labels)
-# --------------------------------------------------------------------------- #
-SHIFT_RULE = ("shifted when any of: two-sample AUC against training films (same estimated class mix) "
-              ">= {auc:g}; OOD guard accepts < {acceptance:.0%} of the films; median feature distance "
-              "above validation's {quantile:g}th percentile")
-
-
-@dataclass(frozen=True)
-class ShiftThresholds:
-    two_sample_auc: float = 0.75
-    min_acceptance: float = 0.97
-    distance_quantile: float = 90.0
-
-
-def shift_report(site_features, site_logits, site_accepted, validation_features, validation_logits,
-                 training_features, training_labels, detector, validation_point: OperatingPoint,
-                 validation_prevalence: float, thresholds: ShiftThresholds = ShiftThresholds(),
-                 seed: int = config.DEFAULT_SEED) -> dict:
-    """How a new site's **unlabelled** films compare with validation and training.
-
-    Args:
-        site_features: (N, D) pooled features of the site's films (the model's ``global_pool``).
-        site_logits: (N,) the model's logits on them.
-        site_accepted: (N,) bool, the OOD guard's verdicts on them.
-        validation_features, validation_logits: the same for validation (the reference).
-        training_features, training_labels: training films, for the two-sample test.
-        detector: the fitted ``helpers.ood.OODDetector`` (its feature distribution).
-        validation_point: the validation operating point (temperature, threshold).
-        validation_prevalence: PNEUMONIA share of validation, the class mix its
-            temperature was fitted at (the prior of the class-mix estimate).
-
-    Returns a JSON-able dict with ``acceptance``, ``distance`` (site and validation
-    quantiles), ``scores`` (calibrated-probability quantiles, share called PNEUMONIA,
-    Kolmogorov-Smirnov statistic against validation), ``estimated_prevalence``,
-    ``two_sample_auc``, ``verdict``, ``shifted`` and ``reasons``.
-    """
-    from scipy.stats import ks_2samp
-
-    site_features = np.asarray(site_features, dtype=np.float64)
-    site_logits = np.asarray(site_logits, dtype=np.float64).reshape(-1)
-    if len(site_features) != len(site_logits) or len(site_logits) != len(site_accepted):
-        raise ValueError("site_features, site_logits and site_accepted need one entry per film.")
-    quantiles = (5, 25, 50, 75, 95)
-    site_distance = detector.distribution.distances(site_features)
-    validation_distance = detector.distribution.distances(validation_features)
-    site_shown = validation_point.calibrated(site_logits)
-    validation_shown = validation_point.calibrated(validation_logits)
-    prevalence = estimate_prevalence(site_shown, prior=validation_prevalence)
-    # Two-sample test against training films resampled to the site's estimated class mix,
-    # so that a different mix of classes alone does not raise the AUC.
-    training_labels = np.asarray(training_labels).astype(int)
-    size = min(2 * len(site_logits), int(np.bincount(training_labels, minlength=2).min()))
-    sample = source_sample_for(training_labels, prevalence, size, seed)
-    training_scores, site_scores = shift.domain_scores(np.asarray(training_features)[sample], site_features,
-                                                       seed=seed)
-    auc = shift.domain_auc(training_scores, site_scores)
-    acceptance = float(np.mean(site_accepted))
-    distance_limit = float(np.percentile(validation_distance, thresholds.distance_quantile))
-    reasons = []
-    if auc >= thresholds.two_sample_auc:
-        reasons.append(f"a classifier tells these films from training films (two-sample AUC {auc:.2f})")
-    if acceptance < thresholds.min_acceptance:
-        reasons.append(f"the OOD guard accepts only {acceptance:.0%} of them")
-    if float(np.median(site_distance)) > distance_limit:
-        reasons.append(f"their median feature distance {np.median(site_distance):.1f} exceeds validation's "
-                       f"{thresholds.distance_quantile:g}th percentile {distance_limit:.1f}")
-    shifted = bool(reasons)
-    verdict = ("shifted: calibrate before use (label some local films: helpers.site.calibrate_site)"
-               if shifted else "looks like the training population")
-    return {
-        "n_films": int(len(site_logits)),
-        "acceptance": acceptance,
-        "distance": {"site": {f"p{q:02d}": float(np.percentile(site_distance, q)) for q in quantiles},
-                     "validation": {f"p{q:02d}": float(np.percentile(validation_distance, q)) for q in quantiles}},
-        "scores": {"site": {f"p{q:02d}": float(np.percentile(site_shown, q)) for q in quantiles},
-                   "validation": {f"p{q:02d}": float(np.percentile(validation_shown, q)) for q in quantiles},
-                   "site_called_pneumonia": float(np.mean(validation_point.predicted(sigmoid(site_logits)))),
-                   "validation_called_pneumonia": float(np.mean(validation_point.predicted(
-                       sigmoid(np.asarray(validation_logits, dtype=np.float64))))),
-                   "ks_statistic": float(ks_2samp(site_shown, validation_shown).statistic)},
-        "estimated_prevalence": prevalence,
-        "two_sample_auc": auc,
-        "shifted": shifted, "verdict": verdict, "reasons": reasons,
-        "rule": SHIFT_RULE.format(auc=thresholds.two_sample_auc, acceptance=thresholds.min_acceptance,
-                                  quantile=thresholds.distance_quantile),
-    }
-
-
-# --------------------------------------------------------------------------- #
-# Step 2: label-free adaptation (relative BatchNorm statistics)
-# --------------------------------------------------------------------------- #
-def batchnorm_layers(model) -> list:
-    """The model's BatchNormalization layers, in graph order."""
-    import keras
-
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-
-
-def channel_moments(extractor, images, batch_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per-channel mean and variance of each output of ``extractor`` over ``images``.
-
-    Returns one ``(mean (C,), variance (C,))`` pair per output, over batch, height and width.
-    """
-    sums, squares, counts = None, None, None
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)  # (B, S, S, 3)
-        outputs = extractor.predict_on_batch(batch)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        # each output has its own spatial size: (B * H_l * W_l, C_l) values per layer
-        flat = [np.asarray(output, dtype=np.float64).reshape(-1, output.shape[-1]) for output in outputs]
-        if sums is None:
-            sums = [np.zeros(f.shape[1]) for f in flat]
-            squares = [np.zeros(f.shape[1]) for f in flat]
-            counts = [0] * len(flat)
-        for index, values in enumerate(flat):
-            sums[index] += values.sum(axis=0)
-            squares[index] += np.square(values).sum(axis=0)
-            counts[index] += values.shape[0]
-    if sums is None:
-        raise ValueError("No images to measure.")
-    return [(total / count, np.maximum(square / count - np.square(total / count), 0.0))
-            for total, square, count in zip(sums, squares, counts)]
-
-
-def relative_statistics(moving_mean, moving_variance, epsilon: float, source, target,
-                        min_std: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """New BatchNorm statistics that map the target's moments onto the source's.
-
-    The layer then computes what it computed on source films for an input
-    standardized from target moments to source moments,
-    ``x' = (x - mean_t) * std_s / std_t + mean_s``. (Plain AdaBN would set the target
-    moments as the statistics; with folded statistics, as here, that collapses the model.)
-    Channels with (almost) no spread on either side keep their statistics.
-    """
-    mean_s, var_s = source
-    mean_t, var_t = target
-    std_s, std_t = np.sqrt(var_s), np.sqrt(var_t)
-    moving_mean = np.asarray(moving_mean, dtype=np.float64)
-    moving_variance = np.asarray(moving_variance, dtype=np.float64)
-    ok = (std_s > min_std) & (std_t > min_std)
-    ratio = np.where(ok, std_t / np.where(ok, std_s, 1.0), 1.0)  # (C,)
-    new_variance = np.where(ok, np.square(ratio) * (moving_variance + epsilon) - epsilon, moving_variance)
-    new_mean = np.where(ok, mean_t - (mean_s - moving_mean) * ratio, moving_mean)
-    return new_mean, np.maximum(new_variance, 0.0)
-
-
-def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 16,
-                    progress: bool = True, first_layers: int | None = None):
-    """A copy of ``model`` whose BatchNorm layers map target moments onto source moments.
-
-    Args:
-        source_images: (N, S, S, 3) 0-255 films like the training data, **with the
-            target's class mix** (a different mix is mistaken for a change of site:
-            :func:`source_sample_for`).
-        target_images: (M, S, S, 3) unlabelled films of the new site.
-        layers_per_pass: BatchNorm layers adapted per pass; the target's moments of
-            each group are measured through the already adapted layers below it.
-        first_layers: adapt only the first this many BatchNorm layers (None: all).
-            Early layers see acquisition (contrast, exposure, sharpness); deep ones see
-            content, whose moments also move with the class mix and with sampling noise.
-
-    Returns a new Keras model (same layers and names; convertible to TFLite).
-    """
-    import keras
-
-    adapted = keras.models.clone_model(model)
-    adapted.set_weights(model.get_weights())
-    layers = batchnorm_layers(model)[:first_layers]
-    if not layers:
-        raise ValueError("The model has no BatchNormalization layer to adapt.")
-    names = [layer.name for layer in layers]
-    source_extractor = keras.Model(model.inputs, [layer.input for layer in layers])
-    source = channel_moments(source_extractor, source_images, batch_size)
-    groups = [names[start:start + layers_per_pass] for start in range(0, len(names), layers_per_pass)]
-    offset = 0
-    for group in progress_bar(groups, desc="adapt BatchNorm", disable=not progress):
-        extractor = keras.Model(adapted.inputs, [adapted.get_layer(name).input for name in group])
-        target = channel_moments(extractor, target_images, batch_size)
-        for name, target_moments in zip(group, target):
-            layer = adapted.get_layer(name)
-            mean, variance = relative_statistics(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance),
-                                                 float(layer.epsilon), source[offset], target_moments)
-            layer.moving_mean.assign(mean.astype(np.float32))
-            layer.moving_variance.assign(variance.astype(np.float32))
-            offset += 1
-    return adapted
-
-
-def label_free_logits(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 32,
-                      progress: bool = False, first_layers: int | None = None):
-    """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model."""
-    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress,
-                              first_layers)
-    features = ood.compute_features(ood.feature_model(adapted), target_images, batch_size)  # (M, 1280)
-    return LinearHead.from_model(adapted).logits(features), adapted
-
-
-def source_sample_for(training_labels, prevalence: float, size: int, seed: int = config.DEFAULT_SEED) -> np.ndarray:
-    """Indices of ``size`` training films with PNEUMONIA share ``prevalence`` (seeded, sorted)."""
-    labels = np.asarray(training_labels).astype(int)
-    if not 0.0 <= prevalence <= 1.0:
-        raise ValueError(f"prevalence must be in [0, 1], got {prevalence}.")
-    positives = int(round(prevalence * size))
-    pools = (np.flatnonzero(labels == 1), np.flatnonzero(labels == 0))
-    wanted = (positives, size - positives)
-    if any(count > len(pool) for count, pool in zip(wanted, pools)):
-        raise ValueError(f"Not enough training films for {wanted[0]} PNEUMONIA + {wanted[1]} NORMAL.")
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.choice(pool, count, replace=False) for pool, count in zip(pools, wanted)]))
-
-
-CONTROL_TOLERANCE = 0.25  # largest |mean logit change| accepted when adapting training films to training films
-DEPTH_RULE_TEXT = ("adapt the first N BatchNorm layers, N the deepest candidate whose same-population control "
-                   "(one training sample adapted to another, disjoint, of the same size and class mix) moves the "
-                   f"mean logit by at most {CONTROL_TOLERANCE} -- chosen without any label of the site")
-
-
-def disjoint_training_samples(training_labels, prevalence: float, size: int,
-                              seed: int = config.DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint index sets of ``size`` training films each, both with PNEUMONIA share ``prevalence``."""
-    labels = np.asarray(training_labels).astype(int)
-    first = source_sample_for(labels, prevalence, size, seed)
-    rest = np.setdiff1d(np.arange(len(labels)), first)  # (R,) films not in the first sample
-    second = rest[source_sample_for(labels[rest], prevalence, size, seed + 1)]
-    return first, np.sort(second)
-
-
-def depth_control(model, training_images, training_labels, prevalence: float, size: int, depths,
-                  tolerance: float = CONTROL_TOLERANCE, layers_per_pass: int = 100, batch_size: int = 32,
-                  seed: int = config.DEFAULT_SEED) -> dict:
-    """How deep label-free adaptation may go before sampling noise alone moves the logits.
-
-    Adapting one sample of training films to another of the same population should
-    change nothing; every BatchNorm layer adapted adds the sampling noise of the two
-    samples' channel moments, and deep layers compound it: the change grows with the
-    number of layers adapted, from next to nothing for the first few to several logits
-    for all of them (notebook 08 prints ``shifts``). No site label is used.
-
-    Args:
-        training_images: (N, S, S, 3) 0-255 training films; ``training_labels`` (N,).
-        prevalence: the class mix of both samples (the site's, estimated by EM).
-        size: films per sample (the site's size, at most what the training films allow).
-        depths: candidate numbers of first BatchNorm layers (None: all of them).
-
-    Returns ``{"shifts": {name: mean logit change}, "chosen": depth, ...}`` with names
-    ``"4"``, ``"10"``, ... and ``"all"``; ``chosen`` is the deepest passing candidate
-    (None: all layers; 0: none passes, so do not adapt).
-    """
-    first, second = disjoint_training_samples(training_labels, prevalence, size, seed)
-    source, target = training_images[first], training_images[second]
-    head = LinearHead.from_model(model)
-    before = head.logits(ood.compute_features(ood.feature_model(model), target, batch_size))  # (size,)
-    shifts, passing = {}, []
-    for depth in depths:
-        after, _ = label_free_logits(model, source, target, layers_per_pass, batch_size, first_layers=depth)
-        name = "all" if depth is None else str(depth)
-        shifts[name] = float(np.mean(after - before))
-        if abs(shifts[name]) <= tolerance:
-            passing.append(depth)
-    deepest = max(passing, key=lambda depth: np.inf if depth is None else depth) if passing else 0
-    return {"shifts": shifts, "chosen": deepest, "tolerance": tolerance, "size": int(size),
-            "prevalence": float(prevalence), "rule": DEPTH_RULE_TEXT}
-
-
 # --------------------------------------------------------------------------- #
 # Few-label site calibration
 # --------------------------------------------------------------------------- #
@@ -744,26 +175,8 @@ class CalibrationRule:
 
 
 @dataclass(frozen=True)
-class SiteCalibration:
-    """A site's operating point, the head it applies to, and what the local films support."""
-
-    point: OperatingPoint
-    head: LinearHead
-    guarantee: RecallGuarantee
-    fitted_on: FittedOn | None = None  # the model whose features the head was fitted on; required to save
-
-    def logits(self, features) -> np.ndarray:
-        return self.head.logits(features)
-
-    def probabilities(self, features) -> np.ndarray:
-        """Raw P(PNEUMONIA) of the site head: what the threshold and band apply to."""
-        return sigmoid(self.head.logits(features))
-
-    def to_dict(self) -> dict:
-        saved = {**self.point.to_dict(), "head": self.head.to_dict(), "guarantee": self.guarantee.to_dict()}
-        if self.fitted_on is not None:
-            saved[FITTED_ON_KEY] = self.fitted_on.to_dict()
-        return saved
+class SiteCalibration(site_runtime.SiteCalibration):
+    """:class:`helpers.serving.site.SiteCalibration` (applied at screening time), saved here after fitting."""
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the calibration; it must know the model it was fitted on (``calibrate_site(..., fitted_on=)``)."""
@@ -772,39 +185,6 @@ class SiteCalibration:
                              "check it at load time: pass fitted_on=FittedOn.of_model_file(model_path, width) "
                              "to calibrate_site before saving.")
         return write_json(self.to_dict(), Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME)
-
-    def require_model(self, model_sha256: str | None, feature_width: int | None, source: str,
-                      model_name: str) -> None:
-        """Refuse (``ProvenanceMismatch``) unless this calibration was fitted on the model in use."""
-        remedy = (f"Calibrate the site again on this model (notebook 08, helpers.site.calibrate_site), or use "
-                  f"the model the calibration was fitted on.")
-        if self.fitted_on is None:
-            raise ProvenanceMismatch(f"{source} does not record which model it was fitted on. {remedy}")
-        if feature_width is not None and len(self.head.weights) != int(feature_width):
-            raise ProvenanceMismatch(f"{source} holds a head of {len(self.head.weights)} weights, but {model_name} "
-                                     f"gives {feature_width} features per film. {remedy}")
-        self.fitted_on.require(model_sha256, feature_width, source, model_name, remedy)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> "SiteCalibration":
-        path = Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME
-        remedy = "Write it with helpers.site.calibrate_site(...).save() (notebook 08)."
-        if not path.is_file():
-            raise FileNotFoundError(f"No site calibration at {path}. {remedy}")
-        saved = read_json_object(path, remedy)
-        for key in ("head", "guarantee"):
-            if not isinstance(saved.get(key), dict):
-                raise ValueError(f"{path}: no '{key}' object; this is not a site calibration file. {remedy}")
-        guarantee = saved["guarantee"]
-        try:
-            recall = RecallGuarantee.from_counts(guarantee["detected"], guarantee["positives"],
-                                                 guarantee["confidence"])
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: 'guarantee' lacks {error}. {remedy}") from error
-        fitted_on = FittedOn.from_dict(saved.get(FITTED_ON_KEY), str(path), (
-            "Calibrate the site again with notebook 08 (helpers.site.calibrate_site), which records the model."))
-        return cls(OperatingPoint.from_dict(saved, source=str(path), remedy=remedy),
-                   LinearHead.from_dict(saved["head"], str(path)), recall, fitted_on)
 
 
 def _site_head(rule: CalibrationRule, anchor: Anchor, features, labels) -> LinearHead:

@@ -23,10 +23,9 @@ import numpy as np
 
 from helpers import explorer, imaging
 from helpers.data import CLASS_NAMES, load_image
-from helpers.guard import UNLIKE_POPULATION
 
 IMAGE_WIDTH = "224px"
-UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.bmp,.gif,.webp,image/*"
+UPLOAD_ACCEPT = ".jpg,.jpeg,.png,.dcm,.bmp,.gif,.webp,image/*,application/dicom"  # the web app's types
 
 
 # --------------------------------------------------------------------------- #
@@ -55,37 +54,36 @@ def metrics_html(metrics: dict, threshold: float, chosen_threshold: float, point
 
 
 def explanation_html(explanation: explorer.Explanation) -> str:
-    """The verdict of one image: decision, calibrated probability, referral, truth, OOD, notes."""
-    name = html.escape(explanation.name)
-    if not explanation.accepted:
+    """The pipeline's verdict on one image (the web app's words), with the truth for a test case."""
+    result = explanation.result
+    name = html.escape(result.name)
+    if not result.accepted:
         return (f"<div><p><b>{name}</b></p><p style='color:#b00'><b>Not analysed.</b> "
-                f"{html.escape(explanation.message)}</p></div>")
-    outside = explanation.referred and explanation.ood is not None and explanation.ood.kind == UNLIKE_POPULATION
-    if outside:  # an X-ray unlike the validated population: the referral is the answer, the probability secondary
-        return ("<div>" + f"<p><b>{name}</b> &middot; engine: {html.escape(explanation.engine)}</p>"
-                "<p style='font-size:1.2em;color:#a60'><b>REFER to a radiologist</b></p>"
-                f"<p style='color:#a60'>{html.escape(explanation.ood.message)}</p>"
-                f"<p style='color:#555'>For reference only: the model leans {explanation.decision} "
-                f"(calibrated P(pneumonia) {explanation.calibrated_probability:.3f}), outside the population "
+                f"{html.escape(result.message)}</p></div>")
+    header = f"<p><b>{name}</b> &middot; engine: {html.escape(result.engine)}</p>"
+    if result.outside_population:  # an X-ray unlike the validated population: the referral is the answer
+        return ("<div>" + header + "<p style='font-size:1.2em;color:#a60'><b>REFER to a radiologist</b></p>"
+                f"<p style='color:#a60'>{html.escape(result.message)}</p>"
+                f"<p style='color:#555'>For reference only: the model leans {result.model_decision} "
+                f"(calibrated P(pneumonia) {result.calibrated_probability:.3f}), outside the population "
                 "its numbers were measured on.</p></div>")
-    colour = "#b00" if explanation.decision == CLASS_NAMES[1] else "#070"
+    colour = "#b00" if result.model_decision == CLASS_NAMES[1] else "#070"
     lines = [
-        f"<p><b>{name}</b> &middot; engine: {html.escape(explanation.engine)}</p>",
-        f"<p style='font-size:1.2em;color:{colour}'><b>{explanation.decision}</b></p>",
-        f"<p>calibrated P(pneumonia) <b>{explanation.calibrated_probability:.3f}</b> "
-        f"(raw model output {explanation.probability:.3f}; decision threshold {explanation.threshold:.3f} "
+        header,
+        f"<p style='font-size:1.2em;color:{colour}'><b>{result.model_decision}</b></p>",
+        f"<p>calibrated P(pneumonia) <b>{result.calibrated_probability:.3f}</b> "
+        f"(raw model output {result.probability:.3f}; decision threshold {result.threshold:.3f} "
         f"on the raw output)</p>",
     ]
-    if explanation.referred:
+    if result.referred:
         lines.append("<p style='color:#a60'><b>Inside the referral band: refer to a radiologist.</b></p>")
     if explanation.label is not None:
         lines.append(f"<p>truth: {CLASS_NAMES[explanation.label]} &middot; outcome <b>{explanation.outcome}</b></p>")
-    if explanation.ood is not None and explanation.ood.accepted:  # a refused known X-ray has a note instead
-        lines.append(f"<p style='color:#555'>OOD check: {html.escape(explanation.ood.message)}</p>")
-    for note in explanation.notes:
+    lines.append(f"<p style='color:#555'>Guard: {html.escape(result.message)}</p>")
+    for note in result.notes:
         lines.append(f"<p style='color:#555'>{html.escape(note)}</p>")
-    lines.append("<p style='color:#555'>Right: Grad-CAM, the regions that raised the score of "
-                 f"{explanation.decision}.</p>")
+    lines.append("<p style='color:#555'>Right: the heat map, the regions that raised the score of "
+                 f"{result.model_decision}.</p>")
     return "<div>" + "".join(lines) + "</div>"
 
 
@@ -107,7 +105,7 @@ class ExplorerApp:
     """Threshold panel, test-set case browser, engine choice and upload, in one widget.
 
     Args:
-        explainer: :class:`helpers.explorer.Explainer` (model, operating point, OOD, engines).
+        explainer: :class:`helpers.explorer.Explainer` (operating point, guard, engines, one pipeline each).
         predictions: DataFrame (``path``, ``label``, ``probability``, ``logit``) of the test
             images, row i for ``examples`` image i (from :func:`explorer.load_test_predictions`).
         examples: the test :class:`helpers.data.Examples` (images decoded on demand).
@@ -156,7 +154,7 @@ class ExplorerApp:
                                          description="Upload X-ray")
         self.upload_image = widgets.Image(format="png", layout=widgets.Layout(width=IMAGE_WIDTH))
         self.upload_overlay = widgets.Image(format="png", layout=widgets.Layout(width=IMAGE_WIDTH))
-        self.upload_html = widgets.HTML("Upload a frontal chest X-ray (JPEG or PNG, any size, grey or colour).")
+        self.upload_html = widgets.HTML("Upload a frontal chest X-ray (JPEG, PNG or DICOM, any size).")
 
         self.threshold.observe(self._on_threshold, names="value")
         self.reset.on_click(lambda _: setattr(self.threshold, "value", self.point.threshold))
@@ -255,7 +253,7 @@ class ExplorerApp:
         self.last_case = self.explainer.explain_image(
             image, name=str(self.examples.paths[index]).rsplit("/", 1)[-1], engine=self.engine.value,
             threshold=float(self.threshold.value), label=int(self.examples.labels[index]),
-            refuse_ood=False)  # a test image is a known X-ray: show the prediction, note the OOD verdict
+            known_film=True)  # a test image is a known X-ray: show the prediction, note the guard's verdict
         self._render(self.last_case, self.case_image, self.case_overlay, self.case_html)
 
     def _rerun_upload(self) -> None:

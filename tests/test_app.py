@@ -1,9 +1,11 @@
 """The Streamlit web app, headless (``streamlit.testing.v1.AppTest``), on tiny one-pass models.
 
-The app is a thin layer over :mod:`helpers.screening` (tested in test_screening); these
+The app is a thin layer over :mod:`helpers.serving.pipeline` (tested in test_screening); these
 tests pin what the page shows: a verdict, refusals as one-line messages (never an
 exception), the results table with its CSV download, the engine switch, the sample
-films and the page without a model.
+films and the page without a model. They need only the web app's dependencies
+(``app/requirements.txt``): ``.ci/run`` also runs them in such an environment, on tiny models
+written beforehand (``tests/films.py``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import one_pass, screening
-from tests.conftest import encode_image
-from tests.test_screening import POINT, film_bytes, grey_films, saved_classifier, tiny_classifier
+from helpers.serving import pipeline as screening
+from tests.films import encode_image, film_bytes, one_pass_models
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 DECISION_WORDS = ("PNEUMONIA:", "NORMAL:", "Refer to a radiologist")
@@ -26,14 +27,8 @@ DECISION_WORDS = ("PNEUMONIA:", "NORMAL:", "Refer to a radiologist")
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
-    """``<tmp>/tflite/`` with the three one-pass variants of the tiny classifier."""
-    folder = tmp_path_factory.mktemp("app") / "tflite"
-    classifier = tiny_classifier()
-    calibration = grey_films(16, seed=1).astype(np.uint8)
-    keras_file = saved_classifier(classifier, folder.parent)
-    for variant in screening.ONE_PASS_VARIANTS:
-        one_pass.convert_one_pass(classifier, variant, POINT, calibration, folder, keras_model_path=keras_file)
-    return folder
+    """``<tmp>/tflite/`` with the three one-pass variants of the tiny classifier (or $CXR_TEST_MODELS' copies)."""
+    return one_pass_models(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture
@@ -95,12 +90,12 @@ def test_a_film_gets_a_verdict_probability_and_timing(app):
 
 @pytest.mark.integration
 def test_a_real_test_xray_gets_a_verdict(real_data_dir, app):
-    from helpers import data
-
-    test = data.load_examples("test", real_data_dir).head(2, seed=0)
-    upload(app, (Path(test.paths[0]).name, bytes(test.image_bytes[0]), "image/jpeg"))
+    films = screening.sample_films(per_class=1, data_dir=real_data_dir)
+    if not films:
+        pytest.fail(f"{real_data_dir} has no chest_xray/test/{{NORMAL,PNEUMONIA}}/ films (the Kaggle layout).")
+    upload(app, (films[0].name, films[0].read_bytes(), "image/jpeg"))
     assert len(verdicts(app)) == 1
-    assert shown(app.subheader[0]) == Path(test.paths[0]).name
+    assert shown(app.subheader[0]) == films[0].name
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -157,14 +152,16 @@ def test_a_site_calibration_can_be_made_the_active_operating_point(model_folder,
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from helpers import site
+    from helpers.jsonio import write_json
     from helpers.operating_point import OperatingPoint
     from helpers.provenance import FittedOn
+    from helpers.serving import site
 
     point = OperatingPoint(threshold=0.3, chosen_on="site: 20 NORMAL + 20 PNEUMONIA labelled local films")
     fitted_on = FittedOn(screening.OnePassEngine(screening.one_pass_path("int8", model_folder)).keras_sha256, 8)
-    path = site.SiteCalibration(point, site.LinearHead(np.full(8, 0.05), -1.0),
-                                site.RecallGuarantee.from_counts(20, 20), fitted_on).save(tmp_path / "site_calibration.json")
+    calibration = site.SiteCalibration(point, site.LinearHead(np.full(8, 0.05), -1.0),
+                                       site.RecallGuarantee.from_counts(20, 20), fitted_on)
+    path = write_json(calibration.to_dict(), tmp_path / "site_calibration.json")  # as helpers.site saves it
     monkeypatch.setenv(screening.MODEL_ENVIRONMENT_VARIABLE, str(model_folder))
     monkeypatch.setenv(screening.SITE_ENVIRONMENT_VARIABLE, str(path))
     st.cache_resource.clear()

@@ -8,7 +8,7 @@ or dataset are needed.
 from __future__ import annotations
 
 import io
-import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -272,55 +272,92 @@ def test_too_many_pixels_is_rejected(monkeypatch):
 # --------------------------------------------------------------------------- #
 # Engines
 # --------------------------------------------------------------------------- #
-def test_keras_engine_matches_the_model(model):
-    images = np.stack([data.load_image(encode(fake_xray(seed))) for seed in range(3)])
-    probabilities, logits = explorer.keras_engine(model).predict(images)
-    np.testing.assert_allclose(probabilities, model.predict(images, verbose=0)[:, 0], atol=1e-5)
-    np.testing.assert_allclose(sigmoid(logits), probabilities)
+class ConstantEngine:
+    """An engine with the one-pass interface that always answers ``probability`` (features: ``features_of(pixels)``)."""
+
+    def __init__(self, probability: float, engine_name: str = "constant", features_of=None):
+        self.probability, self.engine_name, self.features_of = probability, engine_name, features_of
+        self.path, self.bias, self.point, self.provenance_note = Path(engine_name), 0.0, explorer.OperatingPoint(), ""
+
+    name = property(lambda self: self.engine_name)
+    version = property(lambda self: "test")
+    keras_sha256 = property(lambda self: None)
+    feature_width = property(lambda self: 6)
+
+    def run(self, pixels):
+        logit_map = np.zeros((7, 7), np.float32)
+        logit_map[0, 0] = 1.0
+        features = self.features_of(pixels) if self.features_of else np.zeros(6, np.float32)
+        return self.probability, logit_map, features
 
 
-def test_probability_engine_recovers_logits():
-    engine = explorer.probability_engine("constant", lambda images: np.full(len(images), 0.8))
-    probabilities, logits = engine.predict(np.zeros((2, 224, 224, 3)))
-    np.testing.assert_allclose(probabilities, 0.8)
-    np.testing.assert_allclose(logits, np.log(4.0))
+def test_the_keras_engine_gives_the_models_probability_and_the_one_pass_outputs(model):
+    image = data.load_image(encode(fake_xray(3)))
+    engine = explorer.KerasOnePassEngine(model, explorer.OperatingPoint())
+    probability, logit_map, features = engine.run(image)
+    assert probability == pytest.approx(float(model.predict(image[np.newaxis], verbose=0)[0, 0]), abs=1e-5)
+    assert logit_map.shape == (7, 7) and features.shape == (6,) and engine.feature_width == 6
+    assert sigmoid(float(logit_map.mean())) == pytest.approx(probability, abs=1e-5)  # the map's mean is the logit
+    with pytest.raises(ValueError, match="shape"):
+        engine.run(np.zeros((100, 100, 3)))
 
 
 def test_discover_engines_reports_missing_and_broken_tflite(model, tmp_path):
     engines, notes = explorer.discover_engines(model, tmp_path / "nothing")
-    assert list(engines) == ["Keras"] and "06_tflite_conversion" in notes[0]
-    (tmp_path / "broken.tflite").write_bytes(b"not a flatbuffer")
-    (tmp_path / "pneumonia_mobilenetv2_onepass_int8.tflite").write_bytes(b"the web app's, not an explorer engine")
+    assert list(engines) == [explorer.KERAS_ENGINE_NAME] and "06_tflite_conversion" in notes[0]
+    (tmp_path / "pneumonia_mobilenetv2_onepass_int8.tflite").write_bytes(b"not a flatbuffer")
+    (tmp_path / "pneumonia_mobilenetv2_float32.tflite").write_bytes(b"single-output: not a screening engine")
     engines, notes = explorer.discover_engines(model, tmp_path)
-    assert list(engines) == ["Keras"] and notes == [notes[0]] and "Skipped broken.tflite" in notes[0]
+    assert list(engines) == [explorer.KERAS_ENGINE_NAME] and len(notes) == 1
+    assert "Skipped pneumonia_mobilenetv2_onepass_int8.tflite" in notes[0]
 
 
-def test_a_converted_tflite_variant_is_an_engine(model, tmp_path):
-    from helpers import tflite
+def test_a_converted_one_pass_model_is_an_engine_that_agrees_with_keras(model, tmp_path):
+    from helpers import one_pass
 
-    path = tflite.convert(model, "float32", tmp_path / "pneumonia_mobilenetv2_float32.tflite")
-    engines, notes = explorer.discover_engines(model, tmp_path)
-    assert list(engines) == ["Keras", "TFLite float32"] and notes == []
-    image = data.load_image(encode(fake_xray(12)))[np.newaxis]
-    keras_probability, _ = engines["Keras"].predict(image)
-    tflite_probability, _ = engines["TFLite float32"].predict(image)
-    np.testing.assert_allclose(tflite_probability, keras_probability, atol=1e-4)
-    assert path.is_file()
+    point = explorer.OperatingPoint()
+    path = one_pass.convert_one_pass(model, "float32", point, directory=tmp_path)
+    engines, notes = explorer.discover_engines(model, tmp_path, point)
+    assert list(engines) == [explorer.KERAS_ENGINE_NAME, "TFLite float32 (one pass)"] and path.is_file()
+    assert "provenance not checked" in engines["TFLite float32 (one pass)"].provenance_note
+    explainer = explorer.Explainer(model, point, engines=engines)
+    content = encode(fake_xray(12))
+    keras, tflite = (explainer.explain_bytes(content, "film.png", engine) for engine in engines)
+    assert keras.probability == pytest.approx(tflite.probability, abs=1e-4)
+    np.testing.assert_allclose(keras.heatmap, tflite.heatmap, atol=1e-3)
+
+
+def test_an_out_of_date_tflite_model_is_skipped_with_the_remedy(model, tmp_path):
+    from helpers import one_pass
+
+    artifacts = tmp_path / "artifacts"
+    keras_file = artifacts / "model" / "pneumonia_mobilenetv2.keras"
+    keras_file.parent.mkdir(parents=True)
+    keras_file.write_bytes(b"the model this phone model was converted from")
+    one_pass.convert_one_pass(model, "float32", explorer.OperatingPoint(), directory=artifacts / "tflite",
+                              keras_model_path=keras_file)
+    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
+    assert list(engines) == [explorer.KERAS_ENGINE_NAME, "TFLite float32 (one pass)"]
+    keras_file.write_bytes(b"trained again since")
+    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
+    assert list(engines) == [explorer.KERAS_ENGINE_NAME] and "another Keras model" in notes[0]
+    assert "notebook 06" in notes[0]
 
 
 # --------------------------------------------------------------------------- #
-# Explaining one image
+# Screening one image through the pipeline
 # --------------------------------------------------------------------------- #
 def test_explain_a_valid_upload(model, detector):
     point = explorer.OperatingPoint(threshold=0.5, temperature=2.0, band_low=0.0, band_high=1.0)
     explainer = explorer.Explainer(model, point, detector)
     result = explainer.explain_bytes(encode(fake_xray(200, 600, 500), "JPEG"), "mine.jpg")
+    assert isinstance(result.result, explorer.ScreeningResult)
     assert result.accepted, result.message
     assert result.decision == ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL")
-    assert result.calibrated_probability == pytest.approx(sigmoid(result.logit / 2.0))
+    assert result.calibrated_probability == pytest.approx(float(point.calibrated_from_probability(result.probability)))
     assert result.heatmap.shape == (224, 224) and 0 <= result.heatmap.min() <= result.heatmap.max() <= 1
-    assert result.referred  # the band covers everything
-    assert result.ood.gate == "accepted" and result.info.width == 500
+    assert result.referred and result.result.decision == "REFER"  # the band covers everything
+    assert result.result.guard == "chest_xray" and result.result.info.width == 500
     assert "mine.jpg" in result.summary() and "refer" in result.summary()
     assert explorer.overlay_image(result).shape == (224, 224, 3)
 
@@ -329,10 +366,10 @@ def test_explain_with_a_threshold_override_and_a_label(model):
     explainer = explorer.Explainer(model, explorer.OperatingPoint())
     image = data.load_image(encode(fake_xray(13)))
     low = explainer.explain_image(image, "case", threshold=0.0, label=0)
-    assert low.decision == "PNEUMONIA" and low.outcome == "FP"
-    assert any("No out-of-distribution check" in note for note in low.notes)
-    high = explainer.explain_image(image, "case", threshold=1.0, label=1, check_ood=False)
-    assert high.decision == "NORMAL" and high.outcome == "FN" and high.notes == ()
+    assert low.decision == "PNEUMONIA" and low.outcome == "FP" and low.threshold == 0.0
+    assert any("No OOD detector found" in note for note in low.notes)  # the app's note, word for word
+    high = explainer.explain_image(image, "case", threshold=1.0, label=1)
+    assert high.decision == "NORMAL" and high.outcome == "FN" and "truth PNEUMONIA (FN)" in high.summary()
 
 
 def test_explain_rejects_corrupt_colour_and_non_xray_images(model, detector):
@@ -340,26 +377,34 @@ def test_explain_rejects_corrupt_colour_and_non_xray_images(model, detector):
     corrupt = explainer.explain_bytes(b"GIF89a" + b"\0" * 20, "broken.gif")
     assert not corrupt.accepted and corrupt.probability is None and "broken.gif" in corrupt.message
     photo = explainer.explain_bytes(encode(colour_photo(), "JPEG"), "china.jpg")
-    assert not photo.accepted and photo.ood.gate == "colour" and "colour" in photo.message
+    assert not photo.accepted and photo.result.guard == "not_xray" and "colour" in photo.message
     board = explainer.explain_bytes(encode(checkerboard()), "board.png")
-    assert not board.accepted and board.ood.gate == "features"
-    assert "does not look like the chest X-rays" in board.message
-    assert board.heatmap is None and board.image is not None  # the reader still sees what was sent
+    assert not board.accepted and "does not look like the chest X-rays" in board.message
+    assert board.heatmap is None
     assert "not analysed" in board.summary()
 
 
 def test_explainer_engine_choice(model):
-    constant = explorer.probability_engine("TFLite fake", lambda images: np.full(len(images), 0.9))
     explainer = explorer.Explainer(model, explorer.OperatingPoint(),
-                                   engines={"Keras": explorer.keras_engine(model), "TFLite fake": constant})
+                                   engines={"Keras": explorer.KerasOnePassEngine(model, explorer.OperatingPoint()),
+                                            "fake": ConstantEngine(0.9, "fake")})
     image = data.load_image(encode(fake_xray(14)))
-    result = explainer.explain_image(image, engine="TFLite fake", check_ood=False)
-    assert result.probability == pytest.approx(0.9) and result.engine == "TFLite fake"
-    assert any("Grad-CAM is computed on the Keras model" in note for note in result.notes)
+    result = explainer.explain_image(image, engine="fake")
+    assert result.probability == pytest.approx(0.9) and result.engine == "fake" and result.decision == "PNEUMONIA"
     with pytest.raises(ValueError, match="Unknown engine"):
         explainer.explain_image(image, engine="Keras int3")
     with pytest.raises(ValueError, match="224"):
         explainer.explain_image(np.zeros((100, 100, 3)))
+
+
+def test_compare_engines_gives_a_row_per_image_and_engine(model):
+    explainer = explorer.Explainer(model, explorer.OperatingPoint(),
+                                   engines={"Keras": explorer.KerasOnePassEngine(model, explorer.OperatingPoint()),
+                                            "fake": ConstantEngine(0.9, "fake")})
+    images = np.stack([data.load_image(encode(fake_xray(seed))) for seed in (20, 21)])
+    table = explorer.compare_engines(explainer, images, ["a", "b"])
+    assert len(table) == 4 and set(table["engine"]) == {"Keras", "fake"}
+    assert table.loc[table["engine"] == "fake", "probability"].tolist() == pytest.approx([0.9, 0.9])
 
 
 def test_plot_explanation_for_accepted_and_rejected(model):
@@ -369,6 +414,8 @@ def test_plot_explanation_for_accepted_and_rejected(model):
     for result in (accepted, rejected):
         assert explorer.figure_png(explorer.plot_explanation(result)).startswith(b"\x89PNG")
     assert imaging.png_bytes(accepted.image).startswith(b"\x89PNG")
+    table = explorer.upload_results_table([accepted, rejected])
+    assert table["analysed"].tolist() == [True, False] and "empty.png" in table["message"][1]
 
 
 # --------------------------------------------------------------------------- #
@@ -395,9 +442,9 @@ def test_load_test_predictions_falls_back_to_predicting_and_says_why(model):
 def test_a_known_xray_flagged_by_the_ood_check_is_still_explained_with_a_note(model, detector):
     explainer = explorer.Explainer(model, explorer.OperatingPoint(), detector)
     board = data.load_image(encode(checkerboard()))
-    result = explainer.explain_image(board, "test case", label=1, refuse_ood=False)
+    result = explainer.explain_image(board, "test case", label=1, known_film=True)
     assert result.accepted and result.heatmap is not None
-    assert any("would not give a plain decision" in note for note in result.notes)
+    assert any("would not give a decision if this film were uploaded" in note for note in result.notes)
 
 
 def test_exif_rotated_phone_photo_is_turned_upright():
@@ -429,34 +476,15 @@ def test_a_truncated_exif_rotated_photo_is_rejected_not_raised():
         uploads.decode_upload(content[: len(content) // 2], "half.jpg")
 
 
-def test_an_out_of_date_tflite_model_is_skipped_with_the_remedy(model, tmp_path):
-    from helpers import tflite
-    from helpers.operating_point import OperatingPoint
-
-    artifacts = tmp_path / "artifacts"
-    keras_file = artifacts / "model" / "pneumonia_mobilenetv2.keras"
-    keras_file.parent.mkdir(parents=True)
-    keras_file.write_bytes(b"the model this phone model was converted from")
-    path = tflite.convert(model, "float32", artifacts / "tflite" / "pneumonia_mobilenetv2_float32.tflite")
-    tflite.publish_metadata(path, tflite.build_metadata(path, "float32", OperatingPoint(), keras_file))
-    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
-    assert list(engines) == ["Keras", "TFLite float32"]
-    keras_file.write_bytes(b"trained again since")
-    engines, notes = explorer.discover_engines(model, artifacts / "tflite")
-    assert list(engines) == ["Keras"] and "another Keras model" in notes[0] and "notebook 06" in notes[0]
-
-
 def test_an_engine_whose_model_file_breaks_gives_a_message_not_a_traceback(model):
     from helpers.tflite import TFLiteModelError
 
-    class BrokenEngine:
-        name = "int8 (TFLite)"
-
-        def predict(self, images):
-            raise TFLiteModelError("pneumonia_mobilenetv2_int8.tflite is not a TFLite model: convert again "
+    class BrokenEngine(ConstantEngine):
+        def run(self, pixels):
+            raise TFLiteModelError("pneumonia_mobilenetv2_onepass_int8.tflite is not a TFLite model: convert again "
                                    "(re-run notebook 06).")
 
-    explainer = explorer.Explainer(model, explorer.OperatingPoint(), engines={"int8 (TFLite)": BrokenEngine()})
-    result = explainer.explain_bytes(encode(fake_xray(1)), "film.png", engine="int8 (TFLite)")
+    explainer = explorer.Explainer(model, explorer.OperatingPoint(), engines={"int8": BrokenEngine(0.5, "int8")})
+    result = explainer.explain_bytes(encode(fake_xray(1)), "film.png", engine="int8")
     assert not result.accepted and result.probability is None and result.heatmap is None
-    assert "pneumonia_mobilenetv2_int8.tflite" in result.message and "re-run notebook 06" in result.message
+    assert "pneumonia_mobilenetv2_onepass_int8.tflite" in result.message and "re-run notebook 06" in result.message

@@ -20,49 +20,11 @@ import pytest
 from helpers import one_pass, screening
 from helpers.operating_point import OperatingPoint
 from helpers.provenance import FittedOn, ProvenanceMismatch
-from tests.conftest import encode_image
-
-POINT = OperatingPoint(threshold=0.5, band_low=0.45, band_high=0.55, chosen_on="test fixture", rule="fixed")
-
-
-def tiny_classifier(seed: int = 0):
-    """Raw 0-255 (B, 224, 224, 3) in, P(PNEUMONIA) (B, 1) out, with the layer names one_pass needs."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(224, 224, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
-    x = keras.layers.Conv2D(8, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, 8)
-    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 8)
-    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(0.3))(pooled)
-    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
-    return keras.Model(inputs, probability, name="tiny_screening")
-
-
-def grey_films(count: int, seed: int = 0) -> np.ndarray:
-    """(count, 224, 224, 3) float32 grey pictures with structure (a bright blob at a random place)."""
-    rng = np.random.default_rng(seed)
-    films = []
-    rows, columns = np.mgrid[0:224, 0:224]
-    for _ in range(count):
-        centre = rng.uniform(40, 184, 2)
-        blob = 200 * np.exp(-((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (2 * 30.0 ** 2))
-        grey = np.clip(blob + rng.normal(40, 10, (224, 224)), 0, 255)
-        films.append(np.repeat(grey[..., np.newaxis], 3, axis=-1))
-    return np.stack(films).astype(np.float32)
-
+from tests.films import POINT, encode_image, film_bytes, grey_films, saved_classifier, tiny_classifier  # noqa: F401  (re-exported)
 
 @pytest.fixture(scope="module")
 def classifier():
     return tiny_classifier()
-
-
-def saved_classifier(classifier, directory: Path) -> Path:
-    """The tiny classifier as a ``.keras`` file: what the phone models' metadata records the hash of."""
-    path = directory / "tiny_classifier.keras"
-    if not path.is_file():
-        classifier.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +41,6 @@ def models(classifier, tmp_path_factory):
 @pytest.fixture(scope="module")
 def screener(models):
     return screening.Screener(screening.OnePassEngine(models["float32"]))
-
-
-def film_bytes(seed: int = 3) -> bytes:
-    return encode_image(grey_films(1, seed)[0, ..., 0].astype(np.uint8), "PNG")
 
 
 # ----------------------------------------------------------------- the one-pass model (Keras)

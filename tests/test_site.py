@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import data, screening, site
+from helpers import data, screening, site, site_adaptation
 from helpers.operating_point import OperatingPoint, sigmoid
 from helpers.provenance import FittedOn, ProvenanceMismatch
 
@@ -437,7 +437,7 @@ def test_depth_control_picks_the_deepest_depth_that_stays_quiet(monkeypatch):
     monkeypatch.setattr(site.LinearHead, "from_model", classmethod(lambda cls, model: Head()))
     monkeypatch.setattr("helpers.ood.feature_model", lambda model: None)
     monkeypatch.setattr("helpers.ood.compute_features", lambda extractor, images, batch_size=32: images[:, 0])
-    monkeypatch.setattr(site, "label_free_logits", lambda model, source, target, *args, first_layers=None, **kw: (
+    monkeypatch.setattr(site_adaptation, "label_free_logits", lambda model, source, target, *args, first_layers=None, **kw: (
         np.full(len(target), shifts[first_layers]), None))
     images = np.zeros((100, 2))
     labels = np.array([1, 0] * 50)

@@ -11,7 +11,7 @@ from helpers import explorer, predict, widgets
 from helpers.operating_point import load_operating_point
 from helpers.widgets import upload_entry
 from tests.test_explorer import (
-    checkerboard, colour_photo, encode, fake_examples, fake_xray, fit_fake_detector, tiny_model,
+    ConstantEngine, checkerboard, colour_photo, encode, fake_examples, fake_xray, fit_fake_detector, tiny_model,
 )
 
 PNG_SIGNATURE = b"\x89PNG"
@@ -157,10 +157,8 @@ def test_empty_upload_value_changes_nothing(parts):
 
 def test_engine_choice_reruns_the_case_and_the_upload(parts):
     model = parts[0]
-    engines = {
-        "Keras": explorer.keras_engine(model),
-        "TFLite fake": explorer.probability_engine("TFLite fake", lambda images: np.full(len(images), 0.97)),
-    }
+    keras = explorer.KerasOnePassEngine(model, explorer.OperatingPoint())
+    engines = {"Keras": keras, "TFLite fake": ConstantEngine(0.97, "TFLite fake", lambda pixels: keras.run(pixels)[2])}
     app = make_app(parts, engines=engines)
     assert list(app.engine.options) == ["Keras", "TFLite fake"]
     app.upload.value = (upload_entry("x.png", encode(fake_xray(303))),)
@@ -168,7 +166,11 @@ def test_engine_choice_reruns_the_case_and_the_upload(parts):
     assert "engine: TFLite fake" in app.case_html.value and "engine: TFLite fake" in app.upload_html.value
     assert app.last_case.probability == pytest.approx(0.97)
     assert "raw model output 0.970" in app.upload_html.value
-    assert "Grad-CAM is computed on the Keras model" in app.case_html.value
+    assert "the heat map" in app.case_html.value and shown(app.case_overlay.value).startswith(PNG_SIGNATURE)
+
+
+def test_the_upload_filter_takes_what_the_web_app_takes():
+    assert ".dcm" in widgets.UPLOAD_ACCEPT and ".png" in widgets.UPLOAD_ACCEPT
 
 
 def test_missing_metrics_warning_is_shown(parts):

@@ -25,6 +25,7 @@ from helpers.tflite.paths import (
     file_sha256,
     metadata_path,
 )
+from helpers.serving.engine import REQUIRED_METADATA, read_metadata  # noqa: F401  (read_metadata re-exported)
 from helpers.tflite.runtime import TensorInfo, load_interpreter, read_model_bytes
 
 
@@ -130,12 +131,11 @@ def build_metadata(
     return metadata
 
 
-_REQUIRED_METADATA = ("schema_version", "model_file", "variant", "labels", "input", "output", "decision")
 
 
 def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     """Write ``metadata`` as JSON beside ``model_path`` (same stem, ``.json``)."""
-    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ValueError(f"Metadata lacks {missing}: build it with helpers.tflite.build_metadata.")
     return write_json(metadata, metadata_path(model_path))
@@ -231,32 +231,6 @@ def publish_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
     embed_metadata(model_path, metadata)
     final = {**metadata, "model_sha256": file_sha256(model_path), "size_bytes": Path(model_path).stat().st_size}
     return write_metadata(model_path, final)
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """Read the metadata of a ``.tflite`` (pass the model or the ``.json`` path).
-
-    Raises:
-        FileNotFoundError: no metadata file (with how to write it).
-        TFLiteModelError: not JSON, a different schema version, or required keys missing.
-    """
-    path = Path(path)
-    path = metadata_path(path) if path.suffix == ".tflite" else path
-    if not path.is_file():
-        raise FileNotFoundError(f"No metadata file at {path}. Write it with helpers.tflite.write_metadata "
-                                "(notebooks/06_tflite_conversion.ipynb does it for every variant).")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise TFLiteModelError(f"{path} is not valid JSON ({error}). Delete it and re-run notebook 06.") from error
-    if not isinstance(metadata, dict) or metadata.get("schema_version") != METADATA_SCHEMA_VERSION:
-        version = metadata.get("schema_version") if isinstance(metadata, dict) else None
-        raise TFLiteModelError(f"{path} has metadata schema version {version!r}; this code reads "
-                               f"version {METADATA_SCHEMA_VERSION}. Re-run notebook 06.")
-    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise TFLiteModelError(f"{path} lacks {missing}. Re-run notebook 06 to rewrite it.")
-    return metadata
 
 
 def interpret(probability: float, metadata: dict) -> dict:

@@ -6,15 +6,18 @@ import os
 from pathlib import Path
 
 from helpers import config
-from helpers.errors import UnusableInput
 from helpers.provenance import file_sha256  # noqa: F401  (re-exported: the phone models' hash)
+from helpers.serving.engine import (  # noqa: F401  (re-exported: what the screening runtime reads too)
+    METADATA_SCHEMA_VERSION,
+    TFLITE_FILE_IDENTIFIER,
+    TFLiteModelError,
+    metadata_path,
+)
 
 
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
 TFLITE_SUBDIR = "tflite"
 MODEL_STEM = "pneumonia_mobilenetv2"
-METADATA_SCHEMA_VERSION = 1
-TFLITE_FILE_IDENTIFIER = b"TFL3"  # bytes 4..8 of every TFLite flatbuffer
 # Stated tolerances (max |probability difference| vs Keras) used by the tests on a
 # tiny model and reported by the notebook for MobileNetV2.
 PROBABILITY_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "dynamic_range": 3e-2, "int8": 5e-2}
@@ -32,10 +35,6 @@ DATASET_PROVENANCE = {
 }
 
 
-class TFLiteModelError(UnusableInput):
-    """A .tflite or metadata file is corrupt, unreadable or not what the code expects."""
-
-
 def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"Unknown TFLite variant {variant!r}: use one of {VARIANTS}.")
@@ -51,10 +50,3 @@ def tflite_path(variant: str, directory: str | os.PathLike | None = None) -> Pat
     check_variant(variant)
     directory = Path(directory) if directory is not None else tflite_dir()
     return directory / f"{MODEL_STEM}_{variant}.tflite"
-
-
-def metadata_path(model_path: str | os.PathLike) -> Path:
-    """The metadata file beside a ``.tflite``: same folder and stem, ``.json``."""
-    return Path(model_path).with_suffix(".json")
-
-

@@ -1,17 +1,29 @@
-"""Run a ``.tflite``: one wrapper (:class:`TFLiteClassifier`) for float, uint8 and int8 input and output."""
+"""Run a ``.tflite``: one wrapper (:class:`TFLiteClassifier`) for float, uint8 and int8 input and output.
+
+The interpreter pool, tensor descriptions and (de)quantization are the screening
+runtime's (:mod:`helpers.serving.engine`), re-exported here.
+"""
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from helpers.progress import progress_bar
-from helpers.tflite.paths import TFLITE_FILE_IDENTIFIER, TFLiteModelError
+from helpers.serving import engine as serving_engine
+from helpers.serving.engine import (  # noqa: F401  (re-exported: the LiteRT runtime the screening pipeline uses)
+    InterpreterPool,
+    TensorInfo,
+    default_pool_size,
+    dequantize,
+    output_values,
+    quantize,
+    read_model_bytes,
+    to_input_dtype,
+)
+from helpers.tflite.paths import TFLiteModelError
 
 
 INTERPRETER_DEPRECATION_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
@@ -28,165 +40,9 @@ def interpreter_class():
     return Interpreter
 
 
-def read_model_bytes(path: Path) -> bytes:
-    """The bytes of a ``.tflite``, with a clear error when it is missing or not a TFLite flatbuffer."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No TFLite model at {path}. Create it with notebooks/06_tflite_conversion.ipynb "
-            "(python -m helpers.notebooks --only 06), or set CXR_ARTIFACTS_DIR to the artifacts "
-            "folder that holds tflite/."
-        )
-    content = path.read_bytes()
-    if len(content) < 8 or content[4:8] != TFLITE_FILE_IDENTIFIER:
-        raise TFLiteModelError(
-            f"{path} is not a TFLite model ({len(content)} bytes, no 'TFL3' flatbuffer identifier): "
-            "it is empty, truncated or another kind of file. Delete it and convert again "
-            "(notebooks/06_tflite_conversion.ipynb)."
-        )
-    return content
-
-
 def load_interpreter(path: str | os.PathLike, num_threads: int | None = 1):
-    path = Path(path)
-    content = read_model_bytes(path)
-    try:
-        interpreter = interpreter_class()(model_content=content, num_threads=num_threads)
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as error:
-        raise TFLiteModelError(
-            f"{path} could not be loaded by the LiteRT interpreter ({str(error).strip()[:300]}). "
-            "The file is corrupt or was written for a newer runtime: delete it and convert again "
-            "(notebooks/06_tflite_conversion.ipynb)."
-        ) from error
-    return interpreter
-
-
-def default_pool_size(num_threads: int | None) -> int:
-    """Interpreters worth keeping for concurrent calls: the CPU's cores divided by each one's threads."""
-    return max(1, (os.cpu_count() or 1) // max(1, num_threads or 1))
-
-
-class InterpreterPool:
-    """Interpreters of one model for concurrent callers: each call has one to itself for its whole run.
-
-    A LiteRT interpreter holds one set of input and output buffers, so two threads that
-    interleave ``set_tensor`` / ``invoke`` / ``get_tensor`` on the same interpreter get
-    an error ("There is at least 1 reference to internal data ...") or each other's
-    results. A pool gives every call its own interpreter from ``set_tensor`` to the
-    last ``get_tensor`` (:meth:`run`), creating up to ``size`` of them on demand; a call
-    beyond that waits for one to come back. With ``size`` 1 this is a lock around the
-    whole sequence; more interpreters only help while there are idle cores, hence
-    :func:`default_pool_size`.
-    """
-
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1, size: int | None = None):
-        self.path = Path(path)
-        self.num_threads = num_threads
-        self.size = int(size) if size is not None else default_pool_size(num_threads)
-        if self.size < 1:
-            raise ValueError(f"An interpreter pool needs at least one interpreter, got size {size}.")
-        first = load_interpreter(self.path, num_threads)  # validates the file once, up front
-        self.first = first  # for tensor details, which every interpreter of the model shares
-        self._idle = queue.LifoQueue()  # the most recently used interpreter first: its memory is warm
-        self._idle.put(first)
-        self._created = 1
-        self._creating = threading.Lock()
-
-    @property
-    def created(self) -> int:
-        """How many interpreters exist so far (at most :attr:`size`)."""
-        return self._created
-
-    def _take(self):
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._creating:
-            if self._created < self.size:
-                self._created += 1
-                create = True
-            else:
-                create = False
-        if create:
-            try:
-                return load_interpreter(self.path, self.num_threads)
-            except BaseException:
-                with self._creating:
-                    self._created -= 1
-                raise
-        return self._idle.get()  # every interpreter is busy: wait for one
-
-    def run(self, job):
-        """``job(interpreter)`` with an interpreter no other thread touches until it returns; its result.
-
-        ``job`` must copy what it reads (``get_tensor`` does; ``tensor()`` views do not).
-        """
-        interpreter = self._take()
-        try:
-            return job(interpreter)
-        finally:
-            self._idle.put(interpreter)
-
-
-def quantize(values: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
-    """Real values -> integer tensor values: ``round(x / scale) + zero_point``, clipped."""
-    info = np.iinfo(dtype)
-    quantized = np.round(np.asarray(values, dtype=np.float64) / scale) + zero_point
-    return np.clip(quantized, info.min, info.max).astype(dtype)
-
-
-def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Integer tensor values -> real values: ``(q - zero_point) * scale`` as float32."""
-    return ((np.asarray(values, dtype=np.float64) - zero_point) * scale).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """What one input/output tensor wants: name, shape, dtype and (scale, zero point)."""
-
-    name: str
-    index: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    scale: float
-    zero_point: int
-
-    @property
-    def quantized(self) -> bool:
-        return np.issubdtype(self.dtype, np.integer) and self.scale != 0.0
-
-    @classmethod
-    def from_details(cls, details: dict) -> "TensorInfo":
-        scale, zero_point = details["quantization"]
-        return cls(details["name"], int(details["index"]), tuple(int(d) for d in details["shape"]),
-                   np.dtype(details["dtype"]), float(scale), int(zero_point))
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name,
-                "quantization": {"scale": self.scale, "zero_point": self.zero_point} if self.quantized else None}
-
-
-def to_input_dtype(info: TensorInfo, images: np.ndarray) -> np.ndarray:
-    """0-255 pixels -> what the input tensor ``info`` takes.
-
-    Quantized inputs use their (scale, zero point); an unquantized integer input (the
-    int8 variants' uint8 pixels, cast to float inside) takes the pixel values rounded
-    and clipped, i.e. scale 1 and zero point 0.
-    """
-    if info.quantized:
-        return quantize(images, info.dtype, info.scale, info.zero_point)
-    if np.issubdtype(info.dtype, np.integer):
-        return quantize(images, info.dtype, 1.0, 0)
-    return np.asarray(images).astype(info.dtype)
-
-
-def output_values(interpreter, info: TensorInfo) -> np.ndarray:
-    """The output tensor ``info`` after an invocation, as float32 (dequantized if integer)."""
-    raw = interpreter.get_tensor(info.index)
-    if info.quantized:
-        return dequantize(raw, info.scale, info.zero_point)
-    return raw.astype(np.float32)
+    """A ready interpreter for ``path``: LiteRT's, or TensorFlow's where LiteRT has no wheel."""
+    return serving_engine.load_interpreter(path, num_threads, interpreter_class())
 
 
 def check_classifier_shapes(path: Path, input_shape, output_shape) -> None:
