@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -385,6 +386,48 @@ def test_second_visit_screens_offline(site, url, playwright_browser):
         assert shown["message"] == python_screener(site).screen_bytes(film.read_bytes(), film.name).message
     finally:
         context.close()
+
+
+CACHED_FILES_JS = """async () => {
+    const names = await caches.keys();
+    const files = [];
+    for (const name of names) {
+        for (const request of await (await caches.open(name)).keys()) files.push(new URL(request.url).pathname);
+    }
+    return {names, files};
+}"""
+
+
+def test_a_new_model_replaces_the_old_one_in_the_offline_cache(site, playwright_browser, tmp_path):
+    public = tmp_path / "public"
+    phone_export.export_bundle(site["artifacts"], public, variants=("float32", "int8"))  # another default model
+    newer = phone_site.bundle_page(public, tmp_path / "newer")
+    served = tmp_path / "served"
+    shutil.copytree(site["dist"], served)
+    old_model = phone_export.read_bundle(site["public"])["variants"]["int8"]["file"]
+    new_model = phone_export.read_bundle(public)["variants"]["float32"]["file"]
+    with phone_site.serving(served) as url:
+        context, page = open_page(playwright_browser, url)
+        try:
+            page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=TIMEOUT_MS)
+            before = page.evaluate(CACHED_FILES_JS)
+            assert len(before["names"]) == 1 and f"/{old_model}" in before["files"]
+            shutil.rmtree(served)
+            shutil.copytree(newer, served)  # the host now serves the new version
+            page.reload()  # the browser checks sw.js, installs the new worker, which drops the old cache
+            deadline = time.monotonic() + TIMEOUT_MS / 1000
+            while time.monotonic() < deadline:  # installed, then activated: only the new version's cache is left
+                names = page.evaluate("caches.keys()")
+                if len(names) == 1 and names != before["names"]:
+                    break
+                page.wait_for_timeout(250)
+            page.reload()
+            page.wait_for_function("window.cxrPhone && window.cxrPhone.state === 'ready'", timeout=TIMEOUT_MS)
+            after = page.evaluate(CACHED_FILES_JS)
+            assert f"/{new_model}" in after["files"] and f"/{old_model}" not in after["files"], (after, new_model)
+            assert "float32" in page.locator("#model-version").inner_text()
+        finally:
+            context.close()
 
 
 def fake_camera_video(site, path: Path, seconds_each: float = 2.0, fps: int = 10) -> Path:
