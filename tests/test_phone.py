@@ -277,6 +277,26 @@ console.log(JSON.stringify({json.dumps(pairs)}.map(([value, limit, decimals]) =>
     assert [tuple(pair) for pair in printed] == [distinct_pair(*pair) for pair in pairs]
 
 
+def test_header_checks_refuse_what_the_page_cannot_answer_as_python_does(tmp_path):
+    from PIL import Image
+
+    films = {"grey16.png": Image.fromarray(np.full((100, 120), 40_000, np.uint16)),
+             "grey8.png": Image.fromarray(np.full((100, 120), 40, np.uint8))}
+    for name, image in films.items():
+        image.save(tmp_path / name)
+    rules = json.dumps(phone_export.upload_rules())
+    printed = json.loads(run_node(f"""import {{checkUpload}} from "{source('header.js')}";
+import {{readFileSync}} from "node:fs";
+const answers = {{}};
+for (const name of {json.dumps(list(films))}) {{
+  try {{ answers[name] = checkUpload(new Uint8Array(readFileSync("{tmp_path}/" + name)), name, {rules}); }}
+  catch (error) {{ answers[name] = error.message; }}
+}}
+console.log(JSON.stringify(answers));"""))
+    assert printed["grey8.png"]["width"] == 120 and printed["grey8.png"]["height"] == 100
+    assert printed["grey16.png"].startswith("grey16.png is a 16-bit PNG")
+
+
 # --------------------------------------------------------------------------- #
 # The page in Chromium
 # --------------------------------------------------------------------------- #

@@ -18,8 +18,8 @@ function startsWith(bytes, text, at = 0) {
 }
 
 function pngSize(bytes) {
-  if (bytes.length < 24 || !startsWith(bytes, "IHDR", 12)) return null;
-  return {format: "PNG", width: bigEndian32(bytes, 16), height: bigEndian32(bytes, 20)};
+  if (bytes.length < 26 || !startsWith(bytes, "IHDR", 12)) return null;
+  return {format: "PNG", width: bigEndian32(bytes, 16), height: bigEndian32(bytes, 20), bitDepth: bytes[24]};
 }
 
 // Start-of-frame markers carry the size: C0-CF except C4 (Huffman), C8 (reserved), CC (arithmetic).
@@ -100,6 +100,11 @@ export function checkUpload(bytes, name, rules) {
     const [pixels, limit] = distinctPair(header.width * header.height / 1e6, rules.max_pixels / 1e6);
     throw new ImageRejected(`${name} is ${header.width}x${header.height} pixels (${pixels} MP); the limit is `
       + `${limit} MP. Resize it first.`);
+  }
+  if (header.bitDepth === 16) {
+    // Python windows a 16-bit film (helpers/imaging.py window_to_8bit); a browser decodes it to 8 bits its own way.
+    throw new ImageRejected(`${name} is a 16-bit PNG; this page reads 8-bit images only, so it could not give `
+      + "the answer the project's other tools give. Screen it with the Streamlit app, or save it as an 8-bit PNG.");
   }
   return {...header, sizeBytes: bytes.length};
 }
