@@ -1,4 +1,4 @@
-"""Benchmark the web app's screening path against the explorer's Keras Grad-CAM path.
+"""Benchmark the web app's screening path against the explorer's Keras path (the same pipeline, Keras engine).
 
     python benchmarks/app_latency.py                  # every test film, 40 through Keras
     python benchmarks/app_latency.py --films 40 --keras-films 8    # quick
@@ -9,8 +9,8 @@ Writes ``<artifacts>/app_benchmark.json``:
   runs it (:meth:`helpers.screening.Screener.screen_and_overlay`: decode, model, OOD
   check, decision, heat map, overlay PNG), over real test films (their encoded bytes);
 * ``keras_p50_ms`` / ``speedup_vs_keras`` -- the explorer's path
-  (:meth:`helpers.explorer.Explainer.explain_bytes`: Keras prediction + Grad-CAM +
-  OOD features) on the same films, in the same run;
+  (:meth:`helpers.explorer.Explainer.explain_bytes`: the same pipeline with the Keras
+  one-pass engine, :class:`helpers.one_pass.KerasOnePassEngine`) on the same films, in the same run;
 * ``cold_start_s`` and ``rss_mb`` -- measured in the app's own process: a fresh
   interpreter that imports the screening path, loads the engine and screens (time
   to the first verdict; peak resident memory, ``VmHWM``, after 20 films), and
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=int, default=None, help="test films timed through the app path (default: all)")
-    parser.add_argument("--keras-films", type=int, default=DEFAULT_KERAS_FILMS, help="of those, films timed through Keras Grad-CAM")
+    parser.add_argument("--keras-films", type=int, default=DEFAULT_KERAS_FILMS, help="of those, films timed through the Keras engine")
     parser.add_argument("--warmup", type=int, default=5)
     arguments = parser.parse_args(argv)
 
