@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from helpers import config, guard, screening, uploads
+from helpers import config, guard, imaging, screening, uploads
 from helpers.jsonio import read_json_object, write_json
 from helpers.ood import FeatureDistribution, OODDetector
 from helpers.provenance import FittedOn, file_sha256
@@ -244,7 +244,7 @@ def upload_rules() -> dict:
     return {"min_side": uploads.MIN_IMAGE_SIDE, "max_pixels": uploads.MAX_IMAGE_PIXELS,
             "max_bytes": uploads.MAX_UPLOAD_BYTES, "accepted_formats": list(uploads.ACCEPTED_FORMATS),
             "decompression_bomb_pixels": 2 * Image.MAX_IMAGE_PIXELS,  # Pillow refuses to open a larger image
-            "image_size": screening.imaging.IMAGE_SIZE}
+            "image_size": imaging.IMAGE_SIZE}
 
 
 def _copy_versioned(source: Path, folder: Path, stem: str, suffix: str) -> str:
