@@ -13,7 +13,9 @@ Writes ``<artifacts>/archive_benchmark.json``, on the int8 one-pass model of the
   the cluster up and each worker's screener loaded) and ``seconds``; the Dask runs add
   ``cluster_start_s`` (workers up, screeners loaded), ``first_result_s`` (cluster start
   to the first part written), the peak resident memory of each worker
-  (``worker_peak_rss_mb``) and the load average before and after;
+  (``worker_peak_rss_mb``) and the load average before and after; every run records
+  ``cores_used`` (the CPU time its screening processes got over the wall time) and
+  ``films_per_cpu_second`` (what one core screens, whatever the load);
 * ``stages_ms``: the loop's median per film for reading the file and for each stage of
   the pipeline (decode, model, OOD check, heat map): what limits throughput;
 * ``dicomweb``: the same films as DICOM copies (grey, JPEG) in a local Orthanc, screened
@@ -25,8 +27,9 @@ Writes ``<artifacts>/archive_benchmark.json``, on the int8 one-pass model of the
   each, no Dask) sharing the same films: how much a second core gives on this machine;
 * ``manifest``: a manifest of ``--manifest-rows`` files that do not exist, screened by 2
   workers: the client's peak resident memory and whether every row is a refusal;
-* ``scaling``: 2 workers over 1 worker, and over the loop; ``load_average`` and the
-  machine's cores: on a shared machine the figures move with the other load;
+* ``scaling``: 2 workers over 1 worker, and over the loop; ``load_average``, the
+  machine's cores and ``sched_autogroup`` (the kernel gives each session's processes
+  one CPU share): on a shared machine the figures move with the other load;
 * ``profile``: ``"full"`` for the defaults on a full run's model, else ``"smoke"`` or
   ``"shortened"`` (:func:`helpers.report.benchmark_profile`).
 """
@@ -38,6 +41,7 @@ import csv
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,13 +96,27 @@ def process_peak_rss_mb(pid: int) -> float | None:
         return None
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used so far, in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def autogroup_scheduling() -> bool | None:
+    """Whether the kernel groups the processes of a session into one CPU share (None: not Linux, or unknown)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
+
+
 def loop_run(folder: Path, model: Path) -> tuple[dict, list[dict]]:
     """helpers.screen's loop in this process: films/s, medians per stage, and its rows."""
     screener = screening.Screener.load("int8", model)
     files = archive.folder_entries(folder)
     reads, timings, rows = [], [], []  # rows and timings only: a result keeps its film and heat map
     load_before = os.getloadavg()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     for entry in files:
         read_start = time.perf_counter()
         content = Path(entry.location).read_bytes()
@@ -106,24 +124,25 @@ def loop_run(folder: Path, model: Path) -> tuple[dict, list[dict]]:
         result = screener.screen_bytes(content, entry.file)
         timings.append(result.timings_ms)
         rows.append(result.row())
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     stages = {"read": statistics.median(reads)}
     for stage in STAGES:
         values = [timing[stage] for timing in timings if stage in timing]
         stages[stage] = statistics.median(values) if values else None
-    record = {"films_per_s": len(rows) / seconds, "seconds": seconds,
-              "threads": screener.engine.pool.num_threads, "load_average": [load_before, os.getloadavg()]}
+    record = {"films_per_s": len(rows) / seconds, "seconds": seconds, "cores_used": cpu / seconds,
+              "films_per_cpu_second": len(rows) / cpu, "threads": screener.engine.pool.num_threads,
+              "load_average": [load_before, os.getloadavg()]}
     return {**record, "stages_ms": stages}, rows
 
 
-def screen_files(model: str, paths: list[str]) -> float:
-    """Seconds one single-thread screener takes for ``paths`` (loaded and warmed first): a process without Dask."""
+def screen_files(model: str, paths: list[str]) -> tuple[float, float]:
+    """Seconds and CPU seconds one single-thread screener takes for ``paths`` (loaded and warmed first)."""
     screener = screening.Screener.load("int8", model, num_threads=1)
     screener.screen_bytes(Path(paths[0]).read_bytes(), "warm-up")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     for path in paths:
         screener.screen_bytes(Path(path).read_bytes(), path)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu_start
 
 
 def processes_run(folder: Path, model: Path) -> dict:
@@ -132,14 +151,20 @@ def processes_run(folder: Path, model: Path) -> dict:
     record = {}
     for processes in (1, 2):
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            seconds = pool.starmap(screen_files, [(str(model), paths[index::processes]) for index in range(processes)])
-        record[f"processes_{processes}"] = len(paths) / max(seconds)
+            timings = pool.starmap(screen_files, [(str(model), paths[index::processes]) for index in range(processes)])
+        wall = max(seconds for seconds, _ in timings)
+        record[f"processes_{processes}"] = len(paths) / wall
+        record[f"processes_{processes}_cores_used"] = sum(cpu for _, cpu in timings) / wall
     record["2_over_1"] = record["processes_2"] / record["processes_1"]
     return record
 
 
 def worker_peaks(client) -> list[float]:
     return sorted(client.run(peak_rss_mb).values())
+
+
+def worker_cpu_seconds(client) -> float:
+    return sum(client.run(cpu_seconds).values())
 
 
 def dask_run(source: archive.Source, setup: archive.WorkerSetup, workers: int, out: Path,
@@ -152,9 +177,12 @@ def dask_run(source: archive.Source, setup: archive.WorkerSetup, workers: int, o
         client.wait_for_workers(workers)
         archive.warm_up(client, setup)  # each worker loads its screener: part of starting, not of screening
         started = time.perf_counter() - start
+        cpu_start = worker_cpu_seconds(client)
         summary = archive.screen_job(client, out, setup, show_progress=False)
+        cpu = worker_cpu_seconds(client) - cpu_start
         peaks = worker_peaks(client)
     return {"workers": workers, "films_per_s": summary.inputs / summary.seconds, "seconds": summary.seconds,
+            "cores_used": cpu / summary.seconds, "films_per_cpu_second": summary.inputs / cpu,
             "cluster_start_s": started, "first_result_s": started + summary.seconds_to_first_part,
             "worker_peak_rss_mb": peaks, "refused": summary.refused, "part_size": part_size,
             "load_average": [load_before, os.getloadavg()]}
@@ -226,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     films = test_films()
     record = {"model": model.name, "model_sha256": archive.file_sha256(model), "films": arguments.films,
               "distinct_films": len(films), "cores": archive.default_workers(), "machine": platform.machine(),
-              "load_average_start": os.getloadavg()}
+              "load_average_start": os.getloadavg(), "sched_autogroup": autogroup_scheduling()}
     with tempfile.TemporaryDirectory(prefix="cxr-archive-benchmark-") as scratch_name:
         scratch = Path(scratch_name)
         folder = repeated_folder(films, arguments.films, scratch / "films")

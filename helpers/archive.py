@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import dask
 import fsspec
 import pydicom
 import requests
@@ -84,6 +85,9 @@ MANIFEST_HEADERS = ("path", "url", "location", "file")
 # A PACS answer that means the instance is not there (a row with a refusal), not that the PACS failed (retry).
 GONE_STATUSES = (404, 410)
 TASK_RETRIES = 2  # a task that raises (the PACS failed) is tried this many more times before the job stops
+# The local scheduler, in the client's process, keeps its last messages to each worker for debugging, and a
+# message holds a part's inputs: a short log keeps the client's memory flat whatever the archive's size.
+SCHEDULER_MESSAGE_LOG = 10
 # The keys of job.json a rerun must match: the same inputs, model and parts.
 JOB_IDENTITY = ("source", "engine", "model_sha256", "detector", "site", "part_size")
 
@@ -286,7 +290,7 @@ def prepare_job(out: Path, source: Source, setup: WorkerSetup, part_size: int) -
     or part size): its rows would mix with this one's.
     """
     if part_size < 1:
-        raise ValueError(f"A part holds at least one film, got --part-size {part_size}.")
+        raise ArchiveError(f"A part holds at least one film, got --part-size {part_size}. Give 1 or more.")
     out = Path(out)
     wanted = job_record(source, setup, part_size)
     job_file = out / JOB_FILE
@@ -572,9 +576,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         return
     count = workers if workers is not None else default_workers()
     if count < 1:
-        raise ValueError(f"A local cluster needs at least one worker, got --workers {count}.")
-    with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        raise ArchiveError(f"A local cluster needs at least one worker, got --workers {count}. Give 1 or more.")
+    with dask.config.set({"distributed.admin.low-level-log-length": SCHEDULER_MESSAGE_LOG}), \
+            LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -646,6 +651,9 @@ def report(summary: JobSummary) -> str:
 
 def run(arguments: argparse.Namespace, on_part_written: Callable[[int], None] | None = None) -> JobSummary:
     """The whole command: the job folder, the cluster, the parts, the merge."""
+    if arguments.workers is not None and arguments.workers < 1:
+        raise ArchiveError(f"A local cluster needs at least one worker, got --workers {arguments.workers}. "
+                           "Give 1 or more.")
     source = archive_source(arguments)
     setup, note = worker_setup(arguments.engine, arguments.model, arguments.site, arguments.allow_stale,
                                source.location if source.kind == "dicomweb" else None)

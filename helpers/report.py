@@ -302,18 +302,23 @@ ARCHIVE_RUNS = (("folder", "dask_1", "Dask, 1 worker, folder"), ("folder", "dask
 PIPELINE_STAGES = {"decode": "decoding", "model": "the model", "ood": "the OOD check", "heatmap": "the heat map"}
 
 
+def _cores(run: dict) -> str:
+    return f"{run['cores_used']:.2f}" if run.get("cores_used") is not None else "-"
+
+
 def archive_block(benchmark: dict) -> str:
     """``benchmarks/archive_benchmark.py`` as a Markdown table and the scaling note, all from the record."""
     loop = benchmark["folder"]["loop"]
-    lines = [f"| {benchmark['films']:,} films (`make benchmark`) | films/s | cluster start / first result | "
-             "peak memory per worker |", "|---|---|---|---|",
-             f"| plain loop (`helpers.screen`, {loop['threads']} LiteRT threads) | {loop['films_per_s']:.1f} | - | - |"]
+    lines = [f"| {benchmark['films']:,} films (`make benchmark`) | films/s | CPU cores used | cluster start / "
+             "first result | peak memory per worker |", "|---|---|---|---|---|",
+             f"| plain loop (`helpers.screen`, {loop['threads']} LiteRT threads) | {loop['films_per_s']:.1f} | "
+             f"{_cores(loop)} | - | - |"]
     for source, run, label in ARCHIVE_RUNS:
         measured = benchmark.get(source, {}).get(run)
         if measured:
             memory = ", ".join(f"{value:.0f}" for value in measured["worker_peak_rss_mb"])
-            lines.append(f"| {label} | {measured['films_per_s']:.1f} | {measured['cluster_start_s']:.1f} s / "
-                         f"{measured['first_result_s']:.1f} s | {memory} MB |")
+            lines.append(f"| {label} | {measured['films_per_s']:.1f} | {_cores(measured)} | "
+                         f"{measured['cluster_start_s']:.1f} s / {measured['first_result_s']:.1f} s | {memory} MB |")
     stages = benchmark["stages_ms"]
     pipeline = {stage: stages[stage] for stage in PIPELINE_STAGES if stages.get(stage) is not None}
     slowest = max(pipeline, key=pipeline.get)
@@ -322,15 +327,21 @@ def archive_block(benchmark: dict) -> str:
              f"{PIPELINE_STAGES[slowest]} limits throughput ({pipeline[slowest] / sum(pipeline.values()):.0%} of the "
              "pipeline), storage does not")
     scaling = benchmark["scaling"]
-    one_worker = benchmark["folder"]["dask_1"]["films_per_s"]
+    one_worker = benchmark["folder"]["dask_1"]
+    per_core = one_worker.get("films_per_cpu_second") or one_worker["films_per_s"]
     lines.append(
         f"\n**Scaling.** 2 workers screen {scaling['folder_2_over_1_worker']:.2f}x the films/s of 1 worker "
         f"(efficiency {scaling['folder_2_over_1_worker'] / 2:.0%}) and {scaling['folder_2_workers_over_loop']:.2f}x "
         f"the plain loop; the 2-worker rows {'equal' if benchmark['rows_equal_loop'] else '**differ from**'} the "
         f"loop's. Per film (the loop's medians): reading the file {_ms(stages['read'])}, "
         + ", ".join(f"{PIPELINE_STAGES[stage]} {_ms(value)}" for stage, value in pipeline.items())
-        + f": {limit}. Expect about {one_worker:.0f} films/s per core (one single-thread worker "
-        "per core), times the cores of the cluster, until the storage or the PACS cannot serve the films that fast.")
+        + f": {limit}. Expect about {per_core:.0f} films/s per core (films per CPU-second of one single-thread "
+        "worker), times the cores of the cluster, until the storage or the PACS cannot serve the films that fast.")
+    two_workers = benchmark["folder"]["dask_2"]
+    if one_worker.get("films_per_cpu_second") and two_workers.get("films_per_cpu_second"):
+        lines.append(f"Per CPU-second, 2 workers screen {two_workers['films_per_cpu_second'] / per_core:.0%} of the "
+                     f"films 1 worker does; the wall-clock ratio follows the CPU time each run got "
+                     f"({one_worker['cores_used']:.2f} and {two_workers['cores_used']:.2f} cores on average).")
     bare = benchmark.get("without_dask")
     if bare:
         share = scaling["folder_2_over_1_worker"] / bare["2_over_1"]
@@ -344,7 +355,10 @@ def archive_block(benchmark: dict) -> str:
                      f"memory {manifest['client_peak_rss_mb']:.0f} MB.")
     start, end = benchmark["load_average_start"], benchmark["load_average_end"]
     lines.append(f"Measured on {benchmark['cores']} cores shared with other work (load average {start[0]:.1f} at the "
-                 f"start, {end[0]:.1f} at the end): the ratios move with that load.")
+                 f"start, {end[0]:.1f} at the end): the ratios move with that load"
+                 + ("; the kernel's autogroup scheduling was on, which gives all the processes of one session (the "
+                    "benchmark and its workers) one share of the CPU beside each other session's."
+                    if benchmark.get("sched_autogroup") else "."))
     lines += _targets_section(_target_lines(ARCHIVE_TARGETS, {"archive_benchmark": benchmark}))
     return "\n".join(lines)
 

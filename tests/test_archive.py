@@ -205,6 +205,8 @@ def test_bad_arguments_are_refused_with_a_remedy(tmp_path, capsys):
     assert "neither a folder nor a file" in capsys.readouterr().err
     assert archive.main(["--out", str(tmp_path / "job")]) == archive.EXIT_UNUSABLE
     assert "--dicomweb" in capsys.readouterr().err
+    assert archive.main([str(tmp_path), "--out", str(tmp_path / "job"), "--workers", "0"]) == archive.EXIT_UNUSABLE
+    assert "at least one worker" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- a real PACS: Orthanc over DICOMweb

@@ -54,11 +54,14 @@ PARITY = {"threshold": 0.6, "variants": {
     "one_pass": ONE_PASS}
 TFLITE_BENCHMARK = {"variants": {"int8": {"speedup_vs_float32_1thread": 1.65}},
                     "machine": {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f"]}}
-_ARCHIVE_RUN = {"films_per_s": 30.0, "cluster_start_s": 2.0, "first_result_s": 3.5, "worker_peak_rss_mb": [140.0]}
-ARCHIVE = {"films": 2000, "cores": 2, "load_average_start": [1.5, 1.0, 1.0], "load_average_end": [2.5, 1.0, 1.0],
+_ARCHIVE_RUN = {"films_per_s": 30.0, "cluster_start_s": 2.0, "first_result_s": 3.5, "worker_peak_rss_mb": [140.0],
+                "cores_used": 0.95, "films_per_cpu_second": 31.6}
+ARCHIVE = {"films": 2000, "cores": 2, "sched_autogroup": True, "load_average_start": [1.5, 1.0, 1.0],
+           "load_average_end": [2.5, 1.0, 1.0],
            "stages_ms": {"read": 0.1, "decode": 2.0, "model": 9.0, "ood": 1.5, "heatmap": 0.5},
            "folder": {"loop": {"films_per_s": 50.0, "threads": 2}, "dask_1": _ARCHIVE_RUN,
-                      "dask_2": {**_ARCHIVE_RUN, "films_per_s": 57.0, "worker_peak_rss_mb": [140.0, 141.0]}},
+                      "dask_2": {**_ARCHIVE_RUN, "films_per_s": 57.0, "worker_peak_rss_mb": [140.0, 141.0],
+                                 "cores_used": 1.8}},
            "dicomweb": {"dask_1": {**_ARCHIVE_RUN, "films_per_s": 25.0}},
            "rows_equal_loop": True, "without_dask": {"processes_1": 32.0, "processes_2": 61.0, "2_over_1": 1.9},
            "manifest": {"rows": 1_000_000, "result_rows": 1_000_000, "all_refused": True, "client_peak_rss_mb": 180.0},
@@ -130,13 +133,15 @@ def test_reliability_block_has_a_row_per_input_kind_the_guard_table_and_its_targ
 
 def test_archive_block_states_the_runs_the_scaling_note_and_its_targets():
     block = report.archive_block(ARCHIVE)
-    assert "| plain loop (`helpers.screen`, 2 LiteRT threads) | 50.0 | - | - |" in block
-    assert "| Dask, 2 workers, folder | 57.0 | 2.0 s / 3.5 s | 140, 141 MB |" in block
+    assert "| plain loop (`helpers.screen`, 2 LiteRT threads) | 50.0 | - | - | - |" in block
+    assert "| Dask, 2 workers, folder | 57.0 | 1.80 | 2.0 s / 3.5 s | 140, 141 MB |" in block
     assert "| Dask, 1 worker, Orthanc over DICOMweb | 25.0 |" in block and "2 workers, Orthanc" not in block
     assert "1.90x the films/s of 1 worker (efficiency 95%) and 1.14x the plain loop" in block
-    assert "the model limits throughput (69% of the pipeline)" in block and "about 30 films/s per core" in block
+    assert "the model limits throughput (69% of the pipeline)" in block and "about 32 films/s per core" in block
     assert "1,000,000 rows, each a refusal; the client's peak memory 180 MB" in block
-    assert "load average 1.5 at the start, 2.5 at the end" in block
+    assert "load average 1.5 at the start, 2.5 at the end" in block and "autogroup scheduling was on" in block
+    assert "Per CPU-second, 2 workers screen 100% of the films 1 worker does" in block
+    assert "(0.95 and 1.80 cores on average)" in block
     assert "screen 1.90x the films/s of one on the same films" in block and "workers reach 100% of it" in block
     assert "- archive screener, 2 workers over 1 worker on 2 cores (films/s) ≥ 1.70x: 1.90x, met (set 2026-12-05)." in block
     slow_storage = {**ARCHIVE, "stages_ms": {**ARCHIVE["stages_ms"], "read": 20.0}}
