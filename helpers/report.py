@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import config, targets
+from helpers import config, ledger, targets
 from helpers.jsonio import read_json_object, write_json
 
 README = config.PROJECT_ROOT / "README.md"
@@ -74,7 +74,8 @@ SOURCES = {source.name: source for source in (
 )}
 # The README's blocks: the results files each is rendered from (the first is required, the others add rows).
 BLOCK_SOURCES = {"results": ("reference",), "app": ("app_benchmark", "parity"),
-                 "reliability": ("reliability", "ood"), "new_site": ("new_site",), "archive": ("archive_benchmark",)}
+                 "reliability": ("reliability", "ood"), "new_site": ("new_site",), "archive": ("archive_benchmark",),
+                 "test_ledger": ("test_ledger",)}
 # What each source feeds, for the refusal message: reference.json gathers the headline figures.
 FEEDS = {"reference": ("results", "model card"), "parity": ("results", "app", "model card"),
          "tflite_benchmark": ("results", "model card"), "ood": ("results", "reliability", "model card"),
@@ -146,8 +147,11 @@ def load_results(directory: Path | None = None) -> dict[str, dict]:
     """{name: record} of every results file in ``directory`` (default ``results/``)."""
     directory = Path(directory) if directory is not None else RESULTS_DIR
     names = ("reference", *SOURCES)
-    return {name: read_json_object(directory / f"{name}.json") for name in names
-            if (directory / f"{name}.json").is_file()}
+    loaded = {name: read_json_object(directory / f"{name}.json") for name in names
+              if (directory / f"{name}.json").is_file()}
+    if (directory / ledger.LEDGER.name).is_file():  # a CSV, appended by the runs themselves
+        loaded["test_ledger"] = {"rows": ledger.read_ledger(directory / ledger.LEDGER.name)}
+    return loaded
 
 
 def missing_sources(readme_text: str, results: dict[str, dict]) -> list[str]:
@@ -486,6 +490,20 @@ def results_block(reference: dict) -> str:
     return "\n".join(lines)
 
 
+def test_ledger_block(rows: list[dict]) -> str:
+    """How often the official test set has been scored, from the ledger's rows, with the reasons."""
+    if not rows:
+        return "The official test set has not been scored by a full run since the ledger began."
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reasons[row["why"]] = reasons.get(row["why"], 0) + 1
+    first, last = rows[0]["date_utc"][:10], rows[-1]["date_utc"][:10]
+    times = "once" if len(rows) == 1 else f"{len(rows)} times"
+    return (f"The official test set has been scored **{times}** by full runs from {first} to {last} "
+            f"(`results/test_ledger.csv`: date, commit, what, why; earlier scorings are described in "
+            f"`docs/design_decisions.md`): " + "; ".join(f"{why} {count}" for why, count in reasons.items()) + ".")
+
+
 def results_target_lines(reference: dict) -> list[str]:
     """The headline targets (quality, calibration, band, phone models) as Markdown list lines."""
     lines = _target_lines(RESULTS_TARGETS, {"reference": reference})
@@ -603,6 +621,7 @@ def render_blocks(results: dict[str, dict]) -> dict[str, str]:
         "reliability": lambda: reliability_block(results["reliability"], results.get("ood")),
         "new_site": lambda: new_site_block(results["new_site"]),
         "archive": lambda: archive_block(results["archive_benchmark"]),
+        "test_ledger": lambda: test_ledger_block(results["test_ledger"]["rows"]),
     }
     return {block: render() for block, render in renderers.items() if BLOCK_SOURCES[block][0] in results}
 
