@@ -18,12 +18,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` without installing helpers
     sys.path.insert(0, str(PROJECT_ROOT))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from helpers import imaging, uploads  # noqa: E402
-from helpers.errors import UnusableInput  # noqa: E402
-from helpers.escaping import markdown_literal as literal  # noqa: E402
-from helpers.serving import pipeline  # noqa: E402
+from helpers import imaging, uploads
+from helpers.errors import UnusableInput
+from helpers.escaping import markdown_literal as literal
+from helpers.serving import pipeline
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "bmp", "gif", "webp"]
 IMAGE_WIDTH = 320  # pixels on the page for the film and its heat map

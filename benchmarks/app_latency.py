@@ -39,10 +39,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from helpers import config  # noqa: E402
-from helpers.jsonio import write_json  # noqa: E402
-from helpers.report import benchmark_profile  # noqa: E402
-from helpers.targets import TARGETS  # noqa: E402
+from helpers import config
+from helpers.jsonio import write_json
+from helpers.report import benchmark_profile
+from helpers.targets import TARGETS
 
 BENCHMARK_FILE_NAME = "app_benchmark.json"
 DEFAULT_KERAS_FILMS = 40  # fewer (or --films) make a shortened benchmark, which make report does not use
@@ -75,11 +75,11 @@ for index, path in enumerate(files):
     result, _ = screener.screen_and_overlay(content, path.name)
     record["films"].append({"total_ms": (time.perf_counter() - begin) * 1e3, "accepted": result.accepted,
                             "guard": result.guard, "probability": result.probability, "stages_ms": result.timings_ms})
-    if index + 1 == %d:
-        record["rss_mb_after_%d"] = peak_mb()
+    if index + 1 == COLD_START_FILMS:
+        record[f"rss_mb_after_{COLD_START_FILMS}"] = peak_mb()
 record["rss_mb_end"] = peak_mb()
 Path(sys.argv[2]).write_text(json.dumps(record))
-""" % (COLD_START_FILMS, COLD_START_FILMS)
+""".replace("COLD_START_FILMS", str(COLD_START_FILMS))
 
 
 def percentile(values, q: float) -> float:

@@ -51,10 +51,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from helpers import archive, config, screening  # noqa: E402
-from helpers.jsonio import write_json  # noqa: E402
-from helpers.report import benchmark_profile  # noqa: E402
-from tests import orthanc as pacs  # noqa: E402
+from helpers import archive, config, screening
+from helpers.jsonio import write_json
+from helpers.report import benchmark_profile
+from tests import orthanc as pacs
 
 BENCHMARK_FILE_NAME = "archive_benchmark.json"
 DEFAULT_FILMS = 2000

@@ -43,12 +43,12 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from benchmarks import timing  # noqa: E402
-from helpers import config, phone_site, screening  # noqa: E402
-from helpers.gradcam import rank_correlation  # noqa: E402
-from helpers.jsonio import write_json  # noqa: E402
-from helpers.ood import OODDetector  # noqa: E402
-from tests.browser import CHROMIUM  # noqa: E402
+from benchmarks import timing
+from helpers import config, phone_site, screening
+from helpers.gradcam import rank_correlation
+from helpers.jsonio import write_json
+from helpers.ood import OODDetector
+from tests.browser import CHROMIUM
 
 BENCHMARK_FILE_NAME = "phone_benchmark.json"
 VARIANTS = ("float32", "float16", "int8")
@@ -88,7 +88,7 @@ INFERENCE_JS = """async (runs) => {
 def percentiles(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     return {"p50": round(float(np.median(values)), 2), "p95": round(float(np.percentile(values, 95)), 2),
-            "n": int(len(values))}
+            "n": len(values)}
 
 
 def open_ready(browser, url: str, query: str = "", context=None):

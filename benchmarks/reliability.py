@@ -41,9 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from helpers import concurrency, config  # noqa: E402
-from helpers.jsonio import write_json  # noqa: E402
-from helpers.report import benchmark_profile  # noqa: E402
+from helpers import concurrency, config
+from helpers.jsonio import write_json
+from helpers.report import benchmark_profile
 
 REPORT_FILE_NAME = "reliability.json"
 DEFAULT_FUZZ = 5000  # fewer (or --films) make a shortened run, which make report does not use

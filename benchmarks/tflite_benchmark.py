@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
-from benchmarks import timing  # noqa: E402
-from helpers import tflite  # noqa: E402
-from helpers.jsonio import write_json  # noqa: E402
-from helpers.report import benchmark_profile  # noqa: E402
+from benchmarks import timing
+from helpers import tflite
+from helpers.jsonio import write_json
+from helpers.report import benchmark_profile
 
 BENCHMARK_FILE_NAME = "benchmark.json"
 DEFAULT_RUNS = 200  # fewer make a shortened benchmark, which make report does not use
@@ -110,7 +110,8 @@ def benchmark_image() -> np.ndarray:
 
 def compute_parity(paths: dict[str, Path], image_count: int | None) -> dict[str, dict]:
     """Agreement and test metrics of each variant vs the Keras model (when parity.json is stale)."""
-    from helpers import data, model as model_lib
+    from helpers import data
+    from helpers import model as model_lib
     from helpers.operating_point import load_operating_point
 
     threshold = load_operating_point().threshold

@@ -9,7 +9,6 @@ import numpy as np
 
 from helpers.tflite.runtime import TFLiteClassifier
 
-
 # Instruction-set extensions that decide which XNNPACK kernels run, so how int8 and
 # float32 compare: the same files ran int8 faster relative to float32 on a plain x86 CPU
 # than on an AVX-512 Xeon, where float32 gains more (docs/design_decisions.md, notebook 06).
@@ -96,4 +95,4 @@ def interleaved_latency(
 def latency_summary(samples_ms: np.ndarray) -> dict[str, float]:
     samples_ms = np.asarray(samples_ms)
     return {"median": float(np.median(samples_ms)), "p90": float(np.percentile(samples_ms, 90)),
-            "mean": float(np.mean(samples_ms)), "min": float(np.min(samples_ms)), "runs": int(len(samples_ms))}
+            "mean": float(np.mean(samples_ms)), "min": float(np.min(samples_ms)), "runs": len(samples_ms)}

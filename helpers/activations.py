@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 
-from helpers import augment, config, data, model as model_lib
+from helpers import augment, config, data
+from helpers import model as model_lib
 from helpers.cache import load_or_compute, weights_fingerprint
 from helpers.progress import progress_bar
 

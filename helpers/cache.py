@@ -8,7 +8,7 @@ Keys are content hashes: a different subset, image or weight file gets its own e
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -21,9 +21,9 @@ import hashlib
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class Examples:
     def class_names(self) -> np.ndarray:
         return np.array([CLASS_NAMES[label] for label in self.labels])
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "Examples":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Examples:
         """A new Examples holding only ``indices`` (in the given order)."""
         indices = np.asarray(indices, dtype=np.int64)
         return Examples(self.paths[indices], self.labels[indices], self.image_bytes[indices])
@@ -145,7 +145,7 @@ class Examples:
         """(N,) str, SHA-1 of each encoded file: equal hashes = byte-identical images."""
         return np.array([hashlib.sha1(data).hexdigest() for data in self.image_bytes])
 
-    def head(self, count: int | None, seed: int = config.DEFAULT_SEED) -> "Examples":
+    def head(self, count: int | None, seed: int = config.DEFAULT_SEED) -> Examples:
         """A seeded, class-stratified random subset of ``count`` images (all if None).
 
         Used by the smoke profile to shrink a split while keeping both classes.

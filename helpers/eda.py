@@ -14,7 +14,6 @@ from PIL import Image
 from helpers import config
 from helpers.data import CLASS_NAMES, Examples, find_duplicate_groups, load_image
 
-
 # Images per (split, class) in the published copies of ChestXRay2017 (Kermany et al. 2018, Mendeley v2).
 # The keras.io TFRecord pair (the project's default download) folds the 16 official "val"
 # films (8 per class) into train; the Kaggle / Mendeley folders keep them apart.

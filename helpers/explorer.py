@@ -105,7 +105,7 @@ def outcome_table(predictions, point: OperatingPoint, threshold: float | None = 
 def outcome_counts(table) -> dict[str, int]:
     """{outcome: number of images} for every entry of :data:`OUTCOMES`."""
     counts = {name: int((table["outcome"] == name).sum()) for name in ("TP", "TN", "FP", "FN")}
-    return {"all": int(len(table)), **counts, "referred": int(table["referred"].sum())}
+    return {"all": len(table), **counts, "referred": int(table["referred"].sum())}
 
 
 def select_cases(table, outcome: str = "all", order: str = SORT_ORDERS[0]):

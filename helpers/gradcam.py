@@ -35,8 +35,8 @@ Everything works on the flat functional graph of :mod:`helpers.model` (layers
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -44,16 +44,12 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
 from helpers import config
-from helpers.jsonio import write_json
-from helpers.operating_point import outcomes
-from helpers.predict import predictions_path, read_predictions_for
-from helpers.training import predict_in_batches
-from helpers.gradcam_maps import _get_layer  # the layer lookup with its "did you mean" message
 from helpers.gradcam_maps import (  # noqa: F401  (re-exported: the maps and pictures)
     CONV_LAYER,
     DEFAULT_RANDOMIZE_FROM,
     LOGIT_LAYER,
     TARGETS,
+    _get_layer,  # the layer lookup with its "did you mean" message
     check_images,
     compute_gradcam,
     gradcam_model,
@@ -65,6 +61,11 @@ from helpers.gradcam_maps import (  # noqa: F401  (re-exported: the maps and pic
     plot_steps,
     target_signs,
 )
+from helpers.jsonio import write_json
+from helpers.operating_point import outcomes
+from helpers.predict import predictions_path, read_predictions_for
+from helpers.training import predict_in_batches
+
 
 # --------------------------------------------------------------------------- #
 # Sanity check: model randomization (Adebayo et al. 2018)

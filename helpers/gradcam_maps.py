@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -29,8 +29,8 @@ DEFAULT_RANDOMIZE_FROM = "block_14_expand"
 
 # Built once per model and reused (building and tracing cost seconds each time):
 # classifier -> {(conv_layer, logit_layer): Grad-CAM model}; Grad-CAM model -> tf.function.
-_GRADCAM_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_COMPILED_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_GRADCAM_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # --------------------------------------------------------------------------- #

@@ -263,7 +263,7 @@ def orientation_report(gate: LinearGate, test_variants: dict[str, np.ndarray]) -
         "threshold": float(gate.threshold),
         "threshold_chosen_on": "validation split: halfway (logit) between the 0.5% edge of upright validation "
                                "films (as given and under acquisition changes) and the 99.5% edge of turned ones",
-        "n_test": int(len(test_variants[UPRIGHT])),
+        "n_test": len(test_variants[UPRIGHT]),
         "inverted_detected": rates["inverted"],
         "upside_down_detected": rates["upside_down"],
         "rotated_detected": float(np.mean([rates["rotated_left"], rates["rotated_right"]])),

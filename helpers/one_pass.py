@@ -99,7 +99,7 @@ def heatmap_agreement(keras_heatmaps: np.ndarray, one_pass_heatmaps: np.ndarray)
         raise ValueError(f"Heat maps differ in shape: {keras_heatmaps.shape} vs {one_pass_heatmaps.shape}.")
     correlations = np.array([rank_correlation(a, b) for a, b in zip(keras_heatmaps, one_pass_heatmaps)])
     return {"mean": float(np.nanmean(correlations)), "min": float(np.nanmin(correlations)),
-            "median": float(np.nanmedian(correlations)), "n_images": int(len(correlations))}
+            "median": float(np.nanmedian(correlations)), "n_images": len(correlations)}
 
 
 def one_pass_heatmaps(engine: OnePassEngine, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,7 @@ NON_XRAY_KINDS = (
 # Gate 2: backbone features
 # --------------------------------------------------------------------------- #
 # classifier -> its feature model, built once (a new Keras model retraces its predict function).
-_FEATURE_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FEATURE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def feature_model(model):
@@ -123,7 +123,7 @@ class FeatureDistribution(guard_runtime.FeatureDistribution):
     """:class:`helpers.serving.guard.FeatureDistribution`, fitted here on training features."""
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> "FeatureDistribution":
+    def fit(cls, features: np.ndarray) -> FeatureDistribution:
         """Mean and Ledoit-Wolf shrunk covariance of ``features`` (N, D), N > 1."""
         from sklearn.covariance import LedoitWolf
 
@@ -183,8 +183,8 @@ def fit_detector(
     validation_distances = distribution.distances(validation_features)
     threshold = float(np.quantile(validation_distances, quantile))
     info = {
-        "n_fit": int(len(train_features)),
-        "n_threshold": int(len(validation_features)),
+        "n_fit": len(train_features),
+        "n_threshold": len(validation_features),
         "validation_distance_median": float(np.median(validation_distances)),
     }
     return OODDetector(distribution, threshold, float(max_colourfulness), float(quantile), info,
@@ -237,12 +237,12 @@ def evaluate_detector(
         "xray_threshold": float(detector.xray_gate.threshold) if detector.xray_gate is not None else None,
         "n_fit": int(detector.info.get("n_fit", 0)),
         "n_threshold": int(detector.info.get("n_threshold", 0)),
-        "n_test": int(len(test_verdicts)),
+        "n_test": len(test_verdicts),
         "false_rejection_rate_test": float(np.mean(test_refused)),
         "test_verdicts": _verdict_counts(test_verdicts),
         "unlike_population_rate_test": float(np.mean(test_verdicts == guard.UNLIKE_POPULATION)),
         "test_distance_median": float(np.median(test_distances)),
-        "n_non_xray": int(len(other_verdicts)),
+        "n_non_xray": len(other_verdicts),
         "rejection_rate_non_xray": float(np.mean(other_refused)),
         "non_xray_verdicts": _verdict_counts(other_verdicts),
         "rejected_by_colour_gate": int(np.sum(by_colour)),

@@ -219,7 +219,7 @@ class OperatingPoint:
         """Calibrated P(PNEUMONIA) from raw probabilities (an engine that outputs only p)."""
         return self.calibrated(logit(probabilities))
 
-    def with_threshold(self, threshold: float) -> "OperatingPoint":
+    def with_threshold(self, threshold: float) -> OperatingPoint:
         """The same point with another threshold (a reader's slider), marked as moved."""
         if float(threshold) == self.threshold:
             return self
@@ -246,7 +246,7 @@ class OperatingPoint:
         }
 
     @classmethod
-    def from_dict(cls, saved: dict, source: str = "", remedy: str = "") -> "OperatingPoint":
+    def from_dict(cls, saved: dict, source: str = "", remedy: str = "") -> OperatingPoint:
         """Read :meth:`to_dict`'s form, or the operating-point keys of ``metrics.json``.
 
         Needs ``threshold``; ``temperature`` (absent: 1, not fitted), ``intercept``,

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,9 @@ def build(artifacts: str | os.PathLike | None = None, public: str | os.PathLike 
 class StaticHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with the types a browser needs for wasm and the manifest; quiet logs."""
 
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **CONTENT_TYPES}
+    extensions_map: typing.ClassVar[dict[str, str]] = {**http.server.SimpleHTTPRequestHandler.extensions_map, **CONTENT_TYPES}
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):
         return
 
     def end_headers(self):

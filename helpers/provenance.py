@@ -52,7 +52,7 @@ class FittedOn:
             raise ValueError(f"feature_width must be positive, got {self.feature_width}.")
 
     @classmethod
-    def of_model_file(cls, path: str | os.PathLike, feature_width: int) -> "FittedOn":
+    def of_model_file(cls, path: str | os.PathLike, feature_width: int) -> FittedOn:
         """The record for features of the Keras model saved at ``path``."""
         return cls(file_sha256(path), int(feature_width))
 
@@ -60,7 +60,7 @@ class FittedOn:
         return {"model_sha256": self.model_sha256, "feature_width": int(self.feature_width)}
 
     @classmethod
-    def from_dict(cls, saved, source: str, remedy: str) -> "FittedOn":
+    def from_dict(cls, saved, source: str, remedy: str) -> FittedOn:
         """Read the record a fitted file holds; a file without one is refused with ``remedy``."""
         if not isinstance(saved, dict) or not saved.get("model_sha256") or not saved.get("feature_width"):
             raise ProvenanceMismatch(f"{source} does not record which model it was fitted on (no "

@@ -30,7 +30,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from helpers import config, model as model_lib, ood
+from helpers import config, ood
+from helpers import model as model_lib
 from helpers.cache import load_or_compute
 from helpers.data import CLASS_NAMES, IMAGE_SIZE
 

@@ -279,7 +279,7 @@ def calibrate_site(features, labels, patient_ids, unlabelled_features, anchor: A
             "method": "anchored head refit + cross-fitted Platt + EM class mix" if rule.refit_head
             else "cross-fitted Platt + EM class mix",
             "k_normal": int(counts[0]), "k_pneumonia": int(counts[1]),
-            "unlabelled_films": int(len(site_logits)), "estimated_prevalence": prevalence,
+            "unlabelled_films": len(site_logits), "estimated_prevalence": prevalence,
             "platt_slope": slope, "rule": rule.to_dict(), "seed": seed,
             "date": datetime.date.today().isoformat(), "recall_guarantee": guarantee.statement(),
             **({} if film_names is None else {"labelled_films": sorted(film_names)}),
@@ -496,7 +496,7 @@ def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
                               "confidence": confidence}
         rest_sizes[str(k)] = int(len(labels) - 2 * k)
     largest = str(max(k_values))
-    result = {"site": site.name, "n_films": int(len(labels)),
+    result = {"site": site.name, "n_films": len(labels),
               "n_pneumonia": int(labels.sum()), "n_normal": int((labels == 0).sum()),
               "draws": draws, "seed": seed, "k_values": [int(k) for k in k_values],
               "zero_shot": rows["zero_shot"][largest], "zero_shot_by_k": rows["zero_shot"],

@@ -14,7 +14,6 @@ from helpers.operating_point import OperatingPoint, sigmoid
 from helpers.progress import progress_bar
 from helpers.site_heads import LinearHead, estimate_prevalence
 
-
 # --------------------------------------------------------------------------- #
 # Step 1: the shift report (no labels)
 # --------------------------------------------------------------------------- #
@@ -86,7 +85,7 @@ def shift_report(site_features, site_logits, site_accepted, validation_features,
     verdict = ("shifted: calibrate before use (label some local films: helpers.site.calibrate_site)"
                if shifted else "looks like the training population")
     return {
-        "n_films": int(len(site_logits)),
+        "n_films": len(site_logits),
         "acceptance": acceptance,
         "distance": {"site": {f"p{q:02d}": float(np.percentile(site_distance, q)) for q in quantiles},
                      "validation": {f"p{q:02d}": float(np.percentile(validation_distance, q)) for q in quantiles}},

@@ -92,7 +92,7 @@ class LinearHead(site_runtime.LinearHead):
     """:class:`helpers.serving.site.LinearHead`, read here from a Keras model."""
 
     @classmethod
-    def from_model(cls, model) -> "LinearHead":
+    def from_model(cls, model) -> LinearHead:
         """The Keras model's own head (its ``logit`` Dense layer)."""
         kernel, bias = model.get_layer(LOGIT_LAYER).get_weights()  # (D, 1), (1,)
         return cls(np.asarray(kernel[:, 0], dtype=np.float64), float(bias[0]))
@@ -111,7 +111,7 @@ class AnchoredSpace:
     components: np.ndarray  # (dims, D), rows scaled to unit variance on training
 
     @classmethod
-    def fit(cls, head: LinearHead, training_features, dims: int = 32) -> "AnchoredSpace":
+    def fit(cls, head: LinearHead, training_features, dims: int = 32) -> AnchoredSpace:
         features = np.asarray(training_features, dtype=np.float64)
         mean = features.mean(axis=0)
         _, singular, vectors = np.linalg.svd(features - mean, full_matrices=False)
@@ -141,7 +141,7 @@ class Anchor:
     labels: np.ndarray  # (N,)
 
     @classmethod
-    def build(cls, head: LinearHead, training_features, training_labels, dims: int = 32) -> "Anchor":
+    def build(cls, head: LinearHead, training_features, training_labels, dims: int = 32) -> Anchor:
         space = AnchoredSpace.fit(head, training_features, dims)
         labels = np.asarray(training_labels).astype(int)
         if len(labels) != len(training_features) or len(np.unique(labels)) < 2:

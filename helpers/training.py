@@ -49,19 +49,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from helpers import augment, config, evaluation, imbalance, model as model_lib
+from helpers import augment, config, evaluation, imbalance
+from helpers import model as model_lib
 from helpers.activations import (  # noqa: F401  (re-exported: batched prediction, the activation cache)
-    resolve_strategy,
-    feature_extractor,
-    top_model,
-    pooling_model,
-    head_model,
     ViewBatches,
     array_batches,
     cached_activations,
     cached_view_activations,
+    feature_extractor,
+    head_model,
     pooled_features,
+    pooling_model,
     predict_in_batches,
+    resolve_strategy,
+    top_model,
 )
 
 DEFAULT_CUT_LAYER = "block_11_expand"
@@ -547,7 +548,7 @@ def compare_strategies(
         row.update(probability_metrics(validation_labels, probabilities, threshold=0.5))
         row["class_weight"] = inputs.class_weight
         row["output_bias"] = inputs.output_bias
-        row["train_examples"] = int(len(inputs.indices))
+        row["train_examples"] = len(inputs.indices)
         row["probabilities"] = probabilities
         row["history"] = {key: [float(v) for v in values] for key, values in history.history.items()}
         rows.append(row)

@@ -30,8 +30,15 @@ import numpy as np
 from helpers import imaging
 from helpers.dicom import DicomRejected, is_dicom, read_film
 from helpers.errors import UnusableInput, distinct_pair
-from helpers.imaging import (HIGH_BIT_DEPTH_MODES, IMAGE_SIZE, channels, decode_pixels, png_bytes,
-                             refuse_more_pixels_than, resize_plane)
+from helpers.imaging import (
+    HIGH_BIT_DEPTH_MODES,
+    IMAGE_SIZE,
+    channels,
+    decode_pixels,
+    png_bytes,
+    refuse_more_pixels_than,
+    resize_plane,
+)
 
 MIN_IMAGE_SIDE = 64
 MAX_IMAGE_PIXELS = imaging.MAX_IMAGE_PIXELS  # 50 MP

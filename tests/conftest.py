@@ -12,7 +12,6 @@ import pytest
 from helpers import data
 from tests import browser
 
-
 # In CI (the CI environment variable set, as .ci/run does) a skipped test fails, unless this file
 # lists it, with a reason: a missing dependency or data folder must not turn into a green run.
 ALLOWED_SKIPS_FILE = Path(__file__).with_name("allowed_skips.txt")

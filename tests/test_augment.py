@@ -248,7 +248,7 @@ def test_zoom_centre_crops_in_and_shrinks_onto_black():
 def test_stress_perturbations_keep_shape_and_range():
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     perturbations = augment.stress_perturbations()
-    assert list(perturbations)[0] == "clean"
+    assert next(iter(perturbations)) == "clean"
     for name, change in perturbations.items():
         out = change(images, np.random.default_rng(0))
         assert out.shape == images.shape and out.dtype == np.float32, name

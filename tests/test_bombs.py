@@ -15,6 +15,7 @@ generous bounds cannot flake on a slow machine.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
@@ -257,10 +258,8 @@ def reset_peak_rss() -> int:
     """
     import psutil
 
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
     return psutil.Process().memory_info().rss
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from helpers import config, one_pass, screening
 from tests import browser
-from tests.test_app import model_folder  # noqa: F401  (the tiny one-pass models, a fixture)
 from tests.conftest import encode_image
+from tests.test_app import model_folder  # noqa: F401  (the tiny one-pass models, a fixture)
 from tests.test_screening import POINT, tiny_classifier
 
 

@@ -53,7 +53,7 @@ def file_server(tmp_path):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     requests_seen = 0
 
-    def do_GET(self):  # noqa: N802 (http.server naming)
+    def do_GET(self):
         type(self).requests_seen += 1
         super().do_GET()
 

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import data
 from helpers.errors import UnusableInput
-from tests.conftest import SYNTHETIC_FILES, encode_image, synthetic_image, tiny_examples, write_tfrecord_pair
+from tests.conftest import encode_image, synthetic_image, tiny_examples, write_tfrecord_pair
 
 
 # --------------------------------------------------------------------------- #
@@ -86,7 +86,7 @@ def test_make_dataset_yields_float_pixels_and_labels(synthetic_folder):
     images, labels = next(iter(data.make_dataset(examples, batch_size=5)))
     assert images.shape == (5, 224, 224, 3)
     assert images.dtype.name == "float32"
-    assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 255.0
+    assert float(np.min(images)) >= 0.0 and float(np.max(images)) <= 255.0
     assert list(labels.numpy()) == list(examples.labels[:5].astype(np.float32))
 
 
@@ -320,7 +320,7 @@ def test_real_layouts_hold_the_same_bytes_and_decode(real_data_dir):
     folder = data.load_examples("test", real_data_dir, source="folder")
     assert list(pair.paths) == list(folder.paths)
     assert list(pair.content_hashes()) == list(folder.content_hashes())
-    images, labels = next(iter(data.make_dataset(pair, batch_size=8)))
+    images, _labels = next(iter(data.make_dataset(pair, batch_size=8)))
     assert images.shape == (8, 224, 224, 3) and float(np.max(images)) > 100.0
 
 

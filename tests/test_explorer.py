@@ -235,7 +235,7 @@ def test_read_upload_understands_ipywidgets_8_and_7():
 def test_valid_images_decode_to_model_pixels(array, fmt):
     pixels, info = uploads.decode_upload(encode(array, fmt), "x")
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.float32
-    assert 0.0 <= pixels.min() and pixels.max() <= 255.0
+    assert pixels.min() >= 0.0 and pixels.max() <= 255.0
     assert info.format == fmt and (info.width, info.height) == (array.shape[1], array.shape[0])
 
 
@@ -244,7 +244,7 @@ def test_sixteen_bit_png_decodes():
 
     buffer = io.BytesIO()
     Image.fromarray(fake_xray(5).astype(np.uint16) * 256).save(buffer, format="PNG")
-    pixels, info = uploads.decode_upload(buffer.getvalue(), "x16.png")
+    pixels, _info = uploads.decode_upload(buffer.getvalue(), "x16.png")
     assert pixels.shape == (224, 224, 3) and pixels.max() > 100
 
 
@@ -317,7 +317,7 @@ def test_a_converted_one_pass_model_is_an_engine_that_agrees_with_keras(model, t
 
     point = explorer.OperatingPoint()
     path = one_pass.convert_one_pass(model, "float32", point, directory=tmp_path)
-    engines, notes = explorer.discover_engines(model, tmp_path, point)
+    engines, _notes = explorer.discover_engines(model, tmp_path, point)
     assert list(engines) == [explorer.KERAS_ENGINE_NAME, "TFLite float32 (one pass)"] and path.is_file()
     assert "provenance not checked" in engines["TFLite float32 (one pass)"].provenance_note
     explainer = explorer.Explainer(model, point, engines=engines)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import fuzz, screening
-from tests.test_screening import grey_films, models, classifier  # noqa: F401  (fixtures)
+from tests.test_screening import classifier, grey_films, models  # noqa: F401  (fixtures)
 
 
 def test_mutations_are_seeded_and_cover_every_kind():

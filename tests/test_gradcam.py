@@ -221,7 +221,7 @@ def test_overlay_and_side_by_side_figure():
     images = random_images(3)
     heatmaps = np.linspace(0, 1, 3 * SIZE * SIZE, dtype=np.float32).reshape(3, SIZE, SIZE)
     blended = gradcam.overlay(images[0], heatmaps[0], alpha=0.5)
-    assert blended.shape == (SIZE, SIZE, 3) and 0.0 <= blended.min() and blended.max() <= 1.0
+    assert blended.shape == (SIZE, SIZE, 3) and blended.min() >= 0.0 and blended.max() <= 1.0
     np.testing.assert_allclose(gradcam.overlay(images[0], heatmaps[0], alpha=0.0), images[0] / 255.0, atol=1e-6)
     figure = gradcam.plot_side_by_side(images, heatmaps, titles=["a", "b", "c"])
     assert len(figure.axes) == 6

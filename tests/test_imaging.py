@@ -51,7 +51,7 @@ def test_sixteen_bit_film_is_windowed_not_squeezed():
     film = (127.5 + 127.5 * np.sin(rows / 40.0) * np.cos(columns / 30.0)).astype(np.uint8)  # smooth, 0-255
     eight_bit = imaging.decode_pixels(encode_image(film, "PNG"))
     buffer = io.BytesIO()  # a 12-bit detector export stored in 16 bits: values 0..4095
-    Image.fromarray((film.astype(np.uint16) * 16)).save(buffer, format="PNG")
+    Image.fromarray(film.astype(np.uint16) * 16).save(buffer, format="PNG")
     sixteen_bit = imaging.decode_pixels(buffer.getvalue())
     assert sixteen_bit.shape == (224, 224, 3)
     # the 0.5-99.5 percentile window stretches the film over 0-255, as the 8-bit copy is

@@ -27,9 +27,9 @@ from helpers import config, explorer, ood
 from helpers.provenance import FittedOn
 from helpers.serving import engine as serving_engine
 from helpers.serving import pipeline
+from tests.films import POINT, grey_films, tiny_classifier
 from tests.test_app import APP, shown
 from tests.test_explorer import colour_photo
-from tests.films import POINT, grey_films, tiny_classifier
 from tests.test_screening import gated_detector
 
 COMPARED = ("file", "status", "guard", "decision", "calibrated_probability", "reason")

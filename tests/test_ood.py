@@ -131,7 +131,8 @@ def test_detector_save_and_load_round_trip(tmp_path):
 def test_evaluate_detector_without_gates_refuses_far_images():
     detector = ood.OODDetector(ood.FeatureDistribution(np.zeros(2), np.eye(2)), distance_threshold=1.0,
                                info={"n_fit": 10, "n_threshold": 5})
-    on_axis = lambda distances: np.stack([np.asarray(distances, float), np.zeros(len(distances))], axis=1)
+    def on_axis(distances):
+        return np.stack([np.asarray(distances, float), np.zeros(len(distances))], axis=1)
     report = ood.evaluate_detector(
         detector,
         test_colourfulness=np.zeros(4), test_features=on_axis([0.1, 0.5, 0.9, 1.5]),

@@ -146,7 +146,7 @@ def test_anchored_space_writes_the_refit_back_as_a_head(world):
 
 
 def test_site_calibration_sets_a_band_around_the_threshold_and_round_trips(world, tmp_path):
-    draw, rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(4))
+    draw, _rest = site.draw_by_patient(world["labels"], world["patients"], 20, np.random.default_rng(4))
     fitted_on = FittedOn("d" * 64, world["features"].shape[1])
     calibration = site.calibrate_site(world["features"][draw], world["labels"][draw], world["patients"][draw],
                                       world["features"], world["anchor"], fitted_on=fitted_on)
@@ -319,7 +319,7 @@ def test_simulated_site_members_reach_the_class_mix_by_whole_patients():
     flat = np.full((2, 32, 32, 3), 128, np.float32)
     for change in site.SIMULATED_CHANGES:
         changed = site.simulate_acquisition(flat, change)
-        assert changed.shape == (2, 32, 32, 3) and changed.dtype == np.float32 and 0 <= changed.min()
+        assert changed.shape == (2, 32, 32, 3) and changed.dtype == np.float32 and changed.min() >= 0
         assert changed.max() <= 255
     darker, brighter = (site.simulate_acquisition(flat, change).mean() for change in site.SIMULATED_CHANGES)
     assert darker < 128 < brighter

@@ -475,8 +475,9 @@ def test_quiet_quantizer_drops_only_the_quantizer_lines(capfd):
         with tflite.quiet_quantizer():
             os.write(2, b"fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n"
                         b"a real native error line\n")
-            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion", UserWarning)
-            warnings.warn("another warning", UserWarning)
+            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion", UserWarning,
+                          stacklevel=1)
+            warnings.warn("another warning", UserWarning, stacklevel=1)
     err = capfd.readouterr().err
     assert "a real native error line" in err
     assert "fully_quantize" not in err

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import data, imbalance, jsonio, training
+from helpers import imbalance, jsonio, training
 from helpers import model as model_lib
 from tests.conftest import tiny_examples, tiny_training_setup
 

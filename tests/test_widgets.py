@@ -11,7 +11,14 @@ from helpers import explorer, predict, widgets
 from helpers.operating_point import load_operating_point
 from helpers.widgets import upload_entry
 from tests.test_explorer import (
-    ConstantEngine, checkerboard, colour_photo, encode, fake_examples, fake_xray, fit_fake_detector, tiny_model,
+    ConstantEngine,
+    checkerboard,
+    colour_photo,
+    encode,
+    fake_examples,
+    fake_xray,
+    fit_fake_detector,
+    tiny_model,
 )
 
 PNG_SIGNATURE = b"\x89PNG"
@@ -179,7 +186,7 @@ def test_missing_metrics_warning_is_shown(parts):
 
 
 def test_predictions_must_match_the_examples(parts):
-    model, detector, examples, frame, notes = parts
+    model, _detector, examples, frame, _notes = parts
     explainer = explorer.Explainer(model, explorer.OperatingPoint())
     with pytest.raises(ValueError, match="in their order"):
         widgets.ExplorerApp(explainer, frame.iloc[:3], examples)

@@ -31,22 +31,23 @@ tables, error analysis), :mod:`~helpers.evaluation.threshold`,
 
 from __future__ import annotations
 
-from helpers.evaluation.splits import (  # noqa: F401  (re-exported)
-    COUNT_NAMES,
-    DECISION_SPLITS,
-    DEFAULT_ECE_BINS,
-    DEFAULT_MIN_RECALL,
-    METRIC_NAMES,
-    METRICS_SCHEMA_VERSION,
-    REFERENCE_RESULTS,
-    SPLIT_NAMES,
-    as_labels,
-    as_probabilities,
-    decision_split,
-    ScoredSplit,
-    TestSplitError,
+from helpers.evaluation.band import (
+    Band,
+    band_outcome,
+    choose_band,
+    coverage_curve,
 )
-from helpers.evaluation.metrics import (  # noqa: F401  (re-exported)
+from helpers.evaluation.calibration import (
+    apply_temperature,
+    brier_score,
+    calibration_bins,
+    calibration_summary,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_to_arrays,
+    negative_log_likelihood,
+)
+from helpers.evaluation.metrics import (
     _WeightedScores,
     binary_metrics,
     bootstrap_indices,
@@ -59,38 +60,36 @@ from helpers.evaluation.metrics import (  # noqa: F401  (re-exported)
     most_confident_errors,
     ranking_metrics,
 )
-from helpers.evaluation.threshold import (  # noqa: F401  (re-exported)
-    choose_operating_point,
-    choose_threshold,
-    ThresholdChoice,
-)
-from helpers.evaluation.calibration import (  # noqa: F401  (re-exported)
-    apply_temperature,
-    brier_score,
-    calibration_bins,
-    calibration_summary,
-    expected_calibration_error,
-    fit_temperature,
-    fit_temperature_to_arrays,
-    negative_log_likelihood,
-)
-from helpers.evaluation.band import (  # noqa: F401  (re-exported)
-    Band,
-    band_outcome,
-    choose_band,
-    coverage_curve,
-)
-from helpers.evaluation.record import (  # noqa: F401  (re-exported)
+from helpers.evaluation.record import (
     BAND_KEYS,
     REQUIRED_KEYS,
     load_metrics,
     validate_metrics,
     write_metrics,
 )
+from helpers.evaluation.splits import (
+    COUNT_NAMES,
+    DECISION_SPLITS,
+    DEFAULT_ECE_BINS,
+    DEFAULT_MIN_RECALL,
+    METRIC_NAMES,
+    METRICS_SCHEMA_VERSION,
+    REFERENCE_RESULTS,
+    SPLIT_NAMES,
+    ScoredSplit,
+    TestSplitError,
+    as_labels,
+    as_probabilities,
+    decision_split,
+)
+from helpers.evaluation.threshold import (
+    ThresholdChoice,
+    choose_operating_point,
+    choose_threshold,
+)
 
 __all__ = [
     "BAND_KEYS",
-    "Band",
     "COUNT_NAMES",
     "DECISION_SPLITS",
     "DEFAULT_ECE_BINS",
@@ -100,6 +99,7 @@ __all__ = [
     "REFERENCE_RESULTS",
     "REQUIRED_KEYS",
     "SPLIT_NAMES",
+    "Band",
     "ScoredSplit",
     "TestSplitError",
     "ThresholdChoice",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from helpers.evaluation.metrics import metrics_from_counts
-from helpers.evaluation.splits import as_labels, as_probabilities, decision_split, ScoredSplit
+from helpers.evaluation.splits import ScoredSplit, as_labels, as_probabilities, decision_split
 from helpers.operating_point import REFER, called_pneumonia, in_band
 
 

@@ -8,10 +8,10 @@ import numpy as np
 
 from helpers.evaluation.splits import (
     DEFAULT_ECE_BINS,
+    ScoredSplit,
     as_labels,
     as_probabilities,
     decision_split,
-    ScoredSplit,
 )
 from helpers.operating_point import sigmoid
 

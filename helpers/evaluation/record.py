@@ -8,7 +8,6 @@ from helpers.evaluation.splits import METRIC_NAMES
 from helpers.jsonio import read_json_object, write_json
 from helpers.operating_point import RERUN_NOTEBOOK_04, default_metrics_path
 
-
 REQUIRED_KEYS = ("threshold", "temperature", "band", "ece_before", "ece_after", "test", "validation")
 BAND_KEYS = ("low", "high", "coverage", "accuracy_outside", "recall_outside")
 

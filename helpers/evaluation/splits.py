@@ -8,7 +8,6 @@ import numpy as np
 
 from helpers.operating_point import logit
 
-
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 COUNT_NAMES = ("tp", "fp", "tn", "fn")
 SPLIT_NAMES = ("train", "validation", "test")
@@ -101,7 +100,7 @@ class ScoredSplit:
         return len(self.labels)
 
     @classmethod
-    def from_frame(cls, name: str, frame) -> "ScoredSplit":
+    def from_frame(cls, name: str, frame) -> ScoredSplit:
         """From a predictions table with columns ``label``, ``probability``, ``logit``."""
         missing = {"label", "probability", "logit"} - set(frame.columns)
         if missing:

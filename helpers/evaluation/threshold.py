@@ -10,10 +10,10 @@ import numpy as np
 from helpers.evaluation.metrics import confusion_counts, metrics_from_counts
 from helpers.evaluation.splits import (
     DEFAULT_MIN_RECALL,
+    ScoredSplit,
     as_labels,
     as_probabilities,
     decision_split,
-    ScoredSplit,
 )
 
 

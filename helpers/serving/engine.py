@@ -213,7 +213,7 @@ class TensorInfo:
         return np.issubdtype(self.dtype, np.integer) and self.scale != 0.0
 
     @classmethod
-    def from_details(cls, details: dict) -> "TensorInfo":
+    def from_details(cls, details: dict) -> TensorInfo:
         scale, zero_point = details["quantization"]
         return cls(details["name"], int(details["index"]), tuple(int(d) for d in details["shape"]),
                    np.dtype(details["dtype"]), float(scale), int(zero_point))

@@ -115,7 +115,7 @@ class LinearGate:
         """(N,) bool from precomputed watched-class probabilities: the gate's one rule."""
         return np.asarray(watched_probabilities) < self.threshold
 
-    def with_threshold(self, threshold: float) -> "LinearGate":
+    def with_threshold(self, threshold: float) -> LinearGate:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"A gate threshold is a probability in (0, 1), got {threshold}.")
         return LinearGate(self.classes, self.mean, self.scale, self.weights, self.bias, float(threshold), self.watched)
@@ -127,7 +127,7 @@ class LinearGate:
                 f"{prefix}_threshold": np.float64(self.threshold), f"{prefix}_watched": np.int64(self.watched)}
 
     @classmethod
-    def from_arrays(cls, stored, prefix: str) -> "LinearGate":
+    def from_arrays(cls, stored, prefix: str) -> LinearGate:
         """Read :meth:`to_arrays` back from a loaded ``.npz``; KeyError names the missing array."""
         return cls(tuple(str(name) for name in stored[f"{prefix}_classes"]),
                    np.asarray(stored[f"{prefix}_mean"], np.float32), np.asarray(stored[f"{prefix}_scale"], np.float32),
@@ -220,7 +220,7 @@ class OODDetector:
             raise ProvenanceMismatch(f"{source} does not record which model it was fitted on. {remedy}")
         self.fitted_on.require(model_sha256, int(self.distribution.mean.shape[0]), source, model_name, remedy)
 
-    def with_gates(self, xray_gate: LinearGate, orientation_gate: LinearGate) -> "OODDetector":
+    def with_gates(self, xray_gate: LinearGate, orientation_gate: LinearGate) -> OODDetector:
         """The same detector with the X-ray and orientation gates (fitted by :mod:`helpers.guard`)."""
         return dataclasses.replace(self, xray_gate=xray_gate, orientation_gate=orientation_gate)
 
@@ -322,7 +322,7 @@ class OODDetector:
 
     # ------------------------------------------------------------------ io
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "OODDetector":
+    def load(cls, path: str | Path | None = None) -> OODDetector:
         path = Path(path) if path else config.artifacts_dir("ood", create=False) / DETECTOR_FILE_NAME
         if not path.is_file():
             raise FileNotFoundError(

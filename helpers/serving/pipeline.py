@@ -238,7 +238,7 @@ class Screener:
     @classmethod
     def load(cls, variant: str = "int8", model: str | os.PathLike | None = None,
              detector: str | os.PathLike | None = None, num_threads: int | None = 2,
-             allow_stale: bool = False, site: str | os.PathLike | None = None) -> "Screener":
+             allow_stale: bool = False, site: str | os.PathLike | None = None) -> Screener:
         """The engine from :func:`find_model` (provenance checked) and the detector from :func:`find_detector`.
 
         ``site``: a site calibration file (notebook 08) whose operating point (and head,
@@ -384,7 +384,7 @@ class ResultCache:
         self._lock = threading.Lock()
         self.screened = 0  # how many screens it had to run (the rest came from the cache)
 
-    def screen(self, screener: "Screener", content: bytes, name: str) -> ScreeningResult:
+    def screen(self, screener: Screener, content: bytes, name: str) -> ScreeningResult:
         """The result for these bytes from this screener: from the cache, or screened now and kept."""
         key = (hashlib.sha256(content).hexdigest(), name, screener.identity)
         with self._lock:

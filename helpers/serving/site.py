@@ -43,7 +43,7 @@ class LinearHead:
         return {"weights": self.weights.tolist(), "bias": self.bias}
 
     @classmethod
-    def from_dict(cls, saved: dict, source: str = "") -> "LinearHead":
+    def from_dict(cls, saved: dict, source: str = "") -> LinearHead:
         try:
             weights = np.asarray(saved["weights"], dtype=np.float64)
             bias = float(saved["bias"])
@@ -162,7 +162,7 @@ class SiteCalibration:
         self.fitted_on.require(model_sha256, feature_width, source, model_name, remedy)
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "SiteCalibration":
+    def load(cls, path: str | Path | None = None) -> SiteCalibration:
         path = Path(path) if path else config.artifacts_dir() / SITE_FILE_NAME
         remedy = "Write it with helpers.site.calibrate_site(...).save() (notebook 08)."
         if not path.is_file():

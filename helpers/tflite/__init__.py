@@ -57,22 +57,11 @@ below are re-exported, so ``from helpers import tflite; tflite.convert(...)`` wo
 
 from __future__ import annotations
 
-from helpers.tflite.paths import (  # noqa: F401  (re-exported)
-    DATASET_PROVENANCE,
-    METADATA_SCHEMA_VERSION,
-    MODEL_STEM,
-    PROBABILITY_TOLERANCE,
-    TFLITE_FILE_IDENTIFIER,
-    TFLITE_SUBDIR,
-    TFLiteModelError,
-    VARIANTS,
-    check_variant,
-    file_sha256,
-    metadata_path,
-    tflite_dir,
-    tflite_path,
+from helpers.tflite.convert import (
+    convert,
+    convert_all,
 )
-from helpers.tflite.exporting import (  # noqa: F401  (re-exported)
+from helpers.tflite.exporting import (
     QUANTIZER_NOISE_LINE,
     check_uint8_input_is_raw_pixels,
     converter_options,
@@ -84,48 +73,19 @@ from helpers.tflite.exporting import (  # noqa: F401  (re-exported)
     set_converter_options,
     write_model_bytes,
 )
-from helpers.tflite.runtime import (  # noqa: F401  (re-exported)
-    INTERPRETER_DEPRECATION_WARNING,
-    InterpreterPool,
-    TFLiteClassifier,
-    TensorInfo,
-    check_classifier_shapes,
-    dequantize,
-    interpreter_class,
-    load_interpreter,
-    output_values,
-    quantize,
-    read_model_bytes,
-    to_input_dtype,
-)
-from helpers.tflite.int8 import (  # noqa: F401  (re-exported)
+from helpers.tflite.int8 import (
     DEBUG_IMAGES,
     FLOAT_STEM_END_LAYER,
     INT8_CONVERTER_PATH,
-    Int8Quantization,
     SUSPECT_RMSE_OVER_SCALE,
+    Int8Quantization,
     estimate_logit_shift,
     float_stem_layers,
     quantize_int8,
     tflite_pooled_features,
     with_logit_bias_shift,
 )
-from helpers.tflite.convert import (  # noqa: F401  (re-exported)
-    convert,
-    convert_all,
-)
-from helpers.tflite.parity import (  # noqa: F401  (re-exported)
-    PARITY_FILE_NAME,
-    PhoneModelTargets,
-    decision_metrics,
-    finite_or_none,
-    parity,
-    parity_table,
-    read_parity,
-    target_table,
-    write_parity,
-)
-from helpers.tflite.metadata import (  # noqa: F401  (re-exported)
+from helpers.tflite.metadata import (
     EMBEDDED_METADATA_NAME,
     FILE_IDENTITY_KEYS,
     build_metadata,
@@ -138,6 +98,46 @@ from helpers.tflite.metadata import (  # noqa: F401  (re-exported)
     read_metadata,
     write_metadata,
 )
+from helpers.tflite.parity import (  # noqa: F401  (re-exported)
+    PARITY_FILE_NAME,
+    PhoneModelTargets,
+    decision_metrics,
+    finite_or_none,
+    parity,
+    parity_table,
+    read_parity,
+    target_table,
+    write_parity,
+)
+from helpers.tflite.paths import (
+    DATASET_PROVENANCE,
+    METADATA_SCHEMA_VERSION,
+    MODEL_STEM,
+    PROBABILITY_TOLERANCE,
+    TFLITE_FILE_IDENTIFIER,
+    TFLITE_SUBDIR,
+    VARIANTS,
+    TFLiteModelError,
+    check_variant,
+    file_sha256,
+    metadata_path,
+    tflite_dir,
+    tflite_path,
+)
+from helpers.tflite.runtime import (
+    INTERPRETER_DEPRECATION_WARNING,
+    InterpreterPool,
+    TensorInfo,
+    TFLiteClassifier,
+    check_classifier_shapes,
+    dequantize,
+    interpreter_class,
+    load_interpreter,
+    output_values,
+    quantize,
+    read_model_bytes,
+    to_input_dtype,
+)
 
 __all__ = [
     "DATASET_PROVENANCE",
@@ -147,7 +147,6 @@ __all__ = [
     "FLOAT_STEM_END_LAYER",
     "INT8_CONVERTER_PATH",
     "INTERPRETER_DEPRECATION_WARNING",
-    "Int8Quantization",
     "METADATA_SCHEMA_VERSION",
     "MODEL_STEM",
     "PARITY_FILE_NAME",
@@ -156,11 +155,12 @@ __all__ = [
     "SUSPECT_RMSE_OVER_SCALE",
     "TFLITE_FILE_IDENTIFIER",
     "TFLITE_SUBDIR",
+    "VARIANTS",
+    "Int8Quantization",
     "InterpreterPool",
     "TFLiteClassifier",
     "TFLiteModelError",
     "TensorInfo",
-    "VARIANTS",
     "build_metadata",
     "check_classifier_shapes",
     "check_uint8_input_is_raw_pixels",

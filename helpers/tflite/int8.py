@@ -9,9 +9,9 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from helpers.tflite.exporting import (
 )
 from helpers.tflite.paths import TFLiteModelError
 from helpers.tflite.runtime import TFLiteClassifier, dequantize
-
 
 FLOAT_STEM_END_LAYER = "expanded_conv_project_BN"  # last layer of MobileNetV2's first block
 # The Quantization Debugger guide flags an op when rmse/scale of its int8 output (vs
@@ -288,7 +287,7 @@ def estimate_logit_shift(model, int8_path: str | os.PathLike, images: np.ndarray
     lite_features = tflite_pooled_features(int8_path, images, POOL_LAYER)  # (N, F)
     weights = model.get_layer(LOGIT_LAYER).get_weights()[0][:, 0]  # (F,)
     shifts = (lite_features - keras_features) @ weights  # (N,)
-    return {"mean": float(shifts.mean()), "std": float(shifts.std()), "n_images": int(len(shifts))}
+    return {"mean": float(shifts.mean()), "std": float(shifts.std()), "n_images": len(shifts)}
 
 
 def with_logit_bias_shift(model, shift: float):

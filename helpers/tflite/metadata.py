@@ -13,6 +13,7 @@ import numpy as np
 from helpers.data import CLASS_NAMES
 from helpers.jsonio import json_ready, write_json
 from helpers.operating_point import OperatingPoint
+from helpers.serving.engine import REQUIRED_METADATA, read_metadata  # noqa: F401  (read_metadata re-exported)
 from helpers.tflite.exporting import model_target, write_model_bytes
 from helpers.tflite.int8 import INT8_CONVERTER_PATH
 from helpers.tflite.paths import (
@@ -25,7 +26,6 @@ from helpers.tflite.paths import (
     file_sha256,
     metadata_path,
 )
-from helpers.serving.engine import REQUIRED_METADATA, read_metadata  # noqa: F401  (read_metadata re-exported)
 from helpers.tflite.runtime import TensorInfo, load_interpreter, read_model_bytes
 
 

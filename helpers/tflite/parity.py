@@ -55,7 +55,7 @@ def parity(
     mine = decision_metrics(candidate, labels, threshold)
     theirs = decision_metrics(reference, labels, threshold)
     result = {
-        "n_images": int(len(labels)),
+        "n_images": len(labels),
         "agreement": float(np.mean(same)),
         "disagreements": int(np.sum(~same)),
         "max_abs_diff": float(difference.max()),

@@ -14,7 +14,6 @@ from helpers.serving.engine import (  # noqa: F401  (re-exported: what the scree
     metadata_path,
 )
 
-
 VARIANTS = ("float32", "float16", "dynamic_range", "int8")
 TFLITE_SUBDIR = "tflite"
 MODEL_STEM = "pneumonia_mobilenetv2"

@@ -25,7 +25,6 @@ from helpers.serving.engine import (  # noqa: F401  (re-exported: the LiteRT run
 )
 from helpers.tflite.paths import TFLiteModelError
 
-
 INTERPRETER_DEPRECATION_WARNING = r"\s*Warning: tf\.lite\.Interpreter is deprecated"
 
 
