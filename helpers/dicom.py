@@ -221,9 +221,14 @@ def check_compressed_stream(dataset, name: str, max_bytes: int = MAX_DECODED_BYT
     from pydicom import uid
 
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not uid.UID(syntax).is_encapsulated:
+    if syntax is None:
         return
     syntax = uid.UID(syntax)
+    if not syntax.is_transfer_syntax:  # a damaged UID: pydicom cannot say how the pixels are stored
+        raise DicomRejected(f"{name} declares the transfer syntax {str(syntax)[:64]!r}, which is not a DICOM "
+                            f"transfer syntax: the file is damaged. {EXPORT_AGAIN}")
+    if not syntax.is_encapsulated:
+        return
     codecs = (*uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes, *uid.JPEG2000TransferSyntaxes)
     if syntax not in codecs and syntax != uid.RLELossless:
         raise DicomRejected(f"{name} is compressed as {syntax.name}, which this app does not decode. Export it "

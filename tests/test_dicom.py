@@ -216,3 +216,11 @@ def test_damaged_headers_and_unknown_compressions_are_refused_with_a_reason():
         dicom.read_film(dicom_file(64, 64, two, uid.JPEGBaseline8Bit), "two.dcm")
     with pytest.raises(dicom.DicomRejected, match="does not start with a readable image header"):
         dicom.read_film(dicom_file(64, 64, encapsulate_frames([b"\0" * 100]), uid.JPEG2000Lossless), "junk.dcm")
+
+
+def test_a_damaged_transfer_syntax_uid_is_refused_with_a_message():
+    content = dicom.film_bytes(np.full((128, 128), 100, np.uint8))
+    start = content.find(b"1.2.840.10008.1.2.1")  # Explicit VR Little Endian, as the file meta declares
+    damaged = content[:start] + b"1.2.840.10008.1.2.7" + content[start + 19:]  # a bit flip made it no syntax
+    with pytest.raises(uploads.ImageRejected, match=r"damaged\.dcm declares the transfer syntax .* is not a DICOM"):
+        uploads.decode_upload(damaged, "damaged.dcm")
