@@ -348,10 +348,10 @@ def archive_block(benchmark: dict) -> str:
                      f"({one_worker['cores_used']:.2f} and {two_workers['cores_used']:.2f} cores on average).")
     bare = benchmark.get("without_dask")
     if bare:
-        share = scaling["folder_2_over_1_worker"] / bare["2_over_1"]
+        cores = (f" ({bare['processes_1_cores_used']:.2f} and {bare['processes_2_cores_used']:.2f} cores of CPU time)"
+                 if "processes_2_cores_used" in bare else "")
         lines.append(f"Two plain processes without Dask, one single-thread screener each, screen "
-                     f"{bare['2_over_1']:.2f}x the films/s of one on the same films: that is what the second core "
-                     f"gave here, and Dask's 2 workers reach {share:.0%} of it.")
+                     f"{bare['2_over_1']:.2f}x the films/s of one on the same films{cores}.")
     manifest = benchmark.get("manifest")
     if manifest:
         lines.append(f"A manifest of {manifest['rows']:,} files that do not exist: {manifest['result_rows']:,} rows, "

@@ -10,6 +10,7 @@ answers so the rows hold all three decisions; the films are real official test f
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -198,6 +199,19 @@ def test_the_command_screens_a_manifest_and_a_missing_file_is_a_refusal_row(mode
     assert [row["file"] for row in rows] == [*(f"PNEUMONIA/{path.name}" for path in films), "missing/film.jpeg"]
     assert [row["status"] for row in rows] == ["decided"] * 3 + ["refused"]
     assert "missing/film.jpeg does not exist" in rows[-1]["reason"] and "manifest" in rows[-1]["reason"]
+
+
+def test_a_running_scheduler_is_reached_by_its_address(client, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", client.scheduler.address)
+    with archive.dask_client() as other:  # no --scheduler: the environment variable names it
+        assert other.scheduler.address == client.scheduler.address
+        assert len(other.scheduler_info()["workers"]) == 2
+
+
+def test_a_worker_with_another_model_file_is_refused_before_any_part(client, setup):
+    other = dataclasses.replace(setup, model_sha256="0" * 64)
+    with pytest.raises(archive.ArchiveError, match="not the 000000000000 the job was started with"):
+        archive.warm_up(client, other)
 
 
 def test_bad_arguments_are_refused_with_a_remedy(tmp_path, capsys):
