@@ -65,10 +65,12 @@ orthanc:
 	else echo "No $(ORTHANC) and not root: the DICOMweb tests will be skipped (apt-get install orthanc orthanc-dicomweb)."; fi
 
 test: $(STAMP) browser orthanc
+	$(BIN)/ruff check .
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
 		$(BIN)/python -m pytest tests $(PYTEST_WORKERS)
 
 test-fast: $(STAMP) orthanc
+	$(BIN)/ruff check .
 	CXR_ARTIFACTS_DIR=$(TEST_ARTIFACTS) CXR_PROFILE=smoke \
 		$(BIN)/python -m pytest tests -m "not notebooks" $(PYTEST_WORKERS)
 

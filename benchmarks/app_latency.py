@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=int, default=None, help="test films timed through the app path (default: all)")
-    parser.add_argument("--keras-films", type=int, default=DEFAULT_KERAS_FILMS, help="of those, films timed through the Keras engine")
+    parser.add_argument("--keras-films", type=int, default=DEFAULT_KERAS_FILMS,
+                        help="of those, films timed through the Keras engine")
     parser.add_argument("--warmup", type=int, default=5)
     arguments = parser.parse_args(argv)
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     float32 = app_process(films, "float32", arguments.warmup)
     float32_decided = np.array([film["accepted"] for film in float32["films"]]) & ~refused
     float32_flips = int(np.sum(
-        point.predicted(np.array([film["probability"] for film, keep in zip(float32["films"], float32_decided) if keep]))
+        point.predicted(np.array([film["probability"]
+                                  for film, keep in zip(float32["films"], float32_decided) if keep]))
         != point.predicted(keras["probability"].to_numpy()[float32_decided])))
     parity = tflite.read_parity({"int8": tflite.tflite_path("int8")})
     documented = parity.get("int8", {}).get("disagreements")
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_ms": float(np.mean(app_ms)),
         "stages_p50_ms": {stage: percentile([film["stages_ms"].get(stage, 0.0) for film in decided], 50)
                           for stage in ("decode", "model", "ood", "heatmap", "overlay")},
-        "keras_films": len(keras_films), "keras_p50_ms": percentile(keras_ms, 50), "keras_p95_ms": percentile(keras_ms, 95),
+        "keras_films": len(keras_films),
+        "keras_p50_ms": percentile(keras_ms, 50), "keras_p95_ms": percentile(keras_ms, 95),
         "speedup_vs_keras": percentile(keras_ms, 50) / percentile(app_ms, 50),
         "cold_start_s": app["cold_start_s"], "rss_mb": app[f"rss_mb_after_{COLD_START_FILMS}"],
         "rss_mb_after_all_films": app["rss_mb_end"], "imported_tensorflow": app["imported_tensorflow"],

@@ -103,7 +103,8 @@ def open_ready(browser, url: str, query: str = "", context=None):
 
 def screen(page, film: Path) -> tuple[dict, np.ndarray | None]:
     shown = page.evaluate(SCREEN_JS, [base64.b64encode(film.read_bytes()).decode(), film.name])
-    heatmap = None if shown["heat"] is None else np.frombuffer(base64.b64decode(shown["heat"]), np.float32).reshape(224, 224)
+    heatmap = (None if shown["heat"] is None
+               else np.frombuffer(base64.b64decode(shown["heat"]), np.float32).reshape(224, 224))
     return shown["result"], heatmap
 
 
@@ -153,7 +154,8 @@ def variant_benchmark(browser, url: str, variant: str, films: list[Path], artifa
         "inference_ms": percentiles(inference), "end_to_end_ms": percentiles(end_to_end),
         "end_to_end_stages_median_ms": {key: round(float(np.median([stage[key] for stage in stages])), 2)
                                         for key in (stages[0] if stages else {})},
-        f"slowdown_{SLOWDOWN}x": {"inference_ms": percentiles(slow_inference), "end_to_end_ms": percentiles(slow_end_to_end)},
+        f"slowdown_{SLOWDOWN}x": {"inference_ms": percentiles(slow_inference),
+                                  "end_to_end_ms": percentiles(slow_end_to_end)},
         "parity": {"films": len(films), "decision_agreement": round(agree / len(films), 5),
                    "disagreements": disagreements[:20],
                    "probability_max_abs_difference": float(max(differences)) if differences else None,
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
                                           "slowdown": f"CDP Emulation.setCPUThrottlingRate {SLOWDOWN} on the page "
                                                       "target (LiteRT.js runs on the page's main thread, no worker)",
-                                          "wasm": "LiteRT.js single-threaded wasm (XNNPACK), no cross-origin isolation"},
+                                          "wasm": "LiteRT.js single-threaded wasm (XNNPACK), "
+                                                  "no cross-origin isolation"},
                           "visits": visits(browser, url, server, films[0]), "variants": {}}
                 for variant in arguments.variants:
                     print(f"[phone] {variant}: {len(parity_films)} films", flush=True)
@@ -281,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 browser.close()
             print("[phone] camera", flush=True)
-            report["camera"] = camera_benchmark(playwright, url, camera_video(films[:2] + films[-2:], work / "camera.y4m"),
+            report["camera"] = camera_benchmark(playwright, url,
+                                                camera_video(films[:2] + films[-2:], work / "camera.y4m"),
                                                 arguments.camera_frames, arguments.camera_seconds)
     report["seconds"] = round(time.time() - started, 1)
     report["environment"]["load_average_at_end"] = os.getloadavg()  # other work on the machine slows every figure

@@ -44,12 +44,15 @@ DEFAULT_RUNS = 200  # fewer make a shortened benchmark, which make report does n
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="timed invocations per variant and thread count (>= 200 for the report)")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                        help="timed invocations per variant and thread count (>= 200 for the report)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed invocations first")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="thread count of the multi-thread measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                        help="thread count of the multi-thread measurement")
     parser.add_argument("--parity-images", type=int, default=None,
                         help="test images for agreement/accuracy when parity.json cannot be reused (default: all)")
-    parser.add_argument("--model-dir", type=Path, default=None, help="folder with the .tflite files (default <artifacts>/tflite)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="folder with the .tflite files (default <artifacts>/tflite)")
     parser.add_argument("--output", type=Path, default=None, help="JSON to write (default <model-dir>/benchmark.json)")
     parser.add_argument("--memory-probe", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

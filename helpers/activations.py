@@ -1,4 +1,5 @@
-"""Batched prediction and the on-disk cache of backbone activations (notebooks 02 and 03; re-exported by :mod:`helpers.training`).
+"""Batched prediction and the on-disk cache of backbone activations (notebooks 02 and 03; re-exported by
+:mod:`helpers.training`).
 
 Fine-tuning runs the frozen part of the backbone once per film: its activations at
 the cut layer are cached by content (model weights, films, layer), so later epochs and

@@ -444,8 +444,9 @@ def film_bytes(film: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: 
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    # reproducible: the same film gets the same UID
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(len(film.tobytes())), photometric, modality,
-                                                                 hashlib.sha256(film.tobytes()).hexdigest()])  # reproducible
+                                                                 hashlib.sha256(film.tobytes()).hexdigest()])
     meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
     dataset = Dataset()
     dataset.file_meta = meta

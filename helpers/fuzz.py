@@ -1,8 +1,9 @@
 """Damaged uploads, made on purpose: a seeded mutation corpus for the screening entry point.
 
 Every input a user could send by mistake or malice -- truncated, bit-flipped,
-header-mangled image files (JPEG, PNG, 16-bit PNG, TIFF, BMP, GIF, WebP, DICOM), zero bytes, the wrong extension, an absurd declared size
--- must end in a verdict or the project's documented refusal (a
+header-mangled image files (JPEG, PNG, 16-bit PNG, TIFF, BMP, GIF, WebP, DICOM), zero
+bytes, the wrong extension, an absurd declared size -- must end in a verdict or the
+project's documented refusal (a
 :class:`helpers.screening.ScreeningResult` with a message), never another exception,
 and quickly. :func:`corpus` builds the inputs from real encoded films; :func:`run`
 screens them and counts what happened. ``tests/test_fuzz.py`` runs 1,000 of them;

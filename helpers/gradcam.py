@@ -358,9 +358,11 @@ def describe_regions(name: str, shares: dict) -> str:
     vertical = "top" if shares["peak_row"] < 1 / 3 else "bottom" if shares["peak_row"] > 2 / 3 else "middle"
     horizontal = ("left" if shares["peak_column"] < 1 / 3 else "right" if shares["peak_column"] > 2 / 3
                   else "centre")
-    sentence = (f"{name}: the average map peaks at the {vertical} {horizontal} of the image "
-                f"({'inside the border band: a marker, edge or label, not lung' if shares['peak_in_border'] else 'inside the central region'}); "
-                f"{shares['border']:.0%} of the heat lies in the border band, which covers {shares['border_area']:.0%} of the image")
+    peak_place = ("inside the border band: a marker, edge or label, not lung" if shares["peak_in_border"]
+                  else "inside the central region")
+    sentence = (f"{name}: the average map peaks at the {vertical} {horizontal} of the image ({peak_place}); "
+                f"{shares['border']:.0%} of the heat lies in the border band, "
+                f"which covers {shares['border_area']:.0%} of the image")
     if shares["border"] > shares["border_area"]:
         sentence += " -- MORE than a uniform map: the model leans on the image's edges."
     else:
@@ -428,7 +430,8 @@ def plot_outcome_gallery(model, images, labels, probabilities, threshold: float,
     for group_index, (name, indices) in enumerate(chosen.items()):
         image_row, map_row = axes[2 * group_index], axes[2 * group_index + 1]
         predicted_class = 1 if name in ("TP", "FP") else 0
-        heatmaps = (compute_gradcam(model, np.asarray(images[indices], dtype=np.float32), target=[predicted_class] * len(indices))
+        heatmaps = (compute_gradcam(model, np.asarray(images[indices], dtype=np.float32),
+                                    target=[predicted_class] * len(indices))
                     if len(indices) else [])
         for column in range(per_group):
             image_row[column].axis("off")

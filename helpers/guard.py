@@ -10,8 +10,9 @@ user needs:
 * **a chest X-ray unlike the training population** (another hospital, an adult,
   another machine): answer "refer to a radiologist", never a confident decision.
 
-Each gate is a :class:`helpers.serving.guard.LinearGate` (applied at screening time there, fitted here): the 1280 ``global_pool`` features the model
-computes anyway, standardized, then a logistic regression. They are trained on
+Each gate is a :class:`helpers.serving.guard.LinearGate` (applied at screening time
+there, fitted here): the 1280 ``global_pool`` features the model computes anyway,
+standardized, then a logistic regression. They are trained on
 *transformed training films only* and their thresholds set on the validation split:
 
 * the **X-ray gate** learns "X-ray or not" from training films under strong
@@ -148,7 +149,8 @@ def fit_linear_gate(features: np.ndarray, labels, classes: tuple[str, ...], watc
                       weights.astype(np.float32), bias.astype(np.float32), 0.5, classes.index(watched))
 
 
-def threshold_between(accepted_scores: np.ndarray, refused_scores: np.ndarray, quantile: float = EDGE_QUANTILE) -> float:
+def threshold_between(accepted_scores: np.ndarray, refused_scores: np.ndarray,
+                      quantile: float = EDGE_QUANTILE) -> float:
     """Both gates' threshold rule: halfway (in logit) between the two groups' near edges.
 
     ``accepted_scores`` (e.g. validation X-rays, every variant) should pass and
@@ -199,7 +201,8 @@ def _stack(variants: dict[str, np.ndarray], label_of) -> tuple[np.ndarray, np.nd
     return features, labels
 
 
-def fit_orientation_gate(train_variants: dict[str, np.ndarray], validation_variants: dict[str, np.ndarray]) -> LinearGate:
+def fit_orientation_gate(train_variants: dict[str, np.ndarray],
+                         validation_variants: dict[str, np.ndarray]) -> LinearGate:
     """Upright / inverted / upside down / rotated, from training variants; threshold on validation.
 
     The gate fires when P(upright) is below a threshold set by :func:`threshold_between`

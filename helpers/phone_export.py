@@ -157,7 +157,8 @@ def read_guard(folder: str | os.PathLike = DEFAULT_OUTPUT) -> OODDetector:
                                "again (python -m helpers.phone_export).")
     arrays = unpack_arrays((folder / description["file"]).read_bytes(), description["layout"])
     size = int(description["dimensions"])
-    precision = symmetric_from_upper(arrays["precision_upper"].astype(np.float64), size) / description["precision_scale"]
+    precision = (symmetric_from_upper(arrays["precision_upper"].astype(np.float64), size)
+                 / description["precision_scale"])
     gates = {prefix: guard.LinearGate(tuple(description[prefix]["classes"]), arrays[f"{prefix}_mean"],
                                       arrays[f"{prefix}_scale"], arrays[f"{prefix}_weights"], arrays[f"{prefix}_bias"],
                                       float(description[prefix]["threshold"]), int(description[prefix]["watched"]))
@@ -190,7 +191,8 @@ def guard_storage_options(detector: OODDetector, features: np.ndarray) -> list[d
             values = upper_triangle(stored) if shape == "upper triangle" else stored.ravel()
             restored = stored.astype(np.float64) / (scale if dtype == np.float16 else 1.0)
             distances = FeatureDistribution(detector.distribution.mean, restored).distances(features)
-            rows.append({"storage": f"{np.dtype(dtype).name}, {shape}", "bytes": int(values.size * np.dtype(dtype).itemsize),
+            rows.append({"storage": f"{np.dtype(dtype).name}, {shape}",
+                         "bytes": int(values.size * np.dtype(dtype).itemsize),
                          "max_relative_distance_error": float(np.max(np.abs(distances - reference) / reference)),
                          "matrix": f"{size}x{size}"})
     return rows
@@ -343,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     bundle = read_bundle(path.parent)
-    sizes = ", ".join(f"{variant} {entry['size_bytes'] / 2**20:.1f} MiB" for variant, entry in bundle["variants"].items())
+    sizes = ", ".join(f"{variant} {entry['size_bytes'] / 2**20:.1f} MiB"
+                      for variant, entry in bundle["variants"].items())
     print(f"Exported {sizes} and the guard to {path.parent} (version {bundle['version']}).")
     return 0
 

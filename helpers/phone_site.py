@@ -51,7 +51,8 @@ def _run(command: list[str], what: str) -> str:
         raise PhoneBuildError(f"{command[0]} is not installed: install Node.js 18 or newer (with npm) to {what}.")
     finished = subprocess.run(command, cwd=PHONE_DIR, capture_output=True, text=True, timeout=900)
     if finished.returncode != 0:
-        raise PhoneBuildError(f"{' '.join(command)} failed ({what}):\n{finished.stdout[-2000:]}{finished.stderr[-3000:]}")
+        raise PhoneBuildError(f"{' '.join(command)} failed ({what}):\n"
+                              f"{finished.stdout[-2000:]}{finished.stderr[-3000:]}")
     return finished.stdout
 
 
@@ -65,7 +66,8 @@ def install_packages(force: bool = False) -> None:
 
 @contextlib.contextmanager
 def _build_lock():
-    """One build at a time in ``phone/`` (the tests and a notebook may build at once; ``npm ci`` empties node_modules)."""
+    """One build at a time in ``phone/``
+    (the tests and a notebook may build at once; ``npm ci`` empties node_modules)."""
     with (PHONE_DIR / BUILD_LOCK_NAME).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -93,7 +95,8 @@ def build(artifacts: str | os.PathLike | None = None, public: str | os.PathLike 
 class StaticHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with the types a browser needs for wasm and the manifest; quiet logs."""
 
-    extensions_map: typing.ClassVar[dict[str, str]] = {**http.server.SimpleHTTPRequestHandler.extensions_map, **CONTENT_TYPES}
+    extensions_map: typing.ClassVar[dict[str, str]] = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                                                        **CONTENT_TYPES}
 
     def log_message(self, format, *args):
         return
@@ -182,7 +185,8 @@ def write_y4m(frames: list[np.ndarray], path: str | os.PathLike, fps: int) -> Pa
     with path.open("wb") as video:
         video.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
         for frame in frames:
-            luma, blue, red = (np.asarray(plane, np.float32) for plane in Image.fromarray(frame).convert("YCbCr").split())
+            luma, blue, red = (np.asarray(plane, np.float32)
+                               for plane in Image.fromarray(frame).convert("YCbCr").split())
             chroma = [np.asarray(Image.fromarray(plane, mode="F").resize((width // 2, height // 2), Image.BILINEAR))
                       for plane in (blue, red)]
             video.write(b"FRAME\n" + _studio_range(luma, 219.0, 16.0).tobytes()

@@ -1,4 +1,5 @@
-"""Which model a fitted file belongs to: the model's hash is written when the file is fitted and checked when it is loaded.
+"""Which model a fitted file belongs to: the model's hash is written when the file is fitted
+and checked when it is loaded.
 
 The out-of-distribution detector (notebook 07) and a site calibration (notebook 08)
 are fitted on the pooled features of one trained model. Another model of the same
@@ -69,7 +70,8 @@ class FittedOn:
         try:
             return cls(str(saved["model_sha256"]), int(saved["feature_width"]))
         except (TypeError, ValueError) as error:
-            raise ProvenanceMismatch(f"{source}: its '{FITTED_ON_KEY}' record is damaged ({error}). {remedy}") from error
+            raise ProvenanceMismatch(
+                f"{source}: its '{FITTED_ON_KEY}' record is damaged ({error}). {remedy}") from error
 
     def require(self, model_sha256: str | None, feature_width: int | None, source: str, model_name: str,
                 remedy: str) -> None:

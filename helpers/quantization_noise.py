@@ -103,7 +103,8 @@ def flip_probabilities(reference_probabilities: np.ndarray, threshold: float, er
         raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold}.")
     errors = np.asarray(errors, dtype=np.float64).reshape(-1)
     if len(errors) == 0 or np.any(~np.isfinite(errors)):
-        raise ValueError("errors must be a non-empty array of finite logit errors (helpers.quantization_noise.logit_errors).")
+        raise ValueError("errors must be a non-empty array of finite logit errors "
+                         "(helpers.quantization_noise.logit_errors).")
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)  # (N,)
     reference_logits = logit(reference)  # (N,)
     threshold_logit = float(operating_point.logit(threshold, PROBABILITY_EPSILON))
@@ -135,7 +136,8 @@ def simulate_parity(
     reference = np.asarray(reference_probabilities, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(reference) or len(labels) == 0:
-        raise ValueError(f"Need one label per probability, got {len(labels)} labels for {len(reference)} probabilities.")
+        raise ValueError(f"Need one label per probability, got {len(labels)} labels "
+                         f"for {len(reference)} probabilities.")
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}.")
     chance = flip_probabilities(reference, threshold, errors)  # (N,)

@@ -270,8 +270,8 @@ def reliability_block(reliability: dict, ood_report: dict | None = None) -> str:
                   for name, counts in outcomes.items()]
     if ood_report and "orientation" in ood_report:
         orientation = ood_report["orientation"]
-        lines.append(f"\nOrientation gate on the Keras features of the {orientation['n_test']} test films (notebook 07, "
-                     f"`ood.json`): inverted {orientation['inverted_detected']:.1%}, upside down "
+        lines.append(f"\nOrientation gate on the Keras features of the {orientation['n_test']} test films "
+                     f"(notebook 07, `ood.json`): inverted {orientation['inverted_detected']:.1%}, upside down "
                      f"{orientation['upside_down_detected']:.1%}, rotated {orientation['rotated_detected']:.1%} "
                      f"detected; upright films flagged {orientation['upright_false_alarm']:.2%}. Test X-rays refused "
                      f"{ood_report['false_rejection_rate_test']:.2%}, referred as unlike the population "
@@ -381,7 +381,8 @@ def new_site_block(report: dict) -> str:
     lines = ["| site A, rest of the films | accuracy (5th-95th pct) | recall | specificity | ECE | decided |",
              "|---|---|---|---|---|---|",
              f"| zero-shot (validation operating point) | {_summary(report['zero_shot'])} |",
-             f"| label-free: first {depth_text} BatchNorm layers adapted, no labels | {_summary(report['label_free'])} |"]
+             f"| label-free: first {depth_text} BatchNorm layers adapted, no labels "
+             f"| {_summary(report['label_free'])} |"]
     lines += [f"| calibrated, k = {k} per class | {_summary(entry)} |" for k, entry in report["calibrated"].items()]
     if report.get("targets"):
         lines += ["", "- " + targets.SITE_CALIBRATION.line(report["targets"])]
@@ -391,7 +392,8 @@ def new_site_block(report: dict) -> str:
     for name, values in simulated:
         zero_shot = whole.get(f"{name}, zero-shot")
         if zero_shot:
-            lines.append(f"- Label-free on the simulated {name} site (whole site): accuracy {zero_shot['accuracy']:.3f} → "
+            lines.append(f"- Label-free on the simulated {name} site (whole site): "
+                         f"accuracy {zero_shot['accuracy']:.3f} → "
                          f"{values['accuracy']:.3f}, specificity {zero_shot['specificity']:.3f} → "
                          f"{values['specificity']:.3f}, recall {zero_shot['recall']:.3f} → {values['recall']:.3f}.")
     if control:
@@ -446,7 +448,8 @@ def reference_results(metrics: dict, found: dict[str, dict] | None = None) -> di
     if "new_site" in found:
         site = found["new_site"]
         record["new_site"] = {"zero_shot_accuracy": site["zero_shot"]["accuracy"]["mean"],
-                              "calibrated_accuracy": {k: entry["accuracy"]["mean"] for k, entry in site["calibrated"].items()}}
+                              "calibrated_accuracy": {k: entry["accuracy"]["mean"]
+                                                      for k, entry in site["calibrated"].items()}}
     return record
 
 
@@ -464,7 +467,8 @@ def results_block(reference: dict) -> str:
     """The README's headline table: test and validation metrics with 95% intervals, from ``reference.json``."""
     bootstrap = reference.get("bootstrap") or {}
     lines = [f"| metric (threshold {reference['threshold']:.3f}, chosen on validation) | "
-             f"test ({reference['n_images']['test']} images) | validation ({reference['n_images']['validation']} images) |",
+             f"test ({reference['n_images']['test']} images) | "
+             f"validation ({reference['n_images']['validation']} images) |",
              "|---|---|---|"]
     lines += _metric_rows(reference)
     calibration = reference["calibration"]
@@ -484,8 +488,8 @@ def results_block(reference: dict) -> str:
     if reference.get("int8"):
         int8 = reference["int8"]
         lines.append(f"The int8 phone model ({int8['size_mb']:.1f} MB) agrees with Keras on {int8['agreement']:.1%} "
-                     f"of the test films ({int8['disagreements']:.0f} differ; accuracy {int8['accuracy_delta_points']:+.2f} "
-                     "points).")
+                     f"of the test films ({int8['disagreements']:.0f} differ; "
+                     f"accuracy {int8['accuracy_delta_points']:+.2f} points).")
     lines += _targets_section(results_target_lines(reference))
     return "\n".join(lines)
 
@@ -547,7 +551,8 @@ def model_card(results: dict[str, dict]) -> str:
         "",
         "## Metrics",
         "",
-        f"Decision threshold {reference['threshold']:.3f}, chosen on validation ({reference.get('threshold_rule') or 'see metrics.json'}).",
+        f"Decision threshold {reference['threshold']:.3f}, chosen on validation "
+        f"({reference.get('threshold_rule') or 'see metrics.json'}).",
         "",
         "| metric | test [95% CI] | validation [95% CI] |",
         "|---|---|---|",
@@ -556,15 +561,16 @@ def model_card(results: dict[str, dict]) -> str:
     calibration = reference["calibration"]
     lines += ["", "## Calibration", "",
               f"Expected calibration error on test {calibration['ece_before']:.3f}; temperature scaling fitted on "
-              f"validation (T = {calibration['temperature']:.2f}) gives {calibration['ece_after']:.3f}: the miscalibration "
-              "on test comes from the population shift below, which a temperature cannot fix.", "",
+              f"validation (T = {calibration['temperature']:.2f}) gives {calibration['ece_after']:.3f}: "
+              "the miscalibration on test comes from the population shift below, which a temperature cannot fix.", "",
               "## Population shift and subgroups", ""]
     if shift:
         lines.append(f"A two-sample test on ImageNet features (notebook 04; 0.5 = indistinguishable) tells training "
-                     f"NORMAL films from test NORMAL films with AUC {shift.get('train_vs_test_NORMAL', float('nan')):.2f} "
-                     f"(train vs validation {shift.get('train_vs_validation_NORMAL', float('nan')):.2f}); for PNEUMONIA "
-                     f"{shift.get('train_vs_test_PNEUMONIA', float('nan')):.2f}. The test normals are another population: "
-                     "validation specificity does not carry over.")
+                     f"NORMAL films from test NORMAL films with AUC "
+                     f"{shift.get('train_vs_test_NORMAL', float('nan')):.2f} "
+                     f"(train vs validation {shift.get('train_vs_validation_NORMAL', float('nan')):.2f}); "
+                     f"for PNEUMONIA {shift.get('train_vs_test_PNEUMONIA', float('nan')):.2f}. "
+                     "The test normals are another population: validation specificity does not carry over.")
     if site:
         lines.append("")
         calibrated = ", ".join(f"k = {k}: {value:.3f}" for k, value in site["calibrated_accuracy"].items())
@@ -577,8 +583,10 @@ def model_card(results: dict[str, dict]) -> str:
                   f"{guard_figures['false_rejection_rate_test']:.1%} of test X-rays, and refers "
                   f"{guard_figures.get('unlike_population_rate_test') or 0:.1%} of test X-rays as unlike the training "
                   "population."
-                  + (f" Films the wrong way round are detected: inverted {guard_figures['inverted_detected']:.1%}, upside "
-                     f"down {guard_figures['upside_down_detected']:.1%}, rotated {guard_figures['rotated_detected']:.1%} "
+                  + (f" Films the wrong way round are detected: "
+                     f"inverted {guard_figures['inverted_detected']:.1%}, "
+                     f"upside down {guard_figures['upside_down_detected']:.1%}, "
+                     f"rotated {guard_figures['rotated_detected']:.1%} "
                      f"(upright films flagged {guard_figures['upright_false_alarm']:.1%})."
                      if "inverted_detected" in guard_figures else "")]
     lines += ["", "## Targets", "",

@@ -32,8 +32,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("folder", type=Path, help="folder of chest X-rays (JPEG, PNG, ...)")
     parser.add_argument("--out", type=Path, default=Path("screening_results.csv"), help="CSV to write")
     parser.add_argument("--engine", choices=screening.ONE_PASS_VARIANTS, default="int8")
-    parser.add_argument("--model", default=None, help=f"a one-pass .tflite (default: ${screening.MODEL_ENVIRONMENT_VARIABLE} "
-                                                      "or artifacts/tflite/)")
+    parser.add_argument("--model", default=None,
+                        help=f"a one-pass .tflite (default: ${screening.MODEL_ENVIRONMENT_VARIABLE} "
+                             "or artifacts/tflite/)")
     parser.add_argument("--heatmaps", type=Path, default=None, help="also save each heat-map overlay as PNG here")
     parser.add_argument("--site", default=None, help="a site_calibration.json (notebook 08) to use instead of the "
                                                      "validation operating point")

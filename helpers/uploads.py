@@ -68,9 +68,10 @@ def inspect_image_bytes(content: bytes, name: str = "the file") -> ImageInfo:
     """Check an upload before decoding it; raise :class:`ImageRejected` saying why not.
 
     Rejects: empty or oversized files, files that are not images or in an
-    unsupported format (DICOM goes through :func:`decode_dicom_upload`), images smaller than :data:`MIN_IMAGE_SIDE` on a side or
-    larger than :data:`MAX_IMAGE_PIXELS`. Only the header is read: the size is
-    checked before the EXIF orientation, which for a PNG can mean decoding it all.
+    unsupported format (DICOM goes through :func:`decode_dicom_upload`), images smaller
+    than :data:`MIN_IMAGE_SIDE` on a side or larger than :data:`MAX_IMAGE_PIXELS`. Only
+    the header is read: the size is checked before the EXIF orientation, which for a
+    PNG can mean decoding it all.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -171,8 +172,8 @@ def decode_upload(content: bytes, name: str = "the file") -> tuple[np.ndarray, I
     """Checked bytes -> (pixels float32 (224, 224, 3) 0-255, header info).
 
     Uses :func:`helpers.imaging.decode_pixels` (grey -> RGB, alpha dropped, EXIF
-    orientation applied, any size resized, high bit depth windowed). Raises :class:`ImageRejected` for any unusable file,
-    including truncated ones that only fail while decoding.
+    orientation applied, any size resized, high bit depth windowed). Raises :class:`ImageRejected`
+    for any unusable file, including truncated ones that only fail while decoding.
     """
     if is_dicom(content):
         return decode_dicom_upload(content, name)

@@ -83,7 +83,8 @@ def test_the_circle_finder_finds_a_circle():
 
 
 def _helper_modules_the_app_names() -> list[str]:
-    """The ``helpers`` modules ``app/streamlit_app.py`` imports (``from helpers import x`` and ``from helpers.x import``)."""
+    """The ``helpers`` modules ``app/streamlit_app.py`` imports
+    (``from helpers import x`` and ``from helpers.x import``)."""
     tree = ast.parse((ROOT / "app" / "streamlit_app.py").read_text())
     modules = set()
     for node in ast.walk(tree):
@@ -111,7 +112,8 @@ def test_the_web_apps_import_closure_is_small_and_tensorflow_free():
 
 
 def _threshold_comparisons(path: Path) -> list[str]:
-    """Comparisons (<, <=, >, >=) in ``path`` with a probability or score on one side and a threshold or band on the other."""
+    """Comparisons (<, <=, >, >=) in ``path`` with a probability or score on one side
+    and a threshold or band on the other."""
     text = path.read_text()
     found = []
     for node in ast.walk(ast.parse(text)):
@@ -123,15 +125,17 @@ def _threshold_comparisons(path: Path) -> list[str]:
 
 
 def test_the_decision_rule_lives_in_the_operating_point_module_only():
+    # guard.py: LinearGate.fires_at, the gates' one rule
     files = [path for folder in ("helpers", "app", "benchmarks") for path in sorted((ROOT / folder).rglob("*.py"))
-             if path.name not in ("operating_point.py", "guard.py")]  # guard.py: LinearGate.fires_at, the gates' one rule
+             if path.name not in ("operating_point.py", "guard.py")]
     assert [line for path in files for line in _threshold_comparisons(path)] == []
 
 
 def test_the_scan_finds_a_comparison(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("def decide(probability, threshold):\n    return probability >= threshold\n")
-    assert [line.split("/", 1)[1] for line in _threshold_comparisons(sample)] == ["sample.py:2: probability >= threshold"]
+    assert ([line.split("/", 1)[1] for line in _threshold_comparisons(sample)]
+            == ["sample.py:2: probability >= threshold"])
 
 
 # Function-level imports, and why each kind may be one (everything else is imported at the top):

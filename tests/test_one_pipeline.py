@@ -89,7 +89,8 @@ def comparable(row: dict) -> tuple:
     for column in COMPARED:
         value = row[column]
         if column == "calibrated_probability":
-            value = "" if value in (None, "") or (isinstance(value, float) and np.isnan(value)) else f"{float(value):.4f}"
+            missing = value in (None, "") or (isinstance(value, float) and np.isnan(value))
+            value = "" if missing else f"{float(value):.4f}"
         values.append("" if value is None else str(value))
     return tuple(values)
 

@@ -266,14 +266,16 @@ const rgba = new Uint8ClampedArray(readFileSync("{tmp_path / 'rgba.bin'}"));
 writeFileSync("{tmp_path / 'resized.bin'}", Buffer.from(resizeRgba(rgba, 517, 333, 224, 3).buffer));""")
     resized = np.frombuffer((tmp_path / "resized.bin").read_bytes(), np.float32).reshape(224, 224, 3)
     for channel in range(3):
-        np.testing.assert_array_equal(resized[..., channel], imaging.resize_plane(rgba[..., channel].astype(np.float32)))
+        np.testing.assert_array_equal(resized[..., channel],
+                                      imaging.resize_plane(rgba[..., channel].astype(np.float32)))
 
 
 def test_numbers_in_messages_are_printed_as_python_prints_them():
     pairs = [(60.6049, 60.6011, 1), (45.93, 60.62, 1), (0.031, 0.5, 2), (0.4999, 0.5, 2), (31.7, 25.0, 0),
              (25.4, 25.0, 0), (400.0, 50.0, 0), (50.0000001, 50.0, 0), (3.0, 3.0, 1)]
     printed = json.loads(run_node(f"""import {{distinctPair}} from "{source('format.js')}";
-console.log(JSON.stringify({json.dumps(pairs)}.map(([value, limit, decimals]) => distinctPair(value, limit, decimals))));"""))
+console.log(JSON.stringify({json.dumps(pairs)}"""
+                                  ".map(([value, limit, decimals]) => distinctPair(value, limit, decimals))));"))
     assert [tuple(pair) for pair in printed] == [distinct_pair(*pair) for pair in pairs]
 
 

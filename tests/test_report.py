@@ -22,8 +22,9 @@ ONE_PASS = {"n_heatmap_images": 100, "heatmap_spearman_float32": 1.0, "heatmap_s
             "heatmap_spearman_int8": 0.982}
 RELIABILITY = {
     "fuzz": {"inputs": 5000, "decided": 100, "refused": 4900, "unhandled": 0, "slowest_s": 0.12,
-             "slowest_input": "fuzz_1.gif", "by_kind": {"truncate": {"decided": 0, "refused": 2500, "unhandled": 0},
-                                                         "bit_flip": {"decided": 100, "refused": 2400, "unhandled": 0}}},
+             "slowest_input": "fuzz_1.gif",
+             "by_kind": {"truncate": {"decided": 0, "refused": 2500, "unhandled": 0},
+                         "bit_flip": {"decided": 100, "refused": 2400, "unhandled": 0}}},
     "bit16_agreement": 0.995, "bit16_films_compared": 618, "dicom_agreement": 0.985, "dicom_copies_compared": 1843,
     "guard": {"test films, inverted": {"chest_xray": 1, "not_xray": 0, "wrong_way_round": 623, "unlike_population": 0}},
 }
@@ -107,7 +108,8 @@ def snapshot(folder) -> dict[str, str]:
 def test_only_the_named_block_is_rewritten():
     text = "intro\n<!-- begin:app -->\nold\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
     rewritten = report.replace_block(text, "app", "new line")
-    assert rewritten == "intro\n<!-- begin:app -->\nnew line\n<!-- end:app -->\n<!-- begin:other -->\nkeep\n<!-- end:other -->\n"
+    assert rewritten == ("intro\n<!-- begin:app -->\nnew line\n<!-- end:app -->\n"
+                         "<!-- begin:other -->\nkeep\n<!-- end:other -->\n")
     assert report.readme_block(rewritten, "app") == "new line"
     with pytest.raises(ValueError, match="begin:missing"):
         report.replace_block(text, "missing", "x")
@@ -145,7 +147,8 @@ def test_archive_block_states_the_runs_the_scaling_note_and_its_targets():
     assert "Per CPU-second, 2 workers screen 100% of the films 1 worker does" in block
     assert "(0.95 and 1.80 cores on average)" in block
     assert "screen 1.90x the films/s of one on the same films (1.00 and 1.90 cores of CPU time)." in block
-    assert "- archive screener, 2 workers over 1 worker on 2 cores (films/s) ≥ 1.70x: 1.90x, met (set 2026-12-05)." in block
+    assert ("- archive screener, 2 workers over 1 worker on 2 cores (films/s) ≥ 1.70x: 1.90x, "
+            "met (set 2026-12-05).") in block
     slow_storage = {**ARCHIVE, "stages_ms": {**ARCHIVE["stages_ms"], "read": 20.0}}
     assert "reading the films limits throughput" in report.archive_block(slow_storage)
 

@@ -138,7 +138,8 @@ def test_a_grey_film_gets_a_decision_probability_and_heat_map(screener):
 
 def test_decision_follows_the_operating_point(screener):
     result = screener.screen_bytes(film_bytes(), "film.png")
-    expected = "REFER" if 0.45 <= result.probability < 0.55 else ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL")
+    expected = ("REFER" if 0.45 <= result.probability < 0.55
+                else ("PNEUMONIA" if result.probability >= 0.5 else "NORMAL"))
     assert result.decision == expected
 
 
@@ -272,7 +273,8 @@ def test_a_phone_model_from_another_keras_model_is_refused(classifier, tmp_path)
                                      keras_model_path=keras_file)
     assert screening.OnePassEngine(path).provenance_note == ""  # same model: nothing to say
     keras_file.write_bytes(b"a model trained again since")
-    with pytest.raises(screening.ScreeningModelError, match="another Keras model.*re-run notebook 06|Re-run notebook 06"):
+    with pytest.raises(screening.ScreeningModelError,
+                       match="another Keras model.*re-run notebook 06|Re-run notebook 06"):
         screening.OnePassEngine(path)
     assert screening.OnePassEngine(path, allow_stale=True).provenance_note.startswith("Warning")
     keras_file.unlink()
@@ -306,7 +308,8 @@ def test_a_site_calibration_or_detector_of_another_model_is_refused_with_the_rem
     calibration = site.SiteCalibration(OperatingPoint(threshold=0.3), site.LinearHead(np.full(8, 0.05), -1.0),
                                        site.RecallGuarantee.from_counts(20, 20), other)
     path = calibration.save(tmp_path / "site_calibration.json")
-    with pytest.raises(ProvenanceMismatch, match="site_calibration.json was fitted on another model.*Calibrate the site"):
+    with pytest.raises(ProvenanceMismatch,
+                       match="site_calibration.json was fitted on another model.*Calibrate the site"):
         screening.Screener.load("float32", models["float32"], site=path)
     features = np.stack([engine.run(film)[2] for film in grey_films(20, seed=11)])
     detector = dataclasses.replace(gated_detector(features, 1e9), fitted_on=other)

@@ -34,7 +34,8 @@ def world():
     patients = np.array([("q" if label else "") + (f"p{index // 2}" if index % 4 < 2 else f"s{index}")
                          for index, label in enumerate(site_labels)])
     return {"training_features": training_features, "training_labels": training_labels, "head": head,
-            "anchor": anchor, "space": anchor.space, "features": site_features, "labels": site_labels, "patients": patients}
+            "anchor": anchor, "space": anchor.space, "features": site_features, "labels": site_labels,
+            "patients": patients}
 
 
 # --------------------------------------------------------------------------- #
@@ -437,8 +438,9 @@ def test_depth_control_picks_the_deepest_depth_that_stays_quiet(monkeypatch):
     monkeypatch.setattr(site.LinearHead, "from_model", classmethod(lambda cls, model: Head()))
     monkeypatch.setattr("helpers.ood.feature_model", lambda model: None)
     monkeypatch.setattr("helpers.ood.compute_features", lambda extractor, images, batch_size=32: images[:, 0])
-    monkeypatch.setattr(site_adaptation, "label_free_logits", lambda model, source, target, *args, first_layers=None, **kw: (
-        np.full(len(target), shifts[first_layers]), None))
+    monkeypatch.setattr(site_adaptation, "label_free_logits",
+                        lambda model, source, target, *args, first_layers=None, **kw: (
+                            np.full(len(target), shifts[first_layers]), None))
     images = np.zeros((100, 2))
     labels = np.array([1, 0] * 50)
     result = site.depth_control(None, images, labels, 0.5, 20, [3, 10, 20, None])

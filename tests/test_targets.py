@@ -18,16 +18,19 @@ def test_every_target_is_dated_and_a_restatement_has_its_date_and_reason():
             assert datetime.date.fromisoformat(target.restated_on) >= set_on and target.restatement
     datetime.date.fromisoformat(targets.SITE_CALIBRATION.set_on)
     with pytest.raises(ValueError, match="both its date and its reason"):
-        targets.Target("x", "x", targets.AT_LEAST, 1.0, "{:.1f}", "2026-01-01", "reference", "x", restated_on="2026-02-01")
+        targets.Target("x", "x", targets.AT_LEAST, 1.0, "{:.1f}", "2026-01-01", "reference", "x",
+                       restated_on="2026-02-01")
     with pytest.raises(ValueError, match="relation"):
         targets.Target("x", "x", "==", 1.0, "{:.1f}", "2026-01-01", "reference", "x")
 
 
 def test_a_line_says_met_or_missed_with_the_date_it_was_set():
     target = targets.TARGETS["int8_agreement"]
-    assert target.line(0.9888) == "int8 decisions equal to Keras's (test films) ≥ 99.5%: 98.9%, **missed** (set 2026-11-25)"
+    assert target.line(0.9888) == ("int8 decisions equal to Keras's (test films) ≥ 99.5%: 98.9%, "
+                                   "**missed** (set 2026-11-25)")
     assert target.line(0.997).endswith(": 99.7%, met (set 2026-11-25)")
-    assert targets.TARGETS["app_p95_ms"].line(61.0).startswith("app end to end per film, p95 ≤ 60 ms: 61 ms, **missed**")
+    assert targets.TARGETS["app_p95_ms"].line(61.0).startswith(
+        "app end to end per film, p95 ≤ 60 ms: 61 ms, **missed**")
     assert not target.met(float("nan")) and not target.met(None)
 
 

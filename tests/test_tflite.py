@@ -517,7 +517,8 @@ Model\t\t: Raspberry Pi 5 Model B Rev 1.0
 def test_parse_cpuinfo_x86_takes_the_first_processor_and_the_speed_flags():
     description = timing.parse_cpuinfo(X86_CPUINFO)
     assert description == {"cpu_model": "Intel(R) Xeon(R) Processor",
-                           "cpu_flags": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"]}
+                           "cpu_flags": ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+                                         "amx_int8"]}
 
 
 def test_parse_cpuinfo_arm_reads_features_and_model():

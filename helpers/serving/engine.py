@@ -277,7 +277,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def artifacts_of(model_path: Path) -> Path:
-    """The artifacts folder a ``.tflite`` in ``<artifacts>/tflite/`` belongs to (its detector, Keras model, site file)."""
+    """The artifacts folder a ``.tflite`` in ``<artifacts>/tflite/`` belongs to
+    (its detector, Keras model, site file)."""
     return Path(model_path).resolve().parent.parent
 
 
@@ -365,7 +366,8 @@ class OnePassEngine:
             raise ScreeningModelError(str(error)) from error
         inputs = self.pool.first.get_input_details()
         if len(inputs) != 1:
-            raise ScreeningModelError(f"{self.path.name} has {len(inputs)} inputs; a screening model has one image input.")
+            raise ScreeningModelError(f"{self.path.name} has {len(inputs)} inputs; "
+                                      "a screening model has one image input.")
         self.input = TensorInfo.from_details(inputs[0])
         self.outputs = _output_roles(self.pool.first.get_output_details(), self.metadata.get("outputs"), self.path)
         head = self.metadata.get("logit_map") or {}

@@ -131,7 +131,8 @@ class LinearGate:
         """Read :meth:`to_arrays` back from a loaded ``.npz``; KeyError names the missing array."""
         return cls(tuple(str(name) for name in stored[f"{prefix}_classes"]),
                    np.asarray(stored[f"{prefix}_mean"], np.float32), np.asarray(stored[f"{prefix}_scale"], np.float32),
-                   np.asarray(stored[f"{prefix}_weights"], np.float32), np.asarray(stored[f"{prefix}_bias"], np.float32),
+                   np.asarray(stored[f"{prefix}_weights"], np.float32),
+                   np.asarray(stored[f"{prefix}_bias"], np.float32),
                    float(stored[f"{prefix}_threshold"]), int(stored[f"{prefix}_watched"]))
 
 
@@ -255,7 +256,8 @@ class OODDetector:
 
     def kinds(self, colour: np.ndarray, distance: np.ndarray, xray_probability: np.ndarray | None = None,
               upright_probability: np.ndarray | None = None) -> np.ndarray:
-        """(N,) verdict kinds from precomputed measurements, the gates in order (colour, X-ray, orientation, distance)."""
+        """(N,) verdict kinds from precomputed measurements,
+        the gates in order (colour, X-ray, orientation, distance)."""
         colour, distance = np.asarray(colour), np.asarray(distance)
         kinds = np.full(len(distance), CHEST_XRAY, dtype=object)
         far = UNLIKE_POPULATION if self.xray_gate is not None else NOT_XRAY  # see _verdict
@@ -333,7 +335,8 @@ class OODDetector:
             names = set(stored.files)
             if not {"xray_mean", "orientation_mean"} <= names:
                 raise ValueError(f"The OOD detector {path} was fitted before the X-ray and orientation gates "
-                                 "existed (helpers.guard): re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
+                                 "existed (helpers.guard): "
+                                 "re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
             fitted_on = FittedOn.from_dict(json.loads(str(stored["fitted_on"])) if "fitted_on" in names else None,
                                            str(path), "Re-run notebooks/07_prediction_explorer.ipynb to fit it again.")
             return cls(

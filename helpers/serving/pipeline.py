@@ -203,7 +203,8 @@ class ScreeningResult:
                 "decision": self.decision or "", "calibrated_probability": rounded(self.calibrated_probability),
                 "probability": rounded(self.probability), "threshold": rounded(self.threshold),
                 "refer_band": "" if not self.band else f"{self.band[0]:.3f}-{self.band[1]:.3f}",
-                "referred": self.referred if self.accepted else "", "reason": self.message if not self.accepted or self.outside_population else "",
+                "referred": self.referred if self.accepted else "",
+                "reason": self.message if not self.accepted or self.outside_population else "",
                 "engine": self.engine, "model_version": self.model_version, "total_ms": round(self.total_ms, 1)}
 
 
@@ -283,7 +284,8 @@ class Screener:
         return ScreeningResult(name, False, message, self.engine.name, self.engine.version,
                                threshold=point.threshold, timings_ms=dict(timings), **extra)
 
-    def screen_bytes(self, content: bytes, name: str = "upload", point: OperatingPoint | None = None) -> ScreeningResult:
+    def screen_bytes(self, content: bytes, name: str = "upload",
+                     point: OperatingPoint | None = None) -> ScreeningResult:
         """Check, decode and screen the bytes of one file (``point``: another operating point, e.g. a slider's)."""
         start = time.perf_counter()
         try:
@@ -355,7 +357,8 @@ class Screener:
             heatmap=heatmap, timings_ms=timings, info=info, notes=tuple(notes), inside_band=referred,
             guard=guard_kind)
 
-    def screen_and_overlay(self, content: bytes, name: str = "upload", alpha: float = 0.4) -> tuple[ScreeningResult, bytes | None]:
+    def screen_and_overlay(self, content: bytes, name: str = "upload",
+                           alpha: float = 0.4) -> tuple[ScreeningResult, bytes | None]:
         """:meth:`screen_bytes` plus the overlay as PNG bytes (timed as ``overlay``): the app's whole path."""
         result = self.screen_bytes(content, name)
         if not result.accepted:

@@ -142,7 +142,8 @@ def write_metadata(model_path: str | os.PathLike, metadata: dict) -> Path:
 
 
 EMBEDDED_METADATA_NAME = "cxr_pneumonia_metadata"  # the entry in the .tflite flatbuffer's metadata table
-FILE_IDENTITY_KEYS = ("model_sha256", "size_bytes")  # in the JSON beside the model only: a file cannot hold its own hash
+# in the JSON beside the model only: a file cannot hold its own hash
+FILE_IDENTITY_KEYS = ("model_sha256", "size_bytes")
 
 
 def _read_flatbuffer(path: Path):

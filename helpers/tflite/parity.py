@@ -188,6 +188,7 @@ def read_parity(paths: dict[str, Path], directory: str | os.PathLike | None = No
         return {}
     found = {}
     for variant, result in record.get("variants", {}).items():
-        if variant in paths and Path(paths[variant]).is_file() and result.get("model_sha256") == file_sha256(paths[variant]):
+        if (variant in paths and Path(paths[variant]).is_file()
+                and result.get("model_sha256") == file_sha256(paths[variant])):
             found[variant] = result
     return found
