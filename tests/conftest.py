@@ -148,21 +148,22 @@ def real_data_dir() -> Path:
     value = os.environ.get("CXR_DATA_DIR")
     if value and Path(value).is_dir():
         return Path(value)
-    message = ("Integration tests need the real data: set CXR_DATA_DIR to a folder holding "
-               "ChestXRay2017/ and chest_xray/ (CI uses ../shared/data).")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    require_tool("Integration tests need the real data: set CXR_DATA_DIR to a folder holding "
+                 "ChestXRay2017/ and chest_xray/ (CI uses ../shared/data).", "Integration tests")
+
+
+def require_tool(reason: str | None, what: str) -> None:
+    """A test's tool is missing (``reason``): skip locally, saying what to install; in CI, fail."""
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{what} must run in CI: {reason}")
+    if reason:
+        pytest.skip(reason)
 
 
 @pytest.fixture
 def chromium():
     """Skip without a browser that can run (the reason says what to install); in CI, fail."""
-    reason = browser.unavailable_reason()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"Browser tests must run in CI: {reason}")
-    if reason:
-        pytest.skip(reason)
+    require_tool(browser.unavailable_reason(), "Browser tests")
 
 
 @pytest.fixture(scope="session")

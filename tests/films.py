@@ -47,18 +47,18 @@ def film_bytes(seed: int = 3) -> bytes:
     return encode_image(grey_films(1, seed)[0, ..., 0].astype(np.uint8), "PNG")
 
 
-def tiny_classifier(seed: int = 0):
+def tiny_classifier(seed: int = 0, features: int = 8, bias: float = 0.3, name: str = "tiny_screening"):
     """Raw 0-255 (B, 224, 224, 3) in, P(PNEUMONIA) (B, 1) out, with the layer names one_pass needs."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(shape=(224, 224, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
-    x = keras.layers.Conv2D(8, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, 8)
-    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 8)
-    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(0.3))(pooled)
+    x = keras.layers.Conv2D(features, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, features)
+    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, features)
+    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(bias))(pooled)
     probability = keras.layers.Activation("sigmoid", name="probability")(logit)
-    return keras.Model(inputs, probability, name="tiny_screening")
+    return keras.Model(inputs, probability, name=name)
 
 
 def saved_classifier(classifier, directory: Path) -> Path:

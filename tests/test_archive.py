@@ -26,6 +26,7 @@ import pytest
 from helpers import archive, one_pass, screen, screening
 from helpers.operating_point import OperatingPoint
 from tests import orthanc as pacs
+from tests.conftest import require_tool
 from tests.test_screening import grey_films, saved_classifier, tiny_classifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +57,8 @@ def film_folder(tmp_path_factory) -> Path:
     root = os.environ.get("CXR_DATA_DIR")
     test_folder = Path(root or "") / "chest_xray" / "test"
     if not root or not test_folder.is_dir():
-        message = "The archive tests screen real films: set CXR_DATA_DIR (CI uses ../shared/data)."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require_tool("The archive tests screen real films: set CXR_DATA_DIR (CI uses ../shared/data).",
+                     "The archive tests")
     folder = tmp_path_factory.mktemp("archive-films")
     for class_name in ("NORMAL", "PNEUMONIA"):
         (folder / class_name).mkdir()
@@ -227,11 +226,7 @@ def test_bad_arguments_are_refused_with_a_remedy(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def orthanc():
     """Orthanc with the DICOMweb plugin (tests/orthanc.py); skipped locally without it, a failure in CI."""
-    reason = pacs.unavailable_reason()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"The DICOMweb tests must run in CI: {reason}")
-    if reason:
-        pytest.skip(reason)
+    require_tool(pacs.unavailable_reason(), "The DICOMweb tests")
     with pacs.orthanc_server() as url:
         yield url
 

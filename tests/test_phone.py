@@ -26,7 +26,8 @@ from helpers.model import MODEL_FILE_NAME
 from helpers.ood import FeatureDistribution, OODDetector, non_xray_images
 from helpers.operating_point import OperatingPoint
 from helpers.provenance import FittedOn
-from tests import browser
+from tests import browser, films
+from tests.conftest import require_tool
 
 PHONE = {"viewport": {"width": 360, "height": 640}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -41,17 +42,8 @@ TIMEOUT_MS = 60_000
 # A tiny model, a guard fitted on its features, the page built and served
 # --------------------------------------------------------------------------- #
 def tiny_classifier(seed: int = 0):
-    """Raw 0-255 (B, 224, 224, 3) in, P(PNEUMONIA) out, with the layer names the one-pass export needs."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(224, 224, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
-    x = keras.layers.Conv2D(32, 32, strides=32, activation="relu6", name="out_relu")(x)  # (B, 7, 7, 32)
-    pooled = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)  # (B, 32)
-    logit = keras.layers.Dense(1, name="logit", bias_initializer=keras.initializers.Constant(0.1))(pooled)
-    probability = keras.layers.Activation("sigmoid", name="probability")(logit)
-    return keras.Model(inputs, probability, name="tiny_phone")
+    """The tests' tiny one-pass classifier, 32 features wide: enough for the guard fitted on them."""
+    return films.tiny_classifier(seed, features=32, bias=0.1, name="tiny_phone")
 
 
 def fit_tiny_guard(engine: screening.OnePassEngine, films: np.ndarray, fitted_on: FittedOn) -> OODDetector:
@@ -111,20 +103,14 @@ def data_dir() -> Path:
     value = os.environ.get("CXR_DATA_DIR")
     if value and Path(value).is_dir():
         return Path(value)
-    message = "The phone tests screen real test films: set CXR_DATA_DIR (CI uses ../shared/data)."
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    require_tool("The phone tests screen real test films: set CXR_DATA_DIR (CI uses ../shared/data).",
+                 "The phone tests")
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, data_dir):
     """Artifacts (tiny models, guard), the exported public folder and the built page: ``{name: Path}``."""
-    reason = browser.unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"Browser tests must run in CI: {reason}")
-        pytest.skip(reason)
+    require_tool(browser.unavailable_reason(), "Browser tests")
     root = tmp_path_factory.mktemp("phone")
     artifacts, public, dist = root / "artifacts", root / "public", root / "dist"
     films = sample_films(data_dir)
@@ -231,9 +217,7 @@ def upside_down(path: Path) -> bytes:
 def run_node(script: str) -> str:
     """Run an ES module ``script`` with Node; returns what it printed."""
     if shutil.which("node") is None:
-        if os.environ.get("CI"):
-            pytest.fail("Node.js is needed to build and check the phone app in CI.")
-        pytest.skip("Node.js is not installed (it builds the phone app).")
+        require_tool("Node.js is not installed (it builds the phone app).", "The phone app's checks")
     finished = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
                               timeout=120)
     assert finished.returncode == 0, finished.stderr[-2000:]
