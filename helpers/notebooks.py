@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,33 @@ def run_notebook(notebook: Path, profile: str, output_dir: Path, timeout_s: int 
         progress_bar=False,
         log_output=False,
     )
+    record_run(output, profile)
     return output
+
+
+def git_state() -> tuple[str, bool]:
+    """The checkout's commit and whether it has uncommitted changes (``("unknown", False)`` without git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain"], cwd=config.PROJECT_ROOT, capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return commit, bool(changes)
+
+
+def record_run(executed: Path, profile: str) -> None:
+    """Write into the executed copy's metadata (``cxr_run``) the commit and profile it ran with."""
+    document = nbformat.read(executed, as_version=4)
+    commit, dirty = git_state()
+    document.metadata["cxr_run"] = {
+        "commit": commit,
+        "dirty": dirty,
+        "profile": profile,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    nbformat.write(document, executed)
 
 
 def run_all(profile: str = "full", only: list[str] | None = None) -> dict[str, float]:
