@@ -15,7 +15,8 @@ ORTHANC ?= /usr/sbin/Orthanc
 # chain) runs on one while the other takes the rest. PYTEST_WORKERS= runs everything in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
-.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser orthanc clean-test
+.PHONY: help venv run smoke test test-fast benchmark reliability report quality lab app phone browser orthanc clean-test \
+	book book-html
 
 help:
 	@echo "make run        run notebooks 01-09 end to end (full profile) -> \$${CXR_ARTIFACTS_DIR:-artifacts/}"
@@ -29,6 +30,9 @@ help:
 	@echo "make phone      build the phone web app (phone/dist/, needs Node to build) and serve it on localhost"
 	@echo "make reliability  damaged inputs and 16-bit films through the app's pipeline -> reliability.json"
 	@echo "make report     rewrite the README's generated blocks from the results files"
+	@echo "make book       the course as a static HTML book (book/_build/html): refresh book/notebooks/ from the"
+	@echo "                last full run's executed notebooks (when there are any), then build"
+	@echo "make book-html  build the HTML book from the committed book/notebooks/ only (CI, publishing)"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +100,18 @@ app: $(STAMP)
 phone: $(STAMP)
 	$(BIN)/python -m helpers.phone_site build
 	$(BIN)/python -m helpers.phone_site serve
+
+# The book: refresh the copies in book/notebooks/ from $${CXR_ARTIFACTS_DIR:-artifacts}/executed/ (refused,
+# naming the notebook and the command to run, when a copy is stale, failed or not from a full run), then
+# build book/_build/html with Sphinx, never executing a notebook. book-html builds from the committed
+# copies only; BOOK_PYTHON=python uses an environment with just the book's pins (the Pages workflow).
+BOOK_PYTHON ?= $(BIN)/python
+
+book: $(STAMP)
+	$(BIN)/python -m helpers.book
+
+book-html: $(if $(filter $(BIN)/python,$(BOOK_PYTHON)),$(STAMP))
+	$(BOOK_PYTHON) -m helpers.book --build
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

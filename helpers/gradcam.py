@@ -415,13 +415,15 @@ def example_index(labels, probabilities, threshold: float, seed: int = config.DE
 
 
 def plot_outcome_gallery(model, images, labels, probabilities, threshold: float, per_group: int = 4,
-                         seed: int = config.DEFAULT_SEED, alpha: float = 0.4, colormap: str = "jet"):
+                         seed: int = config.DEFAULT_SEED, alpha: float = 0.4, colormap: str = "jet",
+                         split: str = "test"):
     """True/false positives/negatives with their Grad-CAM, a seeded choice per group.
 
     Each map explains the *predicted* class (PNEUMONIA for TP/FP, NORMAL for TN/FN):
-    "what made the model say this?". Rows: image and overlay per group.
+    "what made the model say this?". Rows: image and overlay per group. ``split`` names
+    the films in the title ("validation" for the development gallery, "test" for the report).
 
-    Returns ``(figure, chosen)`` where ``chosen`` maps "TP"/"TN"/"FP"/"FN" to test indices.
+    Returns ``(figure, chosen)`` where ``chosen`` maps "TP"/"TN"/"FP"/"FN" to indices into ``images``.
     """
     groups = outcome_groups(labels, probabilities, threshold)
     chosen = {name: choose(indices, per_group, seed) for name, indices in groups.items()}
@@ -449,7 +451,7 @@ def plot_outcome_gallery(model, images, labels, probabilities, threshold: float,
                         rotation=90, va="center", ha="right", fontsize=8)
         if not len(indices):
             image_row[0].text(0.5, 0.5, "none in this set", transform=image_row[0].transAxes, ha="center")
-    figure.suptitle(f"Test outcomes at threshold {threshold:.3f} (seeded choice)")
+    figure.suptitle(f"{split.capitalize()} outcomes at threshold {threshold:.3f} (seeded choice)")
     figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))  # room for the title
     return figure, chosen
 

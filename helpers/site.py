@@ -59,7 +59,9 @@ from helpers.site_adaptation import (  # noqa: F401  (re-exported: steps 1 and 2
     channel_moments,
     depth_control,
     disjoint_training_samples,
+    features_and_moments,
     label_free_logits,
+    label_free_site_logits,
     relative_statistics,
     shift_report,
     source_sample_for,
@@ -72,6 +74,7 @@ from helpers.site_heads import (  # noqa: F401  (re-exported: the fitting pieces
     draw_by_patient,
     estimate_prevalence,
     fit_platt,
+    one_blas_thread,
     refit_head,
     shift_to_prevalence,
     split_patients,
@@ -445,6 +448,7 @@ class Site:
             raise ValueError(f"Site {self.name}: label_free_logits must have one value per film.")
 
 
+@one_blas_thread()
 def run_protocol(site: Site, validation_point: OperatingPoint, anchor: Anchor,
                  rule: CalibrationRule = CalibrationRule(),
                  k_values=K_VALUES, draws: int = DEFAULT_DRAWS, seed: int = config.DEFAULT_SEED,
@@ -530,15 +534,15 @@ def protocol_table(result: dict, metrics=METRICS):
 def check_targets(result: dict, targets: dict) -> dict[str, bool]:
     """``targets`` like {"20": {"accuracy.mean": 0.92, "ece.mean<=": 0.06}} -> {label: met}."""
     met = {}
-    for k, bars in targets.items():
+    for k, levels in targets.items():
         summary = result["calibrated"].get(k)
-        for key, bar in bars.items():
+        for key, level in levels.items():
             metric, _, statistic = key.partition(".")
             upper = statistic.endswith("<=")
             statistic = statistic.rstrip("<=")
             value = None if summary is None else summary[metric][statistic]
-            label = f"k={k} {metric} {statistic} {'<=' if upper else '>='} {bar}"
-            met[label] = value is not None and (value <= bar if upper else value >= bar)
+            label = f"k={k} {metric} {statistic} {'<=' if upper else '>='} {level}"
+            met[label] = value is not None and (value <= level if upper else value >= level)
     return met
 
 

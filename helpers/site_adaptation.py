@@ -6,13 +6,16 @@ Used by :mod:`helpers.site` (which re-exports these names) and notebook 08.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
 from helpers import config, ood, shift
+from helpers.cache import load_or_compute, weights_fingerprint
+from helpers.model import POOL_LAYER
 from helpers.operating_point import OperatingPoint, sigmoid
 from helpers.progress import progress_bar
-from helpers.site_heads import LinearHead, estimate_prevalence
+from helpers.site_heads import LinearHead, estimate_prevalence, one_blas_thread
 
 # --------------------------------------------------------------------------- #
 # Step 1: the shift report (no labels)
@@ -29,6 +32,7 @@ class ShiftThresholds:
     distance_quantile: float = 90.0
 
 
+@one_blas_thread()  # the two-sample test's logistic regressions: 10x faster on a busy machine
 def shift_report(site_features, site_logits, site_accepted, validation_features, validation_logits,
                  training_features, training_labels, detector, validation_point: OperatingPoint,
                  validation_prevalence: float, thresholds: ShiftThresholds = ShiftThresholds(),
@@ -161,6 +165,79 @@ def relative_statistics(moving_mean, moving_variance, epsilon: float, source, ta
     return new_mean, np.maximum(new_variance, 0.0)
 
 
+def _moments_model(model):
+    """pixels -> per film, for every BatchNorm layer's input, the channel mean (B, C) and the
+    channel variance about that mean (B, C); then the pooled features (B, D). Reduced inside
+    the graph, so a pass hands back a few numbers per channel, not every activation."""
+    import keras
+    from keras import ops
+
+    outputs = []
+    for layer in batchnorm_layers(model):
+        values = layer.input  # (B, H, W, C)
+        if len(values.shape) != 4:
+            raise ValueError(f"BatchNorm layer {layer.name} takes a {len(values.shape)}-D input; the moments are "
+                             "measured over height and width of (B, H, W, C) feature maps.")
+        mean = ops.mean(values, axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+        outputs += [ops.squeeze(mean, axis=(1, 2)), ops.mean(ops.square(values - mean), axis=(1, 2))]
+    outputs.append(model.get_layer(POOL_LAYER).output)  # (B, D)
+    return keras.Model(model.inputs, outputs, name="batchnorm_moments")
+
+
+def _measure(model, images, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over ``images``: ``(features (N, D) float32, moments (2, sum of C) float64)``.
+
+    Every film has the same number of values per channel, so over all films the mean is
+    the mean of the film means, and the variance the mean of the film variances plus
+    the variance of the film means (summed in float64).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if len(images) == 0:
+        raise ValueError("No images to measure.")
+    extractor = _moments_model(model)
+    features, sums, squares, variances = [], 0.0, 0.0, 0.0
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)  # (B, S, S, 3)
+        outputs = [np.asarray(output, dtype=np.float64) for output in extractor.predict_on_batch(batch)]
+        means = np.concatenate(outputs[0:-1:2], axis=1)  # (B, sum of C) film means
+        sums = sums + means.sum(axis=0)
+        squares = squares + np.square(means).sum(axis=0)
+        variances = variances + np.concatenate(outputs[1:-1:2], axis=1).sum(axis=0)
+        features.append(outputs[-1].astype(np.float32))
+    count = len(images)
+    mean = sums / count
+    variance = variances / count + np.maximum(squares / count - np.square(mean), 0.0)
+    return np.concatenate(features), np.stack([mean, variance])
+
+
+def features_and_moments(model, images, batch_size: int = 32) -> tuple[np.ndarray, list]:
+    """The pooled features of ``images`` and the channel moments of every BatchNorm input, in one pass.
+
+    Returns ``(features (N, D) float32, [(mean (C,), variance (C,)) per BatchNorm layer])``,
+    the moments over films, height and width, measured through ``model`` as it is. Both
+    are cached under ``<artifacts>/cache/`` by the model's weights and the images' bytes
+    (the features under the key :func:`helpers.ood.cached_features` uses), so a film set
+    measured once (a site, a source sample) is never run through the network again.
+    """
+    key = f"{weights_fingerprint(model)}-{ood.images_fingerprint(np.asarray(images))}"
+    measured = {}
+
+    def measure(part: int) -> np.ndarray:
+        if not measured:
+            measured["both"] = _measure(model, images, batch_size)
+        return measured["both"][part]
+
+    features = load_or_compute(f"features-{key}.npy", lambda: measure(0))
+    flat = load_or_compute(f"batchnorm-moments-{key}.npy", lambda: measure(1))  # (2, sum of C)
+    sizes = [int(layer.input.shape[-1]) for layer in batchnorm_layers(model)]
+    edges = np.cumsum([0] + sizes)
+    if flat.shape != (2, edges[-1]):
+        raise ValueError(f"The cached BatchNorm moments have shape {flat.shape}, not (2, {edges[-1]}): delete "
+                         f"batchnorm-moments-{key}.npy from the cache folder and run again.")
+    return features, [(flat[0, low:high], flat[1, low:high]) for low, high in pairwise(edges)]
+
+
 def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 16,
                     progress: bool = True, first_layers: int | None = None):
     """A copy of ``model`` whose BatchNorm layers map target moments onto source moments.
@@ -171,7 +248,10 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
             :func:`source_sample_for`).
         target_images: (M, S, S, 3) unlabelled films of the new site.
         layers_per_pass: BatchNorm layers adapted per pass; the target's moments of
-            each group are measured through the already adapted layers below it.
+            each group are measured through the already adapted layers below it. In
+            one pass (``layers_per_pass`` at least the number of layers adapted) every
+            moment is measured through the original model, so the moments of
+            :func:`features_and_moments` (cached) serve for every depth.
         first_layers: adapt only the first this many BatchNorm layers (None: all).
             Early layers see acquisition (contrast, exposure, sharpness); deep ones see
             content, whose moments also move with the class mix and with sampling noise.
@@ -180,19 +260,24 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
     """
     import keras
 
-    adapted = keras.models.clone_model(model)
-    adapted.set_weights(model.get_weights())
+    if layers_per_pass < 1:
+        raise ValueError(f"layers_per_pass must be >= 1, got {layers_per_pass}.")
     layers = batchnorm_layers(model)[:first_layers]
     if not layers:
         raise ValueError("The model has no BatchNormalization layer to adapt.")
+    adapted = keras.models.clone_model(model)
+    adapted.set_weights(model.get_weights())
     names = [layer.name for layer in layers]
-    source_extractor = keras.Model(model.inputs, [layer.input for layer in layers])
-    source = channel_moments(source_extractor, source_images, batch_size)
+    source = features_and_moments(model, source_images, batch_size)[1]
+    target_first = features_and_moments(model, target_images, batch_size)[1]  # through the original layers
     groups = [names[start:start + layers_per_pass] for start in range(0, len(names), layers_per_pass)]
     offset = 0
-    for group in progress_bar(groups, desc="adapt BatchNorm", disable=not progress):
-        extractor = keras.Model(adapted.inputs, [adapted.get_layer(name).input for name in group])
-        target = channel_moments(extractor, target_images, batch_size)
+    for number, group in enumerate(progress_bar(groups, desc="adapt BatchNorm", disable=not progress)):
+        if number == 0:  # nothing below the first group is adapted yet
+            target = target_first[:len(group)]
+        else:
+            extractor = keras.Model(adapted.inputs, [adapted.get_layer(name).input for name in group])
+            target = channel_moments(extractor, target_images, batch_size)
         for name, target_moments in zip(group, target):
             layer = adapted.get_layer(name)
             mean, variance = relative_statistics(np.asarray(layer.moving_mean), np.asarray(layer.moving_variance),
@@ -205,11 +290,33 @@ def adapt_batchnorm(model, source_images, target_images, layers_per_pass: int = 
 
 def label_free_logits(model, source_images, target_images, layers_per_pass: int = 4, batch_size: int = 32,
                       progress: bool = False, first_layers: int | None = None):
-    """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model."""
-    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, min(batch_size, 16), progress,
+    """``(logits (M,), adapted model)``: the target films through :func:`adapt_batchnorm`'s model.
+
+    The adapted model's features are cached by its weights and the films, so the same
+    adaptation asked for twice runs the network once.
+    """
+    adapted = adapt_batchnorm(model, source_images, target_images, layers_per_pass, batch_size, progress,
                               first_layers)
-    features = ood.compute_features(ood.feature_model(adapted), target_images, batch_size)  # (M, 1280)
+    features = ood.cached_features(adapted, np.asarray(target_images), batch_size)  # (M, 1280)
     return LinearHead.from_model(adapted).logits(features), adapted
+
+
+def label_free_site_logits(model, training_images, training_labels, site_images, site_prevalence: float,
+                           size: int, depth: int | None, layers_per_pass: int = 100, batch_size: int = 32,
+                           seed: int = config.DEFAULT_SEED) -> np.ndarray:
+    """The label-free row of a site: (M,) logits of its films after class-mix-matched adaptation.
+
+    ``size`` training films with the site's PNEUMONIA share ``site_prevalence`` (estimated
+    without labels, e.g. :func:`shift_report`'s ``estimated_prevalence``) are drawn with
+    ``seed`` (:func:`source_sample_for`); the first ``depth`` BatchNorm layers are mapped
+    from the site's moments onto theirs (:func:`adapt_batchnorm`; ``depth`` None: all,
+    0: none, so the logits are the original model's, as :func:`depth_control` chooses
+    when no depth passes). The same arguments give the same logits.
+    """
+    if depth == 0:
+        return LinearHead.from_model(model).logits(features_and_moments(model, site_images, batch_size)[0])
+    source = np.asarray(training_images)[source_sample_for(training_labels, site_prevalence, size, seed)]
+    return label_free_logits(model, source, site_images, layers_per_pass, batch_size, first_layers=depth)[0]
 
 
 def source_sample_for(training_labels, prevalence: float, size: int, seed: int = config.DEFAULT_SEED) -> np.ndarray:
@@ -266,7 +373,7 @@ def depth_control(model, training_images, training_labels, prevalence: float, si
     first, second = disjoint_training_samples(training_labels, prevalence, size, seed)
     source, target = training_images[first], training_images[second]
     head = LinearHead.from_model(model)
-    before = head.logits(ood.compute_features(ood.feature_model(model), target, batch_size))  # (size,)
+    before = head.logits(features_and_moments(model, target, batch_size)[0])  # (size,), moments cached for later
     shifts, passing = {}, []
     for depth in depths:
         after, _ = label_free_logits(model, source, target, layers_per_pass, batch_size, first_layers=depth)

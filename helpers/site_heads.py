@@ -7,9 +7,11 @@ result is applied at screening time by :mod:`helpers.serving.site`.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from helpers.imbalance import class_weights
 from helpers.model import LOGIT_LAYER
@@ -25,6 +27,19 @@ class LocalFilmsContradictModel(ValueError):
     there. It is the one error :func:`run_protocol` counts as a refused draw (the
     site keeps the validation point); every other error is a fault and propagates.
     """
+
+
+@contextmanager
+def one_blas_thread():
+    """Run the enclosed linear algebra on one BLAS thread (also as a decorator: ``@one_blas_thread()``).
+
+    The fits here are small (thousands of rows, tens of columns) and there are thousands
+    of them: several BLAS threads only wait on each other, and on a machine whose cores
+    are busy (the network's own threads, other jobs) each product then takes 10-100x
+    longer than on one thread. One thread changes no result beyond rounding.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 # --------------------------------------------------------------------------- #
@@ -141,6 +156,7 @@ class Anchor:
     labels: np.ndarray  # (N,)
 
     @classmethod
+    @one_blas_thread()
     def build(cls, head: LinearHead, training_features, training_labels, dims: int = 32) -> Anchor:
         space = AnchoredSpace.fit(head, training_features, dims)
         labels = np.asarray(training_labels).astype(int)

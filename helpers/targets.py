@@ -1,19 +1,19 @@
-"""The project's targets: each bar, the date it was set and, if it was restated, when and why.
+"""The project's targets: each required value, the date it was set and, if it was restated, when and why.
 
-:data:`TARGETS` is the one home of these bars and dates. ``make report``
+:data:`TARGETS` is the one home of these values and dates. ``make report``
 (:mod:`helpers.report`) renders a line per target into the README and the model card
 from the committed results files, saying whether it is met or missed, with its
-dates; :class:`helpers.tflite.PhoneModelTargets` takes the phone-model bars from here
+dates; :class:`helpers.tflite.PhoneModelTargets` takes the phone-model targets from here
 and notebook 06's target table shows the same dates.
 
-A target is *restated* when its bar or its reading changed after a result against it
+A target is *restated* when its required value or its reading changed after a result against it
 was known; the restatement says what changed and why, so a reader can judge it. The
 dates are those of the project's history (``git log``) where each target first
 appears and where it changed.
 
 Each target names where its measured value comes from: a results file (``source``:
 ``results/<source>.json``, written by ``make report``) and a dotted path in it
-(``field``). The bars of notebook 08's site calibration live in that notebook's
+(``field``). The targets of notebook 08's site calibration live in that notebook's
 parameters and in ``new_site.json`` (which records each one with its verdict); their
 dates are :data:`SITE_CALIBRATION`.
 """
@@ -38,9 +38,10 @@ def history(set_on: str, restated_on: str | None = None, restatement: str | None
 
 @dataclass(frozen=True)
 class Target:
-    """One target: ``what`` ``relation`` ``bar``, measured at ``field`` of ``results/<source>.json``.
+    """One target: ``what`` ``relation`` ``bar`` (the value required), measured at ``field`` of
+    ``results/<source>.json``.
 
-    ``shown`` formats both the bar and the measured value (a ``str.format`` spec such as
+    ``shown`` formats both the required value and the measured value (a ``str.format`` spec such as
     ``"{:.1%}"``). ``set_on`` and ``restated_on`` are ISO dates (YYYY-MM-DD).
     """
 
@@ -62,7 +63,7 @@ class Target:
             raise ValueError(f"Target {self.key!r}: a restatement needs both its date and its reason.")
 
     def met(self, value: float) -> bool:
-        """Whether ``value`` meets the bar (a NaN never does)."""
+        """Whether ``value`` meets the required value (a NaN never does)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return False
         return value >= self.bar if self.relation == AT_LEAST else value <= self.bar
@@ -79,7 +80,7 @@ class Target:
 
 @dataclass(frozen=True)
 class TargetGroup:
-    """Targets whose bars are recorded beside their verdicts in a results file (notebook 08's)."""
+    """Targets whose required values are recorded beside their verdicts in a results file (notebook 08's)."""
 
     what: str
     set_on: str
@@ -101,7 +102,7 @@ class TargetGroup:
 
 ONE_SIDED_ACCURACY = (
     "made one-sided (int8 may gain any amount of accuracy; before, it had to stay within 0.3 points "
-    "either way), because beside the agreement bar a two-sided bar left room for at most one net "
+    "either way), because beside the agreement target a two-sided target left room for at most one net "
     "decision flip on the test set, so meeting it was a draw of quantization noise")
 SPEED_BY_CPU = (
     "lowered from 1.8x for CPUs with AVX-512, where float32 gains more from the wide vector units than "

@@ -333,6 +333,43 @@ def test_ece_by_hand():
     assert edge["count"].iloc[-1] == 1 and edge["count"].iloc[0] == 1
 
 
+def test_the_written_out_ece_and_temperature_of_notebook_04_equal_the_helpers():
+    # The notebook's inline steps, on synthetic scores: equal-width bins, |positive rate - mean
+    # probability| weighted by the bin's share; T minimizing the NLL of sigmoid(logit / T).
+    from scipy.optimize import minimize_scalar
+
+    split = synthetic_split(n=3000, seed=4, overconfidence=0.6)  # under-confident: T < 1
+    n_bins = 15
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bin_of = np.clip(np.digitize(split.probabilities, edges[1:-1]), 0, n_bins - 1)  # (N,)
+    ece = 0.0
+    for index in range(n_bins):
+        in_bin = bin_of == index
+        if in_bin.any():
+            ece += in_bin.mean() * abs(split.labels[in_bin].mean() - split.probabilities[in_bin].mean())
+    np.testing.assert_allclose(ece, evaluation.expected_calibration_error(split.labels, split.probabilities, n_bins),
+                               rtol=1e-12)
+
+    def nll(log_temperature):
+        scaled = split.logits / np.exp(log_temperature)  # (N,)
+        return np.mean(np.where(split.labels == 1, np.logaddexp(0, -scaled), np.logaddexp(0, scaled)))
+
+    fitted = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})
+    temperature = evaluation.fit_temperature(split)
+    np.testing.assert_allclose(np.exp(fitted.x), temperature, rtol=1e-5)
+    assert temperature < 1 and "under-confident" in evaluation.describe_temperature(temperature)
+
+
+def test_describe_temperature_names_the_direction():
+    assert "over-confident" in evaluation.describe_temperature(2.5)
+    assert "softens" in evaluation.describe_temperature(2.5)
+    assert "under-confident" in evaluation.describe_temperature(0.925)
+    assert "T = 0.93 < 1" in evaluation.describe_temperature(0.925)
+    assert "already calibrated" in evaluation.describe_temperature(1.001)
+    with pytest.raises(ValueError, match="positive"):
+        evaluation.describe_temperature(0.0)
+
+
 def test_ece_of_overconfident_scores_is_large():
     split = synthetic_split(n=4000, overconfidence=3.0)
     assert evaluation.expected_calibration_error(split.labels, split.probabilities) > 0.05

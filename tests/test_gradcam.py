@@ -258,6 +258,26 @@ def test_probabilities_for_paths_reads_saved_predictions_or_predicts(tmp_path, m
     assert "predicted here" in source
 
 
+def test_validation_predictions_are_read_for_the_validation_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    csv = tmp_path / "predictions" / "validation.csv"
+    csv.parent.mkdir()
+    csv.write_text("path,label,probability,logit\na,1,0.8,1.4\nb,0,0.1,-2.2\n")
+    probabilities, source = gradcam.probabilities_for_paths(small_conv_model(), ["a", "b"], random_images(2),
+                                                            split="validation")
+    np.testing.assert_allclose(probabilities, [0.8, 0.1])
+    assert source == str(csv)
+
+
+def test_outcome_gallery_names_its_split_and_explains_the_predicted_class():
+    images = random_images(4, seed=5)
+    labels, probabilities = np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.2, 0.1])
+    figure, chosen = gradcam.plot_outcome_gallery(small_conv_model(), images, labels, probabilities, 0.5,
+                                                  per_group=1, split="validation")
+    assert figure._suptitle.get_text().startswith("Validation outcomes at threshold 0.500")
+    assert {name: indices.tolist() for name, indices in chosen.items()} == {"TP": [0], "TN": [3], "FP": [1], "FN": [2]}
+
+
 def test_write_report(tmp_path):
     with pytest.raises(ValueError, match="n_images"):
         gradcam.write_report({"randomization_rank_correlation": 0.1, "deletion_auc_gradcam": 0.2,

@@ -31,6 +31,7 @@ EXPECTED_NOTEBOOKS = [
     "07_prediction_explorer.ipynb",
     "08_new_site.ipynb",
     "09_phone_web_app.ipynb",
+    "10_why_mobilenet.ipynb",
 ]
 METRIC_NAMES = ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc")
 
@@ -95,6 +96,9 @@ ARTIFACT_CHECKS = {
     "08_new_site.ipynb": lambda: (_check_new_site(_json("new_site.json")), _json("site_calibration.json")),
     "09_phone_web_app.ipynb": lambda: (_json("phone/public/bundle.json"), _artifact("phone/site/index.html"),
                                        _artifact("figures/09_phone_web_app/phone_page.png")),
+    "10_why_mobilenet.ipynb": lambda: (_check_keys(_json("architectures/comparison.json"), (
+        "rows", "pneumonia_head", "ratios_to_reference", "claim", "top1_source")),
+        _artifact("figures/10_why_mobilenet/size_vs_latency_float32.png")),
 }
 
 

@@ -436,8 +436,8 @@ def test_depth_control_picks_the_deepest_depth_that_stays_quiet(monkeypatch):
             return np.zeros(len(features))
 
     monkeypatch.setattr(site.LinearHead, "from_model", classmethod(lambda cls, model: Head()))
-    monkeypatch.setattr("helpers.ood.feature_model", lambda model: None)
-    monkeypatch.setattr("helpers.ood.compute_features", lambda extractor, images, batch_size=32: images[:, 0])
+    monkeypatch.setattr(site_adaptation, "features_and_moments",
+                        lambda model, images, batch_size=32: (images[:, 0], None))
     monkeypatch.setattr(site_adaptation, "label_free_logits",
                         lambda model, source, target, *args, first_layers=None, **kw: (
                             np.full(len(target), shifts[first_layers]), None))
@@ -448,3 +448,91 @@ def test_depth_control_picks_the_deepest_depth_that_stays_quiet(monkeypatch):
     assert result["chosen"] == 10
     result = site.depth_control(None, images, labels, 0.5, 20, [20, None], tolerance=0.1)
     assert result["chosen"] == 0  # nothing passes: do not adapt
+
+
+def test_features_and_moments_measure_in_one_cached_pass(tmp_path, monkeypatch):
+    import keras
+
+    from helpers import model as model_lib
+    from helpers.ood import compute_features, feature_model
+
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    model = model_lib.build_model(weights=None, image_size=32)
+    images = np.random.default_rng(2).uniform(0, 255, size=(7, 32, 32, 3)).astype(np.float32)
+    features, moments = site.features_and_moments(model, images, batch_size=3)
+    np.testing.assert_allclose(features, compute_features(feature_model(model), images), rtol=1e-5, atol=1e-5)
+    layers = site.batchnorm_layers(model)
+    extractor = keras.Model(model.inputs, [layer.input for layer in layers])
+    assert len(moments) == len(layers)
+    for (mean, variance), (expected_mean, expected_variance) in zip(moments, site.channel_moments(extractor, images)):
+        np.testing.assert_allclose(mean, expected_mean, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(variance, expected_variance, rtol=1e-4, atol=1e-4)
+    # the second time nothing goes through the network
+    monkeypatch.setattr(site_adaptation, "_measure", lambda *args: pytest.fail("measured twice"))
+    again_features, again_moments = site.features_and_moments(model, images, batch_size=3)
+    np.testing.assert_array_equal(again_features, features)
+    np.testing.assert_array_equal(again_moments[-1][1], moments[-1][1])
+
+
+def test_one_pass_adaptation_uses_moments_through_the_original_model(tmp_path, monkeypatch):
+    import keras
+
+    from helpers import model as model_lib
+
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    model = model_lib.build_model(weights=None, image_size=32)
+    rng = np.random.default_rng(3)
+    source = rng.uniform(0, 255, size=(6, 32, 32, 3)).astype(np.float32)
+    target = np.clip(source[::-1] * 0.6 + 50, 0, 255)
+    layers = site.batchnorm_layers(model)
+    extractor = keras.Model(model.inputs, [layer.input for layer in layers])
+    expected = [site.relative_statistics(layer.moving_mean.numpy(), layer.moving_variance.numpy(), float(layer.epsilon),
+                                         source_moments, target_moments)
+                for layer, source_moments, target_moments in zip(layers, site.channel_moments(extractor, source),
+                                                                 site.channel_moments(extractor, target))]
+    adapted = site.adapt_batchnorm(model, source, target, layers_per_pass=100, batch_size=4, progress=False)
+    for layer, (mean, variance) in zip(layers, expected):
+        np.testing.assert_allclose(adapted.get_layer(layer.name).moving_mean.numpy(), mean, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(adapted.get_layer(layer.name).moving_variance.numpy(), variance, rtol=1e-3,
+                                   atol=1e-3)
+
+
+def test_the_label_free_row_is_one_seeded_call(tmp_path, monkeypatch):
+    from helpers import model as model_lib
+    from helpers.ood import compute_features, feature_model
+
+    monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
+    rng = np.random.default_rng(4)
+    model = site.with_head(model_lib.build_model(weights=None, image_size=32),
+                           site.LinearHead(rng.normal(size=1280), 0.1))  # a head that reads the features
+    training = rng.uniform(0, 255, size=(24, 32, 32, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 1] * 8)
+    films = np.clip(rng.uniform(0, 255, size=(5, 32, 32, 3)) * 0.7 + 40, 0, 255).astype(np.float32)
+
+    def row(depth, seed=7, share=0.5):
+        return site.label_free_site_logits(model, training, labels, films, share, 8, depth, batch_size=4, seed=seed)
+
+    first = row(3)
+    np.testing.assert_array_equal(row(3), first)  # the same arguments give the same row
+    source = training[site.source_sample_for(labels, 0.5, 8, 7)]  # what the call adapts from
+    expected, _ = site.label_free_logits(model, source, films, layers_per_pass=100, batch_size=4, first_layers=3)
+    np.testing.assert_allclose(first, expected, rtol=1e-6, atol=0)
+    sources = []
+    adapt = site_adaptation.label_free_logits
+    monkeypatch.setattr(site_adaptation, "label_free_logits",
+                        lambda model, source, *args, **kwargs: (sources.append(source), adapt(model, source, *args,
+                                                                                             **kwargs))[1])
+    row(3, seed=8, share=0.25)
+    np.testing.assert_array_equal(sources[-1], training[site.source_sample_for(labels, 0.25, 8, 8)])
+    assert labels[site.source_sample_for(labels, 0.25, 8, 8)].mean() == 0.25  # the site's class mix
+    original = site.LinearHead.from_model(model).logits(compute_features(feature_model(model), films))
+    np.testing.assert_allclose(row(0), original, rtol=1e-5, atol=0)  # depth 0: no adaptation
+    assert len(sources) == 1
+
+
+def test_the_small_fits_run_on_one_blas_thread():
+    from threadpoolctl import threadpool_info
+
+    with site.one_blas_thread():
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and set(blas) == {1}

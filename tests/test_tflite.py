@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -108,6 +109,81 @@ def test_unquantized_uint8_input_gets_rounded_clipped_pixels(converted):
     prepared = classifier.prepare_input(images)
     assert prepared.dtype == np.uint8 and prepared[0, 1, 1, 0] == 255
     assert list(prepared[0, 0, 0]) == [0, 0, 255]
+
+
+def float16_by_hand(model) -> bytes:
+    """The float16 conversion written out (notebook 06 shows the same steps on the real model)."""
+    import keras
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()  # Keras model -> SavedModel with one fixed-shape endpoint
+        archive.track(model)
+        archive.add_endpoint("serve", lambda image: model(image, training=False),
+                             input_signature=[tf.TensorSpec((1, SIZE, SIZE, 3), tf.float32, name="image")])
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.experimental_enable_resource_variables = True
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def int8_by_hand(model, images: np.ndarray) -> bytes:
+    """The fully int8 conversion written out: uint8 pixels in, a generator of training images to calibrate."""
+    import keras
+    import tensorflow as tf
+
+    def representative_images():
+        for image in images:  # (S, S, 3) uint8
+            yield [image[np.newaxis]]  # (1, S, S, 3) uint8, what the SavedModel below takes
+
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", lambda image: model(tf.cast(image, tf.float32), training=False),
+                             input_signature=[tf.TensorSpec((1, SIZE, SIZE, 3), tf.uint8, name="image")])
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.experimental_enable_resource_variables = True
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative_images
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+        with tflite.quiet_quantizer():
+            return converter.convert()
+
+
+def test_float16_written_out_is_byte_for_byte_the_helpers(model, converted, tmp_path, test_images):
+    path = tflite.write_model_bytes(tmp_path / "float16_by_hand.tflite", float16_by_hand(model))
+    assert path.read_bytes() == converted["float16"].read_bytes()
+    check = tflite.compare_models(path, converted["float16"], test_images)
+    assert check["same_bytes"] and check["same_graph"] and check["max_abs_diff"] == 0.0
+
+
+def test_int8_written_out_is_the_helpers_fully_int8_model(model, tmp_path, test_images):
+    calibration = random_images(16, seed=1)
+    by_hand = tflite.write_model_bytes(tmp_path / "int8_by_hand.tflite", int8_by_hand(model, calibration))
+    quantization = tflite.quantize_int8(model, calibration, float_layers=(), debug_images=4)
+    helper = tflite.write_model_bytes(tmp_path / "int8_helper.tflite", quantization.all_int8_content)
+    check = tflite.compare_models(by_hand, helper, test_images)
+    # Same ops, tensor types, quantization parameters and weights; only the converter's
+    # metadata entries come in another order, so the bytes differ.
+    assert check["same_graph"], check["first_difference"]
+    assert check["input"][0] == check["input"][1] == ("uint8", (1, SIZE, SIZE, 3), 0.0, 0)
+    assert check["output"][0] == check["output"][1] and check["output"][0][0] == "float32"
+    assert check["max_abs_diff"] == 0.0
+
+
+def test_compare_models_finds_where_two_models_differ(converted, test_images):
+    same = tflite.compare_models(converted["float32"], converted["float32"])
+    assert same["same_bytes"] and same["same_graph"] and same["max_abs_diff"] is None
+    other = tflite.compare_models(converted["float32"], converted["float16"], test_images)
+    assert not other["same_bytes"] and not other["same_graph"]
+    assert other["first_difference"].startswith("subgraph 0")
+    assert 0.0 < other["max_abs_diff"] <= tflite.PROBABILITY_TOLERANCE["float16"]
 
 
 def test_int8_needs_calibration_images():

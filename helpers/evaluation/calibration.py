@@ -57,6 +57,23 @@ def fit_temperature(validation: ScoredSplit) -> float:
     return fit_temperature_to_arrays(validation.labels, validation.logits)
 
 
+def describe_temperature(temperature: float) -> str:
+    """One sentence on what a fitted temperature says about the model's confidence.
+
+    ``T > 1`` softens the logits: the model was over-confident where T was fitted;
+    ``T < 1`` sharpens them: it was under-confident; ``T = 1`` (to 2 decimals) leaves them.
+    """
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}.")
+    if round(temperature, 2) == 1.0:
+        return f"T = {temperature:.2f}: the probabilities were already calibrated; scaling leaves them as they are."
+    if temperature > 1:
+        return (f"T = {temperature:.2f} > 1: the model was over-confident; dividing the logits by T softens its "
+                "probabilities towards 0.5.")
+    return (f"T = {temperature:.2f} < 1: the model was under-confident; dividing the logits by T sharpens its "
+            "probabilities towards 0 and 1.")
+
+
 def calibration_bins(labels, probabilities, n_bins: int = DEFAULT_ECE_BINS):
     """Equal-width bins of P(PNEUMONIA) on [0, 1]: the data of a reliability diagram.
 

@@ -101,6 +101,7 @@ from helpers.tflite.metadata import (
 from helpers.tflite.parity import (  # noqa: F401  (re-exported)
     PARITY_FILE_NAME,
     PhoneModelTargets,
+    compare_models,
     decision_metrics,
     finite_or_none,
     parity,
@@ -165,6 +166,7 @@ __all__ = [
     "check_classifier_shapes",
     "check_uint8_input_is_raw_pixels",
     "check_variant",
+    "compare_models",
     "convert",
     "convert_all",
     "converter_options",

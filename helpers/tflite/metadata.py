@@ -240,6 +240,34 @@ def interpret(probability: float, metadata: dict) -> dict:
     The decision rule is :class:`helpers.operating_point.OperatingPoint`'s, read from
     the metadata: the threshold and the band apply to the model's raw output
     probability; the calibration only changes the confidence shown.
+
+    A phone app repeats these steps. On Android, with LiteRT's ``Interpreter``, the int8
+    model and the JSON beside it (an app that ships only the ``.tflite`` reads the same
+    JSON from the model's ``metadata`` table, entry :data:`EMBEDDED_METADATA_NAME`)::
+
+        val meta = JSONObject(assets.open("pneumonia_mobilenetv2_int8.json").reader().readText())
+        val interpreter = Interpreter(loadModelFile("pneumonia_mobilenetv2_int8.tflite"))
+        val size = meta.getJSONObject("input").getInt("height")             // 224
+        val input = ByteBuffer.allocateDirect(size * size * 3)              // uint8 RGB, raw 0-255
+        val pixels = IntArray(size * size)
+        Bitmap.createScaledBitmap(xray, size, size, true).getPixels(pixels, 0, size, 0, 0, size, size)
+        for (p in pixels) {
+            input.put((p shr 16 and 0xFF).toByte()); input.put((p shr 8 and 0xFF).toByte())
+            input.put((p and 0xFF).toByte())
+        }
+        val output = Array(1) { FloatArray(1) }
+        interpreter.run(input.rewind(), output)
+        val p = output[0][0]                                                 // P(PNEUMONIA), raw
+        val d = meta.getJSONObject("decision")
+        val band = d.optJSONObject("band")
+        val label = when {
+            band != null && p >= band.getDouble("low") && p < band.getDouble("high") -> "Refer to a radiologist"
+            p >= d.getDouble("threshold") -> "PNEUMONIA"
+            else -> "NORMAL"
+        }
+        val q = p.coerceIn(1e-7f, 1 - 1e-7f)
+        val shown = 1 / (1 + exp(-(ln(q / (1 - q)) / d.getDouble("temperature") + d.optDouble("intercept", 0.0))))
+        if (!d.getBoolean("calibrated")) showWarning("Uncalibrated model")
     """
     point = OperatingPoint.from_dict(metadata["decision"], source=str(metadata.get("model_file", "")),
                                      remedy="Re-run notebook 06 to rewrite the metadata.")

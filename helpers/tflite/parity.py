@@ -1,4 +1,4 @@
-"""Parity with the Keras model: decisions, agreement, and the ``parity.json`` record."""
+"""Parity with the Keras model (decisions, agreement, the ``parity.json`` record), and of two converted models."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from helpers.jsonio import write_json
 from helpers.operating_point import called_pneumonia
 from helpers.targets import TARGETS, speedup_target
 from helpers.tflite.paths import file_sha256, tflite_dir
+from helpers.tflite.runtime import TFLiteClassifier, read_model_bytes
 
 
 def decision_metrics(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
@@ -92,7 +93,7 @@ class PhoneModelTargets:
 
     Accuracy is one-sided: int8 may lose at most ``max_int8_accuracy_loss_points`` against
     Keras and may gain any amount. The speed target depends on the CPU: where float32 runs
-    with AVX-512 it gains more from it than int8 does, so the bar there is lower. The bars,
+    with AVX-512 it gains more from it than int8 does, so the target there is lower. The targets,
     and when each was set or restated, come from :data:`helpers.targets.TARGETS`.
     """
 
@@ -192,3 +193,89 @@ def read_parity(paths: dict[str, Path], directory: str | os.PathLike | None = No
                 and result.get("model_sha256") == file_sha256(paths[variant])):
             found[variant] = result
     return found
+
+
+# --------------------------------------------------------------------------- #
+# Two conversions of the same model
+# --------------------------------------------------------------------------- #
+def _plain(value):
+    """A flatbuffer object (``ModelT`` parts) as plain Python values, comparable with ``==``."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if hasattr(value, "__dict__"):
+        return {key: _plain(item) for key, item in sorted(vars(value).items())}
+    return value
+
+
+def _graph_description(content: bytes) -> list[tuple[str, object]]:
+    """``(where, what)`` for every op and tensor of a ``.tflite``: what a model computes, without its metadata.
+
+    Ops: op code, version, options, input and output tensors. Tensors: name, type, shape,
+    quantization (scales, zero points, axis) and constant values (the weights). Left
+    out: the ``metadata`` table (the converter's ``CONVERSION_METADATA`` and
+    ``min_runtime_version``, our embedded JSON), whose order may differ between two
+    conversions of the same model.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    codes = [(max(code.builtinCode, code.deprecatedBuiltinCode), code.customCode, code.version)
+             for code in model.operatorCodes]
+    description = [("subgraphs", len(model.subgraphs))]
+    for graph_index, graph in enumerate(model.subgraphs):
+        description += [(f"subgraph {graph_index} inputs", _plain(graph.inputs)),
+                        (f"subgraph {graph_index} outputs", _plain(graph.outputs))]
+        for index, operator in enumerate(graph.operators):
+            description.append((f"subgraph {graph_index} op {index}", (
+                codes[operator.opcodeIndex], _plain(operator.inputs), _plain(operator.outputs),
+                operator.builtinOptionsType, _plain(operator.builtinOptions))))
+        for index, tensor in enumerate(graph.tensors):
+            quantization = tensor.quantization
+            buffer = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+            description.append((f"subgraph {graph_index} tensor {index} ({(tensor.name or b'').decode()})", (
+                (tensor.name or b"").decode(), tensor.type, _plain(tensor.shape),
+                None if quantization is None else (_plain(quantization.scale), _plain(quantization.zeroPoint),
+                                                   quantization.quantizedDimension),
+                b"" if buffer is None else np.asarray(buffer, dtype=np.uint8).tobytes())))
+    return description
+
+
+def compare_models(first: str | os.PathLike, second: str | os.PathLike, images: np.ndarray | None = None) -> dict:
+    """Whether two ``.tflite`` files hold the same model: bytes, graph and weights, outputs.
+
+    Two conversions of one Keras model with the same settings give the same graph; the
+    bytes may still differ where the converter orders its metadata entries differently
+    (the QuantizationDebugger's model and ``TFLiteConverter.convert()``'s do).
+
+    Args:
+        first, second: the two models.
+        images: (N, S, S, 3) raw 0-255 pixels to run both on, or None to skip.
+
+    Returns:
+        ``same_bytes``, ``same_graph`` (every op, tensor type, shape, quantization
+        parameter and weight equal: see :func:`_graph_description`), ``first_difference``
+        (where the graphs first differ, or None), ``input`` / ``output`` (dtype, shape,
+        scale and zero point of each model, as pairs), and ``max_abs_diff`` of their
+        probabilities on ``images`` (None without images).
+    """
+    first, second = Path(first), Path(second)
+    contents = read_model_bytes(first), read_model_bytes(second)
+    descriptions = [_graph_description(content) for content in contents]
+    first_difference = next((where for (where, one), (_, other) in zip(*descriptions) if one != other), None)
+    if first_difference is None and len(descriptions[0]) != len(descriptions[1]):
+        first_difference = f"number of ops and tensors ({len(descriptions[0])} vs {len(descriptions[1])})"
+    classifiers = TFLiteClassifier(first), TFLiteClassifier(second)
+    result = {
+        "same_bytes": contents[0] == contents[1],
+        "same_graph": first_difference is None,
+        "first_difference": first_difference,
+        "input": [(c.input.dtype.name, c.input.shape, c.input.scale, c.input.zero_point) for c in classifiers],
+        "output": [(c.output.dtype.name, c.output.shape, c.output.scale, c.output.zero_point) for c in classifiers],
+        "max_abs_diff": None,
+    }
+    if images is not None:
+        probabilities = [classifier.predict(images) for classifier in classifiers]  # 2 x (N,) float32
+        result["max_abs_diff"] = float(np.max(np.abs(probabilities[0] - probabilities[1])))
+    return result
