@@ -225,6 +225,11 @@ def test_each_readme_block_with_its_results_file_matches_what_the_file_renders()
         assert report.readme_block(text, block) == content, f"the {block} block: run `make report` after a full run"
 
 
+def test_every_committed_readme_block_has_its_results_file():
+    missing = report.missing_sources(report.README.read_text(), report.load_results())
+    assert missing == [], f"these blocks cannot be checked: {missing}; run `make run`, then `make report`"
+
+
 def test_the_model_card_matches_the_results_files():
     assert report.MODEL_CARD.read_text() == report.model_card(report.load_results()), "run `make report`"
 
