@@ -25,6 +25,8 @@ Writes ``<artifacts>/archive_benchmark.json``, on the int8 one-pass model of the
   column but the timing);
 * ``without_dask``: films/s of 1 and 2 plain processes (one single-thread screener
   each, no Dask) sharing the same films: how much a second core gives on this machine;
+  ``dask_allocator_default``: one such process started with Dask's default
+  ``MALLOC_TRIM_THRESHOLD_`` (what the local cluster's workers are started without);
 * ``manifest``: a manifest of ``--manifest-rows`` files that do not exist, screened by 2
   workers: the client's peak resident memory and whether every row is a refusal;
 * ``scaling``: 2 workers over 1 worker, and over the loop; ``load_average``, the
@@ -49,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install needed
 
 from helpers import archive, config, screening
@@ -61,6 +65,7 @@ DEFAULT_FILMS = 2000
 DEFAULT_MANIFEST_ROWS = 1_000_000
 MANIFEST_PART_SIZE = 1000  # refusals are cheap: bigger parts keep the scheduler's share small
 STAGES = ("decode", "model", "ood", "heatmap")
+DASK_TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"  # what archive.WORKER_CONFIG unsets for the local cluster's workers
 COMPARED_COLUMNS = tuple(column for column in screening.CSV_COLUMNS if column != "total_ms")
 
 
@@ -157,6 +162,26 @@ def processes_run(folder: Path, model: Path) -> dict:
         record[f"processes_{processes}_cores_used"] = sum(cpu for _, cpu in timings) / wall
     record["2_over_1"] = record["processes_2"] / record["processes_1"]
     return record
+
+
+def allocator_run(folder: Path, model: Path) -> dict:
+    """Films/s of one plain process with Dask's default ``MALLOC_TRIM_THRESHOLD_``, which the local cluster unsets.
+
+    The variable is read when a process starts, so it is set for the spawned process only.
+    """
+    paths = [entry.location for entry in archive.folder_entries(folder)]
+    default = str(dask.config.get("distributed.nanny.pre-spawn-environ")[DASK_TRIM_VARIABLE])
+    before = os.environ.get(DASK_TRIM_VARIABLE)
+    os.environ[DASK_TRIM_VARIABLE] = default
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            seconds, _ = pool.starmap(screen_files, [(str(model), paths)])[0]
+    finally:
+        if before is None:
+            del os.environ[DASK_TRIM_VARIABLE]
+        else:
+            os.environ[DASK_TRIM_VARIABLE] = before
+    return {"variable": f"{DASK_TRIM_VARIABLE}={default}", "films_per_s": len(paths) / seconds}
 
 
 def worker_peaks(client) -> list[float]:
@@ -269,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         record["rows_equal_loop"] = rows_equal(loop_rows, scratch / "folder-2" / archive.RESULTS_FILE)
         record["without_dask"] = processes_run(folder, model)
+        record["without_dask"]["dask_allocator_default"] = allocator_run(folder, model)
         reason = pacs.unavailable_reason()
         if arguments.no_dicomweb or reason:
             record["dicomweb"] = {"skipped": "--no-dicomweb" if arguments.no_dicomweb else reason}

@@ -88,6 +88,11 @@ TASK_RETRIES = 2  # a task that raises (the PACS failed) is tried this many more
 # The local scheduler, in the client's process, keeps its last messages to each worker for debugging, and a
 # message holds a part's inputs: a short log keeps the client's memory flat whatever the archive's size.
 SCHEDULER_MESSAGE_LOG = 10
+# Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the system).
+# Setting it turns off glibc's adaptive mmap threshold, so every film's multi-megabyte buffers are mapped and
+# unmapped afresh: about four times the page faults and a quarter fewer films per second (benchmarks/
+# archive_benchmark.py). The screener's memory per film is bounded, so its workers keep glibc's own policy.
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 # The keys of job.json a rerun must match: the same inputs, model and parts.
 JOB_IDENTITY = ("source", "engine", "model_sha256", "detector", "site", "part_size")
 
@@ -577,7 +582,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     count = workers if workers is not None else default_workers()
     if count < 1:
         raise ArchiveError(f"A local cluster needs at least one worker, got --workers {count}. Give 1 or more.")
-    with dask.config.set({"distributed.admin.low-level-log-length": SCHEDULER_MESSAGE_LOG}), \
+    with dask.config.set({"distributed.admin.low-level-log-length": SCHEDULER_MESSAGE_LOG, **WORKER_CONFIG}), \
             LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

@@ -126,6 +126,15 @@ def test_folder_on_two_workers_gives_the_cli_rows_with_the_model_hash(client, se
     assert {row["decision"] for row in rows} == {"NORMAL", "PNEUMONIA", "REFER", ""}
 
 
+def test_local_workers_keep_the_allocator_default_and_the_client_environment_is_untouched(client):
+    # Dask's default sets MALLOC_TRIM_THRESHOLD_ before spawning a worker, in this process too.
+    environments = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert len(environments) == 2 and set(environments.values()) == {None}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    # the one-thread math libraries of Dask's default are kept
+    assert set(client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS")).values()) == {"1"}
+
+
 def test_a_rerun_of_a_finished_job_screens_nothing_again(client, setup, film_folder, tmp_path):
     first = screen_folder(client, setup, film_folder, tmp_path / "job")
     before = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "job" / "parts").iterdir()}
