@@ -90,8 +90,8 @@ TASK_RETRIES = 2  # a task that raises (the PACS failed) is tried this many more
 SCHEDULER_MESSAGE_LOG = 10
 # Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the system).
 # Setting it turns off glibc's adaptive mmap threshold, so every film's multi-megabyte buffers are mapped and
-# unmapped afresh: about four times the page faults and a quarter fewer films per second (benchmarks/
-# archive_benchmark.py). The screener's memory per film is bounded, so its workers keep glibc's own policy.
+# unmapped afresh, with many more page faults and fewer films per second (the cost is measured by
+# benchmarks/archive_benchmark.py). The screener's memory per film is bounded, so its workers keep glibc's policy.
 WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 # The keys of job.json a rerun must match: the same inputs, model and parts.
 JOB_IDENTITY = ("source", "engine", "model_sha256", "detector", "site", "part_size")
