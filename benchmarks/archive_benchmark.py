@@ -150,13 +150,18 @@ def screen_files(model: str, paths: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, cpu_seconds() - cpu_start
 
 
+def spawned_screeners(model: Path, paths: list[str], processes: int) -> list[tuple[float, float]]:
+    """:func:`screen_files` in ``processes`` new processes sharing ``paths``: (seconds, CPU seconds) of each."""
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return pool.starmap(screen_files, [(str(model), paths[index::processes]) for index in range(processes)])
+
+
 def processes_run(folder: Path, model: Path) -> dict:
     """Films/s of 1 and 2 plain processes (no Dask) sharing the films: what the machine's cores give."""
     paths = [entry.location for entry in archive.folder_entries(folder)]
     record = {}
     for processes in (1, 2):
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            timings = pool.starmap(screen_files, [(str(model), paths[index::processes]) for index in range(processes)])
+        timings = spawned_screeners(model, paths, processes)
         wall = max(seconds for seconds, _ in timings)
         record[f"processes_{processes}"] = len(paths) / wall
         record[f"processes_{processes}_cores_used"] = sum(cpu for _, cpu in timings) / wall
@@ -174,8 +179,7 @@ def allocator_run(folder: Path, model: Path) -> dict:
     before = os.environ.get(DASK_TRIM_VARIABLE)
     os.environ[DASK_TRIM_VARIABLE] = default
     try:
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            seconds, _ = pool.starmap(screen_files, [(str(model), paths)])[0]
+        ((seconds, _),) = spawned_screeners(model, paths, 1)
     finally:
         if before is None:
             del os.environ[DASK_TRIM_VARIABLE]
