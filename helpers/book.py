@@ -13,9 +13,10 @@ Two steps:
    execution counts of the executed copy of the last full run
    (``<artifacts>/executed/NN_name.ipynb``), the ``injected-parameters`` cell papermill added
    (it shows ``profile = "full"``) and a first markdown cell that says where the outputs come
-   from. It refuses a copy whose code differs from the notebook's, one that is missing, one
-   that stopped with an exception and one that did not run in the full profile, naming the
-   notebook, the first differing cell and the command that makes a matching copy.
+   from and how long the run took; large PNG figures are kept as smaller JPEGs. It refuses a
+   copy whose code differs from the notebook's, one that is missing, one that stopped with an
+   exception and one that did not run in the full profile, naming the notebook, the first
+   differing cell and the command that makes a matching copy.
 2. **Build** turns the committed copies into HTML under ``book/_build/html`` with Sphinx,
    myst-nb and sphinx-book-theme, never executing a cell (``book/conf.py``).
 
@@ -27,7 +28,9 @@ stack installs from the PyPI pins in requirements.txt alone and builds offline.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -38,6 +41,7 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+from PIL import Image
 
 from helpers import config
 
@@ -58,6 +62,10 @@ WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 # widget-less page would show is the bar's first state, so the book leaves progress bars out.
 PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+")
 WIDGET_NOTE = "[An interactive widget: open the notebook in JupyterLab (make lab) to use it.]"
+# A PNG output larger than this (base64 characters) is stored as a JPEG in the book's copy when that
+# is smaller: galleries of films compress several times better that way, and the copies are committed.
+PNG_LIMIT = 150_000
+JPEG_QUALITY = 75
 
 
 class BookError(ValueError):
@@ -125,7 +133,13 @@ def run_provenance(executed: nbformat.NotebookNode) -> dict:
         "dirty": bool(run.get("dirty", False)),
         "profile": run.get("profile") or (papermill.get("parameters") or {}).get("profile"),
         "finished": finished[:10] or "an unrecorded date",
+        "seconds": papermill.get("duration"),
     }
+
+
+def duration_text(seconds: float) -> str:
+    """``"16 s"`` under a minute and a half, else ``"18 min"``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def provenance_text(run: dict, reference: dict[str, str]) -> str:
@@ -133,7 +147,8 @@ def provenance_text(run: dict, reference: dict[str, str]) -> str:
         commit_text = " (run commit not recorded)"
     else:
         commit_text = f" at commit {run['commit'][:12]}" + (" with uncommitted changes" if run["dirty"] else "")
-    return f"*{PROVENANCE_START} {run['finished']}{commit_text}; {reference_sentence(reference)}.*"
+    took = f" in {duration_text(run['seconds'])}" if run.get("seconds") is not None else ""
+    return f"*{PROVENANCE_START} {run['finished']}{took}{commit_text}; {reference_sentence(reference)}.*"
 
 
 # --- refresh ----------------------------------------------------------------------------------------
@@ -172,13 +187,34 @@ def _is_injected(cell) -> bool:
     return cell.cell_type == "code" and INJECTED_TAG in cell.metadata.get("tags", [])
 
 
+def _compact_image(data: dict) -> None:
+    """Replace a PNG over :data:`PNG_LIMIT` in ``data`` (an output's mime bundle) by a smaller JPEG, if it is."""
+    encoded = data.get("image/png")
+    if isinstance(encoded, list):
+        encoded = "".join(encoded)
+    if not encoded or len(encoded) <= PNG_LIMIT:
+        return
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, "white")  # a figure's transparent background is white on the page
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    jpeg = base64.b64encode(buffer.getvalue()).decode("ascii")
+    if len(jpeg) < len(encoded):
+        del data["image/png"]
+        data["image/jpeg"] = jpeg
+
+
 def _book_outputs(outputs: list) -> list:
-    """The outputs as a static page can show them: no progress bars, a note instead of other widgets."""
+    """The outputs as a static page can show them: no progress bars, a note instead of other widgets,
+    large PNGs as JPEGs."""
     shown = []
     for output in outputs:
         data = output.get("data", {})
         if WIDGET_MIME not in data:
             output.get("metadata", {}).pop("papermill", None)
+            _compact_image(data)
             shown.append(output)
             continue
         text = data.get("text/plain", "")
@@ -240,6 +276,7 @@ def book_copy(source_path: Path, executed_path: Path, reference: dict[str, str])
         "run_finished_utc": (executed.metadata.get("cxr_run") or {}).get("finished_utc")
         or (executed.metadata.get("papermill") or {}).get("end_time"),
         "profile": run["profile"],
+        "run_seconds": run["seconds"],
         "reference": reference,
     }
     nbformat.validate(copy)
@@ -306,7 +343,9 @@ def build_html(notebooks_dir: Path = BOOK_NOTEBOOKS, html_dir: Path = HTML_DIR, 
     """Build the HTML book from the copies in ``notebooks_dir`` (never executing them); returns ``html_dir``.
 
     ``strict`` (the default): warnings fail the build, so a broken link, a missing notebook copy
-    or an include whose marker moved is an error; ``strict=False`` builds a partial set of copies.
+    or an include whose marker moved is an error; it reads every page afresh (``-E``), because
+    Sphinx reports a page's warnings only when it reads the page, and a page unchanged since the
+    last build would pass unread. ``strict=False`` builds a partial set of copies.
     """
     html_dir = Path(html_dir).resolve()
     environment = {**os.environ, "CXR_BOOK_PROJECT_ROOT": str(PROJECT_ROOT)}
@@ -315,7 +354,7 @@ def build_html(notebooks_dir: Path = BOOK_NOTEBOOKS, html_dir: Path = HTML_DIR, 
         if Path(notebooks_dir).resolve() != BOOK_NOTEBOOKS.resolve():
             source_dir = stage_sources(Path(notebooks_dir), Path(staging))
         command = [sys.executable, "-m", "sphinx", "-b", "html", "-j", str(jobs), "-q",
-                   *(["-W", "--keep-going"] if strict else []),
+                   *(["-W", "--keep-going", "-E"] if strict else []),
                    "-d", str(html_dir.parent / ".doctrees"), str(source_dir), str(html_dir)]
         finished = subprocess.run(command, env=environment, capture_output=True, text=True)
     if finished.returncode != 0:

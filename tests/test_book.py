@@ -4,7 +4,9 @@ the provenance line on every page)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import re
 import signal
@@ -13,7 +15,9 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import book
 from helpers.notebooks import numbered_notebooks
@@ -62,7 +66,7 @@ def executed_notebook(source: nbformat.NotebookNode, profile: str = "full", comm
             cells.append(injected)
     executed.cells = cells
     executed.metadata["papermill"] = {"parameters": {"profile": profile}, "exception": exception,
-                                      "end_time": FULL_RUN_END}
+                                      "end_time": FULL_RUN_END, "duration": 1081.4}
     if commit is not None:
         executed.metadata["cxr_run"] = {"commit": commit, "dirty": False, "profile": profile,
                                         "finished_utc": "2026-12-01T10:00:00Z"}
@@ -102,7 +106,8 @@ def test_the_copy_is_the_current_notebook_with_the_runs_outputs_and_its_provenan
     assert [cell.id for cell in copy.cells] == ["book-provenance", "cell-00", "cell-01", "cell-02", "injected1",
                                                 "cell-03", "cell-04", "cell-05"]
     provenance = copy.cells[0].source
-    assert provenance.startswith(f"*{book.PROVENANCE_START} 2026-12-01 at commit {'a' * 12};")
+    assert provenance.startswith(f"*{book.PROVENANCE_START} 2026-12-01 in 18 min at commit {'a' * 12};")
+    assert copy.metadata["cxr_book"]["run_seconds"] == 1081.4
     assert "reference.json" in provenance and "created 2026-12-02" in provenance
     assert copy.metadata["cxr_book"]["run_commit"] == "a" * 40
     assert copy.cells[4].source == '# Parameters\nprofile = "full"\n'
@@ -115,6 +120,33 @@ def test_the_copy_is_the_current_notebook_with_the_runs_outputs_and_its_provenan
     assert by_id["cell-03"].execution_count == 4
     assert "papermill" not in copy.metadata
     assert all("papermill" not in cell.metadata and "execution" not in cell.metadata for cell in copy.cells)
+
+
+def png_output(image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode(),
+                                                        "text/plain": "<Figure>"})
+
+
+def test_a_large_png_is_kept_as_a_smaller_jpeg_and_a_small_one_as_it_is(project):
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)  # a film-like, busy image
+    large = Image.fromarray(noise)
+    small = Image.new("RGBA", (40, 30), (255, 0, 0, 128))
+
+    def add_figures(executed):
+        {cell.id: cell for cell in executed.cells}["cell-03"].outputs = [png_output(large), png_output(small)]
+    rewrite_executed(project, add_figures)
+    (written,) = refresh(project)
+    outputs = {cell.id: cell for cell in nbformat.read(written, as_version=4).cells}["cell-03"].outputs
+    first, second = (output["data"] for output in outputs)
+    assert set(first) == {"image/jpeg", "text/plain"}
+    assert len(first["image/jpeg"]) < len(png_output(large)["data"]["image/png"])
+    with Image.open(io.BytesIO(base64.b64decode(first["image/jpeg"]))) as decoded:
+        assert decoded.format == "JPEG" and decoded.size == (400, 400)
+    assert set(second) == {"image/png", "text/plain"}
+    with Image.open(io.BytesIO(base64.b64decode(second["image/png"]))) as decoded:
+        assert decoded.size == (40, 30)
 
 
 def test_a_copy_without_a_recorded_commit_says_so(project):
