@@ -266,6 +266,71 @@ def stress_perturbations() -> dict:
     }
 
 
+def collimate(images: np.ndarray, fraction: float) -> np.ndarray:
+    """Black bands of ``fraction`` of the side on all four edges, as a tighter collimator leaves.
+
+    Returns float32 (B, H, W, 3).
+    """
+    if not 0.0 < fraction < 0.4:
+        raise ValueError(f"collimation fraction must be in (0, 0.4), got {fraction}.")
+    images = np.array(images, np.float32)  # a copy
+    height, width = images.shape[1:3]
+    band_h, band_w = max(1, int(round(fraction * height))), max(1, int(round(fraction * width)))
+    images[:, :band_h], images[:, -band_h:] = 0.0, 0.0
+    images[:, :, :band_w], images[:, :, -band_w:] = 0.0, 0.0
+    return images
+
+
+def burn_in_text(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White text burnt into the corners, as another hospital's system prints it: a laterality
+    letter at the top right (the other side from this dataset's "R") and an ID line at the bottom.
+
+    Returns float32 (B, H, W, 3).
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    images = np.asarray(images, np.float32)
+    height, width = images.shape[1:3]
+    font = ImageFont.load_default(size=max(8, height // 14))
+    small = ImageFont.load_default(size=max(6, height // 28))
+    out = np.empty_like(images)
+    for index, image in enumerate(images):
+        film = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(film)
+        draw.text((int(width * 0.86), int(height * 0.04)), "L", fill=(255, 255, 255), font=font)
+        number = "".join(str(digit) for digit in rng.integers(0, 10, 7))
+        draw.text((int(width * 0.04), int(height * 0.92)), f"ID {number}  AP SUPINE", fill=(255, 255, 255), font=small)
+        out[index] = np.asarray(film, np.float32)
+    return out
+
+
+def s_curve(images: np.ndarray, strength: float = 6.0) -> np.ndarray:
+    """A sigmoid contrast curve (a harder look-up table than this dataset's films have).
+
+    Returns float32 (B, H, W, 3) in [0, 255].
+    """
+    if strength <= 0:
+        raise ValueError(f"strength must be > 0, got {strength}.")
+    values = np.asarray(images, np.float32) / 255.0
+    low, high = 1.0 / (1.0 + np.exp(strength / 2)), 1.0 / (1.0 + np.exp(-strength / 2))
+    curved = (1.0 / (1.0 + np.exp(-strength * (values - 0.5))) - low) / (high - low)
+    return (255.0 * curved).astype(np.float32)
+
+
+def acquisition_shifts() -> dict:
+    """:func:`stress_perturbations` and the changes another hospital's films bring that training
+    augmentation does not imitate: blur, a harder contrast curve, collimation bands, text burnt
+    into other corners. ``{name: f(images, rng)}``, the same contract."""
+    shifts = dict(stress_perturbations())
+    shifts.update({
+        "blurred": lambda images, rng: change_sharpness(np.asarray(images, np.float32), -np.ones(len(images))),
+        "S-shaped contrast": lambda images, rng: s_curve(images),
+        "collimated, 8% bands": lambda images, rng: collimate(images, 0.08),
+        "text burnt in": burn_in_text,
+    })
+    return shifts
+
+
 def plot_augmented_examples(images: np.ndarray, rng: np.random.Generator,
                             config: AugmentConfig = AugmentConfig(), views: int = 3):
     """A grid: each row one image, the original then ``views`` augmented views.

@@ -87,6 +87,9 @@ class TrainingConfig:
     monitor: str = "val_loss"
     imbalance: str = "class_weights"
     seed: int = config.DEFAULT_SEED
+    # Stochastic weight averaging over phase 2: 0 keeps the best epoch (early stopping);
+    # k >= 1 runs every phase-2 epoch and keeps the mean of the weights after epochs k, k+1, ...
+    average_from_epoch: int = 0
 
     def __post_init__(self):
         if self.head_epochs < 1 or self.finetune_epochs < 0:
@@ -98,6 +101,9 @@ class TrainingConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}.")
         if self.imbalance not in imbalance.STRATEGIES:
             raise ValueError(f"imbalance must be one of {imbalance.STRATEGIES}, got {self.imbalance!r}.")
+        if not 0 <= self.average_from_epoch <= self.finetune_epochs:
+            raise ValueError(f"average_from_epoch must be in [0, finetune_epochs={self.finetune_epochs}], "
+                             f"got {self.average_from_epoch}.")
         if not self.monitor.startswith("val_"):
             raise ValueError(f"monitor must be a validation metric like 'val_auc', got {self.monitor!r}.")
 
@@ -273,6 +279,50 @@ class BestWeightsCheckpoint:
         self.full_model.set_weights(self.best_weights)
 
 
+class WeightAverage:
+    """The running mean of a model's weights after chosen epochs: stochastic weight averaging
+    (Izmailov et al., UAI 2018), which Cha et al. (SWAD, NeurIPS 2021) found to generalise
+    better to unseen domains than the best single epoch.
+
+    BatchNorm runs in inference mode with frozen statistics here, so the averaged weights
+    need no BatchNorm update afterwards.
+    """
+
+    def __init__(self, full_model, first_epoch: int):
+        if first_epoch < 1:
+            raise ValueError(f"first_epoch must be >= 1 (1-based), got {first_epoch}.")
+        self.full_model = full_model
+        self.first_epoch = int(first_epoch)
+        self.epochs: list[int] = []
+        self._sums = None
+
+    def callback(self):
+        import keras
+
+        average = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                average.update(epoch + 1)
+
+        return _Callback()
+
+    def update(self, epoch: int) -> bool:
+        if epoch < self.first_epoch:
+            return False
+        weights = [np.asarray(weight, dtype=np.float64) for weight in self.full_model.get_weights()]
+        self._sums = weights if self._sums is None else [total + weight for total, weight in zip(self._sums, weights)]
+        self.epochs.append(int(epoch))
+        return True
+
+    def apply(self) -> None:
+        if not self.epochs:
+            raise ValueError(f"No epoch from {self.first_epoch} on was recorded: nothing to average.")
+        current = self.full_model.get_weights()
+        self.full_model.set_weights([(total / len(self.epochs)).astype(weight.dtype)
+                                     for total, weight in zip(self._sums, current)])
+
+
 @dataclass
 class TrainingResult:
     """What :func:`train_two_phase` did.
@@ -289,6 +339,7 @@ class TrainingResult:
     epochs_per_phase: dict[str, int]
     seconds_per_phase: dict[str, float]
     trainable_layers_phase2: list[str] = field(default_factory=list)
+    averaged_epochs: list[int] = field(default_factory=list)  # empty: the best epoch's weights
 
     @property
     def epochs(self) -> list[int]:
@@ -303,6 +354,7 @@ class TrainingResult:
             f"best_{self.monitor}": self.best_value,
             "seconds_per_phase": self.seconds_per_phase,
             "trainable_layers_phase2": len(self.trainable_layers_phase2),
+            "averaged_epochs": self.averaged_epochs,
         }
 
 
@@ -340,6 +392,10 @@ def train_two_phase(
         train_views: augmented copies of ``train_activations`` (each (N, H, W, C),
             :func:`cached_view_activations`); each epoch takes every image from one
             view drawn at random among the original and these (:class:`ViewBatches`).
+
+    With ``training_config.average_from_epoch`` k >= 1, phase 2 runs all its epochs and
+    the model keeps the mean of the weights after phase-2 epochs k, k+1, ...
+    (:class:`WeightAverage`) instead of the best epoch's.
     """
     import keras
 
@@ -401,18 +457,32 @@ def train_two_phase(
         with strategy.scope():
             top = top_model(model, cfg.unfreeze_from)
             compile_classifier(top, cfg.finetune_learning_rate)
-        stopper = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode,
-                                                baseline=checkpoint.best_value)
+        if cfg.average_from_epoch:  # every epoch runs; the mean of the late ones is kept
+            average = WeightAverage(model, first_epoch=phase1_epochs + cfg.average_from_epoch)
+            callbacks = [average.callback(), checkpoint.callback()]
+        else:
+            callbacks = [keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.patience, mode=cfg.monitor_mode,
+                                                       baseline=checkpoint.best_value), checkpoint.callback()]
         fitted = top.fit(
             ViewBatches(all_views, train_labels, indices, cfg.batch_size, inputs.class_weight,
                         cfg.seed + 1).as_keras(),
             validation_data=array_batches(validation_activations, validation_labels, 128),
             epochs=phase1_epochs + cfg.finetune_epochs, initial_epoch=phase1_epochs,
-            callbacks=[stopper, checkpoint.callback()], shuffle=False, verbose=verbose,
+            callbacks=callbacks, shuffle=False, verbose=verbose,
         )
         _append_history(history, fitted.history, phase, 2)
     seconds["phase2"] = time.perf_counter() - start
-    checkpoint.restore()
+    averaged_epochs = []
+    if cfg.finetune_epochs > 0 and cfg.average_from_epoch:
+        average.apply()
+        averaged_epochs = average.epochs
+        scores = top.evaluate(array_batches(validation_activations, validation_labels, 128), verbose=0,
+                              return_dict=True)
+        checkpoint.best_value, checkpoint.best_epoch = float(scores[cfg.monitor[len("val_"):]]), len(phase)
+        if checkpoint.path is not None:
+            model.save(checkpoint.path)
+    else:
+        checkpoint.restore()
     return TrainingResult(
         history=history,
         phase=phase,
@@ -422,6 +492,7 @@ def train_two_phase(
         epochs_per_phase={"phase1": phase.count(1), "phase2": phase.count(2)},
         seconds_per_phase={key: round(value, 2) for key, value in seconds.items()},
         trainable_layers_phase2=trainable,
+        averaged_epochs=averaged_epochs,
     )
 
 

@@ -281,3 +281,37 @@ def test_stress_test_reports_one_row_per_change_at_the_threshold():
     assert table.loc["white film", "normal_p90"] > 0.99
     with pytest.raises(ValueError, match="differ in length"):
         training.stress_test(_brightness_model(), images, labels[:3], 0.5, progress=False)
+
+
+def test_acquisition_shifts_extend_the_stress_set_and_keep_shape_and_range():
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    shifts = augment.acquisition_shifts()
+    assert set(augment.stress_perturbations()) < set(shifts)
+    for name, change in shifts.items():
+        changed = change(images, np.random.default_rng(1))
+        assert changed.shape == images.shape and changed.dtype == np.float32, name
+        assert changed.min() >= 0.0 and changed.max() <= 255.0, name
+
+
+def test_collimation_blackens_the_edges_only():
+    images = np.full((2, 50, 50, 3), 200.0, np.float32)
+    collimated = augment.collimate(images, 0.1)
+    assert (collimated[:, :5] == 0).all() and (collimated[:, :, -5:] == 0).all()
+    assert (collimated[:, 5:45, 5:45] == 200).all() and (images == 200).all()
+    with pytest.raises(ValueError, match="collimation"):
+        augment.collimate(images, 0.5)
+
+
+def test_text_is_burnt_into_the_corners_not_the_lungs():
+    images = np.full((1, 112, 112, 3), 60.0, np.float32)
+    burnt = augment.burn_in_text(images, np.random.default_rng(0))
+    changed = np.any(burnt != images, axis=-1)[0]  # (H, W)
+    assert changed[:20, 90:].any() and changed[100:, :60].any()  # the letter and the ID line
+    assert not changed[30:90, 20:90].any()
+
+
+def test_s_curve_keeps_black_white_and_grey_and_raises_contrast():
+    values = np.array([0.0, 64.0, 127.5, 191.0, 255.0], np.float32).reshape(1, 1, 5, 1).repeat(3, axis=-1)
+    curved = augment.s_curve(values)[0, 0, :, 0]
+    np.testing.assert_allclose(curved[[0, 2, 4]], [0.0, 127.5, 255.0], atol=1e-3)
+    assert curved[1] < 64.0 and curved[3] > 191.0

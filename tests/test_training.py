@@ -270,3 +270,33 @@ def test_best_weights_checkpoint_follows_the_monitor_direction(monitor, values, 
     assert head.get_layer(model_lib.LOGIT_LAYER).bias.numpy()[0] == best_epoch
     with pytest.raises(ValueError, match="not in the logs"):
         checkpoint.update(4, None)
+
+
+def test_weight_average_keeps_the_mean_of_the_chosen_epochs():
+    head = model_lib.build_head_model(feature_size=4)
+    average = training.WeightAverage(head, first_epoch=2)
+    for epoch in (1, 2, 3):
+        head.get_layer(model_lib.LOGIT_LAYER).bias.assign([float(10 * epoch)])
+        average.update(epoch)
+    assert average.epochs == [2, 3]
+    average.apply()
+    assert head.get_layer(model_lib.LOGIT_LAYER).bias.numpy()[0] == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="nothing to average"):
+        training.WeightAverage(head, first_epoch=5).apply()
+    with pytest.raises(ValueError, match="average_from_epoch"):
+        training.TrainingConfig(finetune_epochs=3, average_from_epoch=4)
+
+
+def test_train_two_phase_with_weight_averaging_runs_every_phase2_epoch(tmp_path):
+    cfg, model, images, labels = tiny_training_setup(head_epochs=1, finetune_epochs=3, count=16)
+    cfg = training.TrainingConfig(**{**cfg.to_dict(), "average_from_epoch": 2, "patience": 1})
+    activations = training.feature_extractor(model, cfg.unfreeze_from).predict(images, verbose=0)
+    result = training.train_two_phase(model, activations, labels, activations[:8], labels[:8], cfg,
+                                      checkpoint_path=tmp_path / "averaged.keras", verbose=0)
+    assert result.phase == [1, 2, 2, 2]  # no early stop in phase 2
+    assert result.averaged_epochs == [3, 4] and result.summary()["averaged_epochs"] == [3, 4]
+    top = training.top_model(model, cfg.unfreeze_from)
+    training.compile_classifier(top, cfg.finetune_learning_rate)
+    loss = top.evaluate(activations[:8], labels[:8].astype(np.float32), verbose=0, return_dict=True)["loss"]
+    assert result.best_value == pytest.approx(loss, rel=1e-4)  # the averaged model's validation loss
+    assert (tmp_path / "averaged.keras").is_file()
