@@ -82,9 +82,13 @@ def predict_in_batches(model, inputs: np.ndarray, batch_size: int = 64, chunk_si
 
 
 def _activation_key_text(model, extractor, examples, cut_layer: str) -> str:
-    """What a cached activation depends on: the images' content, the cut, the frozen weights."""
+    """What a cached activation depends on: the images' content, the cut, the frozen weights and
+    the layers below the cut (a weightless layer such as a border mask changes the output too)."""
+    layers = json.dumps([[type(layer).__name__, layer.get_config()] for layer in extractor.layers],
+                        sort_keys=True, default=str)
     return "|".join([
         "".join(examples.content_hashes()), cut_layer, weights_fingerprint(extractor), str(model.input_shape),
+        _short_hash(layers),
     ])
 
 

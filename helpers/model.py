@@ -23,6 +23,7 @@ LOGIT_LAYER = "logit"
 PROBABILITY_LAYER = "probability"
 POOL_LAYER = "global_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
+BORDER_MASK_LAYER = "border_mask"
 MODEL_FILE_NAME = KERAS_MODEL_FILE_NAME
 
 
@@ -38,6 +39,7 @@ def build_model(
     dropout: float = 0.2,
     output_bias: float | None = None,
     image_size: int = IMAGE_SIZE,
+    border_mask: float = 0.0,
 ):
     """Build the classifier; the MobileNetV2 base is frozen (``trainable=False``).
 
@@ -47,13 +49,20 @@ def build_model(
         dropout: dropout rate before the output unit.
         output_bias: initial logit bias, e.g. :func:`initial_output_bias`.
         image_size: input height = width.
+        border_mask: > 0 hides the outer band of this fraction of each side
+            (:class:`helpers.layers.BorderMask`, the film's mean grey there); 0 adds no layer.
     """
     import keras
 
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")  # raw 0-255
-    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(inputs)
+    pixels = inputs
+    if border_mask:
+        from helpers.layers import BorderMask
+
+        pixels = BorderMask(border_mask, name=BORDER_MASK_LAYER)(inputs)  # (B, S, S, 3), the band grey
+    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(pixels)
     # The base is created on the model's own tensor: its layers become layers of the
     # outer model (one flat graph), so `out_relu` is reachable for Grad-CAM.
     base = keras.applications.MobileNetV2(
@@ -166,6 +175,8 @@ def load_model(path: str | Path | None = None):
                "CXR_ARTIFACTS_DIR to the artifacts folder that holds model/" + MODEL_FILE_NAME + ".")
     if not path.is_file():
         raise MissingFile(f"No trained model at {path}. {retrain}")
+    from helpers import layers  # noqa: F401  (registers the project's layers for loading)
+
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile.BadZipFile, KeyError... for a bad archive

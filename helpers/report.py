@@ -69,18 +69,21 @@ SOURCES = {source.name: source for source in (
     Source("app_benchmark", "app_benchmark.json", "run `make benchmark` (all test films) after a full `make run`"),
     Source("reliability", "reliability.json",
            "run `make reliability` (its default sizes) after a full `make run`"),
+    Source("shortcuts", "gradcam.json", "run `make run` (notebook 05 in the full profile)",
+           keep=("profile", "shortcuts")),
     Source("archive_benchmark", "archive_benchmark.json",
            "run `make benchmark` (benchmarks/archive_benchmark.py with its default sizes) after a full `make run`"),
 )}
 # The README's blocks: the results files each is rendered from (the first is required, the others add rows).
 BLOCK_SOURCES = {"results": ("reference",), "app": ("app_benchmark", "parity"),
                  "reliability": ("reliability", "ood"), "new_site": ("new_site",), "archive": ("archive_benchmark",),
-                 "test_ledger": ("test_ledger",)}
+                 "test_ledger": ("test_ledger",), "model_selection": ("candidates", "shortcuts")}
 # What each source feeds, for the refusal message: reference.json gathers the headline figures.
 FEEDS = {"reference": ("results", "model card"), "parity": ("results", "app", "model card"),
          "tflite_benchmark": ("results", "model card"), "ood": ("results", "reliability", "model card"),
          "new_site": ("results", "new_site", "model card"), "app_benchmark": ("app", "model card"),
-         "reliability": ("reliability", "model card"), "archive_benchmark": ("archive",)}
+         "reliability": ("reliability", "model card"), "archive_benchmark": ("archive",),
+         "shortcuts": ("model_selection",)}
 
 
 class NotFullProfile(ValueError):
@@ -146,7 +149,7 @@ def _kept(source: Source, record: dict) -> dict:
 def load_results(directory: Path | None = None) -> dict[str, dict]:
     """{name: record} of every results file in ``directory`` (default ``results/``)."""
     directory = Path(directory) if directory is not None else RESULTS_DIR
-    names = ("reference", *SOURCES)
+    names = ("reference", *SOURCES, "candidates")  # candidates.json: written by helpers.candidates
     loaded = {name: read_json_object(directory / f"{name}.json") for name in names
               if (directory / f"{name}.json").is_file()}
     if (directory / ledger.LEDGER.name).is_file():  # a CSV, appended by the runs themselves
@@ -513,6 +516,52 @@ def test_ledger_block(rows: list[dict]) -> str:
             f"`docs/design_decisions.md`): " + "; ".join(f"{why} {count}" for why, count in reasons.items()) + ".")
 
 
+ZERO_SHOT_TARGETS = ("zero_shot_accuracy", "zero_shot_recall", "zero_shot_roc_auc", "zero_shot_ece")
+
+
+def _value(entry: dict) -> str:
+    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+
+
+def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> str:
+    """The candidate table (validation, acquisition shifts, test where a finalist was scored), the
+    choice and its zero-shot targets; then the shortcut checks of the project's model (notebook 05)."""
+    lines = [f"Rule, fixed before training: {candidates['rule']}. Chosen: **{candidates['chosen']}**.", "",
+             "| candidate | validation ROC-AUC (95% CI) | validation specificity | shifts: mean / worst specificity "
+             "| shifts: mean / worst recall | test accuracy / recall / specificity / ROC-AUC / ECE |",
+             "|---|---|---|---|---|---|"]
+    for name, record in candidates["candidates"].items():
+        shifted = record["shift_summary"]
+        test = record.get("test")
+        scored = ("not scored" if not test else " / ".join(
+            f"{test['metrics'][key]['value']:.3f}" for key in ("accuracy", "recall", "specificity", "roc_auc"))
+            + f" / {test['ece']:.3f}")
+        lines.append(f"| {name}: {record['what']} | {_value(record['validation']['roc_auc'])} "
+                     f"| {_value(record['validation']['specificity'])} "
+                     f"| {shifted['mean_specificity']:.3f} / {shifted['worst_specificity']:.3f} "
+                     f"| {shifted['mean_recall']:.3f} / {shifted['worst_recall']:.3f} | {scored} |")
+    lines.append("")
+    lines.append("Specificity and recall are read at each candidate's own validation threshold (the highest keeping "
+                 "validation recall >= 0.98); test figures are zero-shot, each finalist scored once and logged in "
+                 "the ledger.")
+    lines += _targets_section(_target_lines(ZERO_SHOT_TARGETS, {"candidates": candidates}))
+    checks = (shortcuts or {}).get("shortcuts")
+    if checks:
+        border_only = checks["border_only_classifier"]
+        changed = checks["decisions_changed"]
+        heat = checks["thorax_heat"]
+        lines += ["", "Shortcut checks of the project's model on the validation films (notebook 05):", "",
+                  f"- a linear classifier that sees only the outer {checks['border']:.0%} band of each film reaches "
+                  f"ROC-AUC {border_only['auc']:.3f} ({border_only['ci_low']:.3f}-{border_only['ci_high']:.3f});",
+                  *(f"- {name}: {entry['changed']} of {entry['films']} decisions change "
+                    f"({entry['normal_to_pneumonia']} to PNEUMONIA, {entry['pneumonia_to_normal']} to NORMAL);"
+                    for name, entry in changed.items()),
+                  "- Grad-CAM heat inside the thorax box (" + f"{heat['box_area']:.0%} of the image): "
+                  + ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} films)"
+                              for outcome in ("TP", "FP", "FN", "TN") if heat[outcome]["films"]) + "."]
+    return "\n".join(lines)
+
+
 def results_target_lines(reference: dict) -> list[str]:
     """The headline targets (quality, calibration, band, phone models) as Markdown list lines."""
     lines = _target_lines(RESULTS_TARGETS, {"reference": reference})
@@ -635,6 +684,7 @@ def render_blocks(results: dict[str, dict]) -> dict[str, str]:
         "new_site": lambda: new_site_block(results["new_site"]),
         "archive": lambda: archive_block(results["archive_benchmark"]),
         "test_ledger": lambda: test_ledger_block(results["test_ledger"]["rows"]),
+        "model_selection": lambda: model_selection_block(results["candidates"], results.get("shortcuts")),
     }
     return {block: render() for block, render in renderers.items() if BLOCK_SOURCES[block][0] in results}
 

@@ -120,6 +120,15 @@ _TARGETS = (
            "2026-11-25", "reference", "band.coverage"),
     Target("band_accuracy", "accuracy on the test films decided outside the band", AT_LEAST, 0.97, "{:.3f}",
            "2026-11-25", "reference", "band.accuracy_outside"),
+    # Zero-shot test figures of the model chosen among the candidates (helpers.candidates, results/candidates.json)
+    Target("zero_shot_accuracy", "zero-shot test accuracy of the chosen candidate", AT_LEAST, 0.90, "{:.3f}",
+           "2026-12-05", "candidates", "chosen_test.metrics.accuracy.value"),
+    Target("zero_shot_recall", "its test recall", AT_LEAST, 0.97, "{:.3f}", "2026-12-05", "candidates",
+           "chosen_test.metrics.recall.value"),
+    Target("zero_shot_roc_auc", "its test ROC-AUC", AT_LEAST, 0.975, "{:.3f}", "2026-12-05", "candidates",
+           "chosen_test.metrics.roc_auc.value"),
+    Target("zero_shot_ece", "its test ECE (temperature fitted on validation)", AT_MOST, 0.08, "{:.3f}", "2026-12-05",
+           "candidates", "chosen_test.ece"),
     # The phone models (notebook 06: parity.json and benchmark.json, in results/reference.json)
     Target("int8_size_mb", "int8 model size", AT_MOST, 3.0, "{:.2f} MB", "2026-11-25", "reference", "int8.size_mb"),
     Target("int8_speedup", "int8 speed-up over float32 (1 thread, CPU without AVX-512)", AT_LEAST, 1.8, "{:.2f}x",

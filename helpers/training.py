@@ -90,6 +90,8 @@ class TrainingConfig:
     # Stochastic weight averaging over phase 2: 0 keeps the best epoch (early stopping);
     # k >= 1 runs every phase-2 epoch and keeps the mean of the weights after epochs k, k+1, ...
     average_from_epoch: int = 0
+    # > 0: the model hides the outer band of this fraction of each side (helpers.layers.BorderMask).
+    border_mask: float = 0.0
 
     def __post_init__(self):
         if self.head_epochs < 1 or self.finetune_epochs < 0:
@@ -168,7 +170,7 @@ def build_and_compile(training_config: TrainingConfig, output_bias: float | None
     kwargs = {} if image_size is None else {"image_size": image_size}
     with strategy.scope():
         model = model_lib.build_model(weights=weights, dropout=training_config.dropout,
-                                      output_bias=output_bias, **kwargs)
+                                      output_bias=output_bias, border_mask=training_config.border_mask, **kwargs)
     return model
 
 

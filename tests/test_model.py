@@ -134,3 +134,28 @@ def test_model_of_another_architecture_is_refused_with_what_differs(tmp_path):
 def test_default_model_path_is_in_the_artifacts_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_ARTIFACTS_DIR", str(tmp_path))
     assert model_lib.default_model_path() == tmp_path.resolve() / "model" / model_lib.MODEL_FILE_NAME
+
+
+def test_border_mask_hides_the_outer_band_and_survives_save_and_load(tmp_path):
+    import keras
+
+    from helpers import shortcuts
+
+    keras.utils.set_random_seed(0)
+    model = model_lib.build_model(weights=None, border_mask=0.12)
+    films = np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    masked = model.get_layer(model_lib.BORDER_MASK_LAYER)(films).numpy()
+    band = shortcuts.border_mask(224, 224, 0.12)
+    np.testing.assert_array_equal(masked[:, ~band], films[:, ~band])
+    inside_mean = films[:, ~band].mean(axis=(1, 2))  # (2,): one grey per film
+    np.testing.assert_allclose(masked[:, band], np.broadcast_to(inside_mean[:, None, None],
+                                                                masked[:, band].shape), rtol=1e-5)
+    changed_border = films.copy()
+    changed_border[:, :10] = 255.0  # something bright in the top band: the model must not see it
+    np.testing.assert_array_equal(model.predict(changed_border, verbose=0), model.predict(films, verbose=0))
+    path = tmp_path / "masked.keras"
+    model.save(path)
+    reloaded = model_lib.load_model(path)
+    np.testing.assert_array_equal(reloaded.predict(films, verbose=0), model.predict(films, verbose=0))
+    with pytest.raises(ValueError, match="border"):
+        model_lib.build_model(weights=None, border_mask=0.5)
