@@ -35,8 +35,9 @@ class BorderMask(keras.layers.Layer):
 
     def call(self, images):
         inside = keras.ops.convert_to_tensor(self.inner_mask(images.shape[1], images.shape[2]))
-        count = float(self.inner_mask(images.shape[1], images.shape[2]).sum() * images.shape[3])
-        mean = keras.ops.sum(images * inside, axis=(1, 2, 3), keepdims=True) / count  # (B, 1, 1, 1), inside only
+        inside_share = float(self.inner_mask(images.shape[1], images.shape[2]).mean())
+        # (B, 1, 1, 1): the mean of the inside only (a MEAN op, as the phone runtimes all have it)
+        mean = keras.ops.mean(images * inside, axis=(1, 2, 3), keepdims=True) / inside_share
         return images * inside + mean * (1.0 - inside)
 
     def compute_output_shape(self, input_shape):
