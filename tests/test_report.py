@@ -72,7 +72,14 @@ ARCHIVE = {"films": 2000, "cores": 2, "sched_autogroup": True, "load_average_sta
            "manifest": {"rows": 1_000_000, "result_rows": 1_000_000, "all_refused": True, "client_peak_rss_mb": 180.0},
            "scaling": {"folder_2_over_1_worker": 1.9, "folder_2_workers_over_loop": 1.14}}
 # Every source as an artifact of a full run, by results name: (path in the artifacts folder, record).
-FULL_RUN = {"reference": ("metrics.json", METRICS), "parity": ("tflite/parity.json", PARITY),
+SHORTCUTS = {"judged_on": "validation", "shortcuts": {
+    "border": 0.12, "border_only_classifier": {"auc": 0.97, "ci_low": 0.95, "ci_high": 0.98, "train_films": 40,
+                                               "evaluation_films": 10},
+    "decisions_changed": {"border blanked": {"films": 10, "changed": 2, "normal_to_pneumonia": 2,
+                                             "pneumonia_to_normal": 0}},
+    "thorax_heat": {"box_area": 0.64, "TP": {"films": 5, "heat_inside": 0.8}, "FP": {"films": 0, "heat_inside": None},
+                    "FN": {"films": 1, "heat_inside": 0.5}, "TN": {"films": 4, "heat_inside": 0.7}}}}
+FULL_RUN = {"reference": ("metrics.json", METRICS), "shortcuts": ("gradcam.json", SHORTCUTS), "parity": ("tflite/parity.json", PARITY),
             "tflite_benchmark": ("tflite/benchmark.json", TFLITE_BENCHMARK), "ood": ("ood.json", OOD),
             "new_site": ("new_site.json", NEW_SITE), "app_benchmark": ("app_benchmark.json", BENCHMARK),
             "reliability": ("reliability.json", RELIABILITY), "archive_benchmark": ("archive_benchmark.json", ARCHIVE)}
@@ -252,7 +259,9 @@ def test_a_full_run_fills_results_and_every_block_is_rendered_from_it(project, c
     write_artifacts(project / "artifacts", dict.fromkeys(FULL_RUN, "full"))
     assert report.main([]) == 0
     results = report.load_results(project / "results")
-    assert set(results) - {"test_ledger"} == set(FULL_RUN)  # the ledger is appended by runs, not by make report
+    # The ledger is appended by runs and candidates.json written by helpers.candidates, not by make report.
+    assert set(results) - {"test_ledger", "candidates"} == set(FULL_RUN)
+    assert set(results["shortcuts"]) == {"profile", "shortcuts"}
     assert results["new_site"]["zero_shot"] == _ENTRY and "shift_reports" not in results["new_site"]
     assert results["reference"]["speed"]["int8_speedup_vs_float32_1thread"] == 1.65
     text = report.README.read_text()
@@ -314,3 +323,20 @@ def test_reliability_block_states_the_load_test_and_its_targets():
     assert "differ from the film alone ≤ 0: 0, met (set 2026-12-05)" in block
     assert "see another session's answer ≤ 0: 1, **missed** (set 2026-12-05)" in block
     assert "Under load" not in report.reliability_block(RELIABILITY, OOD)  # older files: no load test, no line
+
+
+def test_the_model_selection_block_shows_every_candidate_and_the_chosen_ones_targets():
+    validation = {"roc_auc": _METRIC, "specificity": _METRIC, "recall": _METRIC}
+    shifted = {"mean_specificity": 0.95, "worst_specificity": 0.8, "mean_recall": 0.97, "worst_recall": 0.93,
+               "mean_balanced_accuracy": 0.96}
+    test = {"metrics": {name: _METRIC for name in ("accuracy", "recall", "specificity", "roc_auc")}, "ece": 0.07}
+    candidates = {"rule": "the best under shift", "chosen": "masked", "chosen_test": test, "candidates": {
+        "reference": {"what": "the recipe", "validation": validation, "shift_summary": shifted},
+        "masked": {"what": "no border", "validation": validation, "shift_summary": shifted, "test": test}}}
+    block = report.model_selection_block(candidates, {"shortcuts": SHORTCUTS["shortcuts"]})
+    assert "Chosen: **masked**" in block and "| reference: the recipe |" in block and "not scored" in block
+    assert "| 0.950 / 0.800 | 0.970 / 0.930 | 0.900 / 0.900 / 0.900 / 0.900 / 0.070 |" in block
+    assert "zero-shot test accuracy of the chosen candidate ≥ 0.900: 0.900, met (set 2026-12-05)" in block
+    assert "its test ROC-AUC ≥ 0.975: 0.900, **missed**" in block
+    assert "ROC-AUC 0.970 (0.950-0.980)" in block and "border blanked: 2 of 10 decisions change" in block
+    assert "TP 80% (5 films)" in block and "FP" not in block.split("thorax box")[1]
