@@ -14,7 +14,7 @@ population, is nearly perfect for every reasonable model. So candidates are comp
 
 The selection rule, fixed before any candidate is trained: the highest mean balanced
 accuracy over the acquisition shifts, among candidates whose validation ROC-AUC is
-within 0.002 of the reference recipe's. A finalist's test set is scored **once**
+within 0.002 of the reference recipe's (the best single epoch). A finalist's test set is scored **once**
 (``--score-test``), logged in the test-set ledger, zero-shot at its validation
 operating point; nothing is chosen from it.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import augment, config, data, evaluation, jsonio, ledger, training
+from helpers import augment, config, data, evaluation, jsonio, ledger, shortcuts, training
 from helpers import model as model_lib
 
 MIN_RECALL = 0.98
@@ -42,10 +42,10 @@ AUC_TOLERANCE = 0.002  # a candidate may lose at most this much validation ROC-A
 BOOTSTRAP_ROUNDS = 1000
 RESULTS_FILE = config.PROJECT_ROOT / "results" / "candidates.json"
 
-# name -> (what it changes, TrainingConfig overrides). "reference" is notebook 03's recipe:
-# its model is the project's model (<artifacts>/model/), not retrained here.
+# name -> (what it changes, TrainingConfig overrides of the defaults). "reference" is the defaults: the
+# best single epoch, the project's recipe until weight averaging was chosen here (2026-12-06).
 CANDIDATES = {
-    "reference": ("notebook 03's recipe: head, then blocks 11-16 with early stopping on validation loss", {}),
+    "reference": ("the best single epoch: head, then blocks 11-16 with early stopping on validation loss", {}),
     "head_only": ("a linear probe: the head on frozen ImageNet features, no fine-tuning (Kumar et al. 2022: "
                   "fine-tuning can distort features that generalise)", {"finetune_epochs": 0}),
     "border_masked": ("the outer 12% of each side hidden inside the model (the film's mean grey there), so "
@@ -63,11 +63,13 @@ def candidate_config(name: str) -> training.TrainingConfig:
     if name not in CANDIDATES:
         raise ValueError(f"Unknown candidate {name!r}; choose from {sorted(CANDIDATES)}.")
     imbalance = training.chosen_imbalance_strategy(config.artifacts_dir() / "imbalance" / "comparison.json")
-    return dataclasses.replace(training.TrainingConfig(imbalance=imbalance), **CANDIDATES[name][1])
+    return dataclasses.replace(training.TrainingConfig(imbalance=imbalance, average_from_epoch=0),
+                               **CANDIDATES[name][1])
 
 
 def train_candidate(name: str, splits: dict, augmented_views: int = 4):
-    """Train candidate ``name`` the way notebook 03 trains (same caches, views and seed); returns the model."""
+    """Train candidate ``name`` the way notebook 03 trains (same caches, views and seed) with the candidate's
+    settings; returns the model."""
     cfg = candidate_config(name)
     config.set_seeds(cfg.seed)
     model = training.build_and_compile(cfg)
@@ -84,8 +86,6 @@ def train_candidate(name: str, splits: dict, augmented_views: int = 4):
 
 
 def load_candidate(name: str):
-    if name == "reference":
-        return model_lib.load_model()
     path = candidate_dir(name) / "model.keras"
     if not path.is_file():
         raise FileNotFoundError(f"No trained model for candidate {name!r} at {path}: run "
@@ -139,6 +139,35 @@ def selection_record(model, validation, images: np.ndarray, seed: int = config.D
     return record
 
 
+def shortcut_record(model, validation, images: np.ndarray, threshold: float, maps_per_outcome: int = 60,
+                    seed: int = config.DEFAULT_SEED) -> dict:
+    """Checks 2-4 of :mod:`helpers.shortcuts` for ``model`` on the validation films (check 1, the
+    border-only classifier, does not depend on the model: notebook 05 runs it)."""
+    from helpers import gradcam
+
+    labels = validation.labels.astype(int)
+
+    def probabilities_of(batch):
+        return model.predict_on_batch(np.asarray(batch, np.float32)).reshape(-1)
+
+    probabilities = predict(model, images)
+    outcomes = shortcuts.outcome_labels(labels, probabilities, threshold)
+    rows = np.concatenate([gradcam.choose(np.flatnonzero(outcomes == name), maps_per_outcome, seed=seed)
+                           for name in shortcuts.OUTCOMES])
+    maps = gradcam.compute_gradcam(model, images[rows].astype(np.float32),
+                                   target=(probabilities[rows] >= threshold).astype(int))
+    return {
+        "decisions_changed": {
+            "border blanked": shortcuts.decisions_changed(probabilities_of, images, labels, threshold,
+                                                          shortcuts.blank_border, probabilities=probabilities),
+            "marker regions blanked": shortcuts.decisions_changed(probabilities_of, images, labels, threshold,
+                                                                  shortcuts.blank_marker_regions,
+                                                                  probabilities=probabilities),
+        },
+        "thorax_heat": shortcuts.heat_inside_box(maps, outcomes[rows]),
+    }
+
+
 def test_record(model, test, threshold: float, temperature: float, why: str) -> dict:
     """The test set scored once, zero-shot at the validation operating point, logged in the ledger."""
     images = data.decode_images_cached(test)
@@ -158,14 +187,14 @@ def test_record(model, test, threshold: float, temperature: float, why: str) -> 
     }
 
 
-def run(name: str, score_test_because: str | None = None) -> dict:
+def run(name: str, score_test_because: str | None = None, with_shortcuts: bool = False) -> dict:
     """Train (unless a model exists) and evaluate candidate ``name``; write its selection record."""
     splits = data.load_splits()
     path = candidate_dir(name) / "selection.json"
     record = jsonio.read_json_object(path) if path.is_file() else None
     if record is None:
         start = time.perf_counter()
-        model = (load_candidate(name) if name == "reference" or (candidate_dir(name) / "model.keras").is_file()
+        model = (load_candidate(name) if (candidate_dir(name) / "model.keras").is_file()
                  else train_candidate(name, splits))
         images = data.decode_images_cached(splits["validation"])
         record = {"name": name, "what": CANDIDATES[name][0], "config": candidate_config(name).to_dict(),
@@ -173,6 +202,10 @@ def run(name: str, score_test_because: str | None = None) -> dict:
                   "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   **selection_record(model, splits["validation"], images)}
         record["seconds"] = round(time.perf_counter() - start, 1)
+        jsonio.write_json(record, path)
+    if with_shortcuts and "shortcuts" not in record:
+        record["shortcuts"] = shortcut_record(load_candidate(name), splits["validation"],
+                                              data.decode_images_cached(splits["validation"]), record["threshold"])
         jsonio.write_json(record, path)
     if score_test_because:
         if "test" in record:
@@ -207,10 +240,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help=f"candidates to train and evaluate: {sorted(CANDIDATES)}")
     parser.add_argument("--score-test", metavar="WHY", help="also score the test set once, with this reason")
+    parser.add_argument("--shortcuts", action="store_true",
+                        help="also run the shortcut checks of the model on the validation films")
     parser.add_argument("--table", action="store_true", help=f"write {RESULTS_FILE.relative_to(config.PROJECT_ROOT)}")
     arguments = parser.parse_args(argv)
     for name in arguments.names:
-        record = run(name, arguments.score_test)
+        record = run(name, arguments.score_test, arguments.shortcuts)
         print(name, record["validation"]["roc_auc"], record["shift_summary"], record.get("test", {}).get("metrics"))
     if arguments.table:
         print("wrote", write_table())

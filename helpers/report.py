@@ -545,6 +545,10 @@ def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> st
                  "validation recall >= 0.98); test figures are zero-shot, each finalist scored once and logged in "
                  "the ledger.")
     lines += _targets_section(_target_lines(ZERO_SHOT_TARGETS, {"candidates": candidates}))
+    checked = {name: record["shortcuts"] for name, record in candidates["candidates"].items() if "shortcuts" in record}
+    if checked:
+        lines += ["", "Shortcut checks of the candidates on the validation films, at each one's threshold:", ""]
+        lines += [f"- {name}: {_shortcut_sentence(record)}" for name, record in checked.items()]
     checks = (shortcuts or {}).get("shortcuts")
     if checks:
         border_only = checks["border_only_classifier"]
@@ -553,13 +557,19 @@ def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> st
         lines += ["", "Shortcut checks of the project's model on the validation films (notebook 05):", "",
                   f"- a linear classifier that sees only the outer {checks['border']:.0%} band of each film reaches "
                   f"ROC-AUC {border_only['auc']:.3f} ({border_only['ci_low']:.3f}-{border_only['ci_high']:.3f});",
-                  *(f"- {name}: {entry['changed']} of {entry['films']} decisions change "
-                    f"({entry['normal_to_pneumonia']} to PNEUMONIA, {entry['pneumonia_to_normal']} to NORMAL);"
-                    for name, entry in changed.items()),
-                  "- Grad-CAM heat inside the thorax box (" + f"{heat['box_area']:.0%} of the image): "
-                  + ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} films)"
-                              for outcome in ("TP", "FP", "FN", "TN") if heat[outcome]["films"]) + "."]
+                  f"- {_shortcut_sentence({'decisions_changed': changed, 'thorax_heat': heat})}"]
     return "\n".join(lines)
+
+
+def _shortcut_sentence(checks: dict) -> str:
+    """Decisions changed by each blanking, and the Grad-CAM heat inside the thorax box per outcome."""
+    heat = checks["thorax_heat"]
+    changed = "; ".join(f"{name}: {entry['changed']} of {entry['films']} decisions change "
+                        f"({entry['normal_to_pneumonia']} to PNEUMONIA, {entry['pneumonia_to_normal']} to NORMAL)"
+                        for name, entry in checks["decisions_changed"].items())
+    inside = ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} films)"
+                       for outcome in ("TP", "FP", "FN", "TN") if heat[outcome]["films"])
+    return f"{changed}; Grad-CAM heat inside the thorax box ({heat['box_area']:.0%} of the image): {inside}."
 
 
 def results_target_lines(reference: dict) -> list[str]:

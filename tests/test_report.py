@@ -332,7 +332,8 @@ def test_the_model_selection_block_shows_every_candidate_and_the_chosen_ones_tar
     test = {"metrics": {name: _METRIC for name in ("accuracy", "recall", "specificity", "roc_auc")}, "ece": 0.07}
     candidates = {"rule": "the best under shift", "chosen": "masked", "chosen_test": test, "candidates": {
         "reference": {"what": "the recipe", "validation": validation, "shift_summary": shifted},
-        "masked": {"what": "no border", "validation": validation, "shift_summary": shifted, "test": test}}}
+        "masked": {"what": "no border", "validation": validation, "shift_summary": shifted, "test": test,
+                   "shortcuts": {key: SHORTCUTS["shortcuts"][key] for key in ("decisions_changed", "thorax_heat")}}}}
     block = report.model_selection_block(candidates, {"shortcuts": SHORTCUTS["shortcuts"]})
     assert "Chosen: **masked**" in block and "| reference: the recipe |" in block and "not scored" in block
     assert "| 0.950 / 0.800 | 0.970 / 0.930 | 0.900 / 0.900 / 0.900 / 0.900 / 0.070 |" in block
@@ -340,3 +341,5 @@ def test_the_model_selection_block_shows_every_candidate_and_the_chosen_ones_tar
     assert "its test ROC-AUC ≥ 0.975: 0.900, **missed**" in block
     assert "ROC-AUC 0.970 (0.950-0.980)" in block and "border blanked: 2 of 10 decisions change" in block
     assert "TP 80% (5 films)" in block and "FP" not in block.split("thorax box")[1]
+    assert "- masked: border blanked: 2 of 10 decisions change (2 to PNEUMONIA, 0 to NORMAL)" in block
+    assert "- reference:" not in block  # no shortcut checks recorded for it
