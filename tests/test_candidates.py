@@ -58,3 +58,17 @@ def test_selection_record_reads_every_shift_at_the_validation_threshold():
     summary = result["shift_summary"]
     assert summary["worst_specificity"] <= summary["mean_specificity"]
     assert summary["worst_recall"] <= summary["mean_recall"]
+
+
+def test_shortcut_record_runs_checks_two_to_four_on_a_small_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = training.build_and_compile(training.TrainingConfig(), weights=None, image_size=32)
+    examples = tiny_examples(count=8, size=32)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    result = candidates.shortcut_record(model, examples, images, threshold=0.5, maps_per_outcome=2)
+    assert set(result["decisions_changed"]) == {"border blanked", "marker regions blanked"}
+    assert result["decisions_changed"]["border blanked"]["films"] == 8
+    mapped = [result["thorax_heat"][name]["films"] for name in ("TP", "FP", "FN", "TN")]
+    assert max(mapped) <= 2 and sum(mapped) >= 2  # at most maps_per_outcome films of each outcome
