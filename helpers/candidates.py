@@ -48,7 +48,7 @@ CANDIDATES = {
     "reference": ("the best single epoch: head, then blocks 11-16 with early stopping on validation loss", {}),
     "head_only": ("a linear probe: the head on frozen ImageNet features, no fine-tuning (Kumar et al. 2022: "
                   "fine-tuning can distort features that generalise)", {"finetune_epochs": 0}),
-    "border_masked": ("the outer 12% of each side hidden inside the model (the film's mean grey there), so "
+    "border_masked": ("the outer 12% of each side hidden inside the model (the inside's mean grey there), so "
                       "borders, collimation edges, markers and text cannot decide", {"border_mask": 0.12}),
     "weight_averaging": ("stochastic weight averaging: all 10 phase-2 epochs, the mean of epochs 3-10 kept "
                          "(SWAD, Cha et al. 2021)", {"average_from_epoch": 3}),

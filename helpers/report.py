@@ -526,7 +526,7 @@ def _value(entry: dict) -> str:
 def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> str:
     """The candidate table (validation, acquisition shifts, test where a finalist was scored), the
     choice and its zero-shot targets; then the shortcut checks of the project's model (notebook 05)."""
-    lines = [f"Rule, fixed before training: {candidates['rule']}. Chosen: **{candidates['chosen']}**.", "",
+    lines = [f"Rule, fixed before training: {candidates['rule'].rstrip('.')}. Chosen: **{candidates['chosen']}**.", "",
              "| candidate | validation ROC-AUC (95% CI) | validation specificity | shifts: mean / worst specificity "
              "| shifts: mean / worst recall | test accuracy / recall / specificity / ROC-AUC / ECE |",
              "|---|---|---|---|---|---|"]
@@ -542,7 +542,8 @@ def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> st
                      f"| {shifted['mean_recall']:.3f} / {shifted['worst_recall']:.3f} | {scored} |")
     lines.append("")
     lines.append("Specificity and recall are read at each candidate's own validation threshold (the highest keeping "
-                 "validation recall >= 0.98); test figures are zero-shot, each finalist scored once and logged in "
+                 "validation recall >= 0.98); test figures are zero-shot, each candidate "
+                 "scored once, after the choice, and logged in "
                  "the ledger.")
     lines += _targets_section(_target_lines(ZERO_SHOT_TARGETS, {"candidates": candidates}))
     checked = {name: record["shortcuts"] for name, record in candidates["candidates"].items() if "shortcuts" in record}
@@ -557,7 +558,8 @@ def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> st
         lines += ["", "Shortcut checks of the project's model on the validation films (notebook 05):", "",
                   f"- a linear classifier that sees only the outer {checks['border']:.0%} band of each film reaches "
                   f"ROC-AUC {border_only['auc']:.3f} ({border_only['ci_low']:.3f}-{border_only['ci_high']:.3f});",
-                  f"- {_shortcut_sentence({'decisions_changed': changed, 'thorax_heat': heat})}"]
+                  f"- {_shortcut_sentence({'decisions_changed': changed, 'thorax_heat': heat})}"][
+                      : None if candidates["chosen"] not in checked else -1]  # already listed above
     return "\n".join(lines)
 
 
@@ -567,7 +569,8 @@ def _shortcut_sentence(checks: dict) -> str:
     changed = "; ".join(f"{name}: {entry['changed']} of {entry['films']} decisions change "
                         f"({entry['normal_to_pneumonia']} to PNEUMONIA, {entry['pneumonia_to_normal']} to NORMAL)"
                         for name, entry in checks["decisions_changed"].items())
-    inside = ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} films)"
+    inside = ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} "
+                       f"film{'' if heat[outcome]['films'] == 1 else 's'})"
                        for outcome in ("TP", "FP", "FN", "TN") if heat[outcome]["films"])
     return f"{changed}; Grad-CAM heat inside the thorax box ({heat['box_area']:.0%} of the image): {inside}."
 

@@ -79,7 +79,8 @@ SHORTCUTS = {"judged_on": "validation", "shortcuts": {
                                              "pneumonia_to_normal": 0}},
     "thorax_heat": {"box_area": 0.64, "TP": {"films": 5, "heat_inside": 0.8}, "FP": {"films": 0, "heat_inside": None},
                     "FN": {"films": 1, "heat_inside": 0.5}, "TN": {"films": 4, "heat_inside": 0.7}}}}
-FULL_RUN = {"reference": ("metrics.json", METRICS), "shortcuts": ("gradcam.json", SHORTCUTS), "parity": ("tflite/parity.json", PARITY),
+FULL_RUN = {"reference": ("metrics.json", METRICS), "shortcuts": ("gradcam.json", SHORTCUTS),
+            "parity": ("tflite/parity.json", PARITY),
             "tflite_benchmark": ("tflite/benchmark.json", TFLITE_BENCHMARK), "ood": ("ood.json", OOD),
             "new_site": ("new_site.json", NEW_SITE), "app_benchmark": ("app_benchmark.json", BENCHMARK),
             "reliability": ("reliability.json", RELIABILITY), "archive_benchmark": ("archive_benchmark.json", ARCHIVE)}
@@ -329,7 +330,7 @@ def test_the_model_selection_block_shows_every_candidate_and_the_chosen_ones_tar
     validation = {"roc_auc": _METRIC, "specificity": _METRIC, "recall": _METRIC}
     shifted = {"mean_specificity": 0.95, "worst_specificity": 0.8, "mean_recall": 0.97, "worst_recall": 0.93,
                "mean_balanced_accuracy": 0.96}
-    test = {"metrics": {name: _METRIC for name in ("accuracy", "recall", "specificity", "roc_auc")}, "ece": 0.07}
+    test = {"metrics": dict.fromkeys(("accuracy", "recall", "specificity", "roc_auc"), _METRIC), "ece": 0.07}
     candidates = {"rule": "the best under shift", "chosen": "masked", "chosen_test": test, "candidates": {
         "reference": {"what": "the recipe", "validation": validation, "shift_summary": shifted},
         "masked": {"what": "no border", "validation": validation, "shift_summary": shifted, "test": test,
