@@ -14,9 +14,9 @@ population, is nearly perfect for every reasonable model. So candidates are comp
 
 The selection rule, fixed before any candidate is trained: the highest mean balanced
 accuracy over the acquisition shifts, among candidates whose validation ROC-AUC is
-within 0.002 of the reference recipe's (the best single epoch). A finalist's test set is scored **once**
-(``--score-test``), logged in the test-set ledger, zero-shot at its validation
-operating point; nothing is chosen from it.
+within 0.002 of the reference recipe's (the best single epoch). Each candidate's test set is
+scored at most **once** (``--score-test``), after the choice is written down, logged in the
+test-set ledger, zero-shot at its validation operating point; nothing is chosen from it.
 
 Run ``python -m helpers.candidates NAME`` to train (or reuse) candidate NAME and write
 its selection record to ``<artifacts>/candidates/NAME/selection.json``;
@@ -210,7 +210,7 @@ def run(name: str, score_test_because: str | None = None, with_shortcuts: bool =
     if score_test_because:
         if "test" in record:
             raise ValueError(f"Candidate {name!r} was scored on test already ({record['test']['scored_utc']}): "
-                             "a finalist is scored once.")
+                             "each candidate is scored once.")
         record["test"] = test_record(load_candidate(name), splits["test"], record["threshold"],
                                      record["temperature"], score_test_because)
         jsonio.write_json(record, path)
@@ -229,7 +229,7 @@ def write_table(path: Path = RESULTS_FILE) -> Path:
                 if record["validation"]["roc_auc"]["value"] >= reference_auc - AUC_TOLERANCE}
     chosen = max(eligible, key=lambda name: eligible[name]["shift_summary"]["mean_balanced_accuracy"])
     rule = " ".join(__doc__.split("The selection rule, fixed before any candidate is trained: ")[1]
-                    .split(" A finalist")[0].split())
+                    .split(" Each candidate's test set")[0].split())
     table = {"rule": rule, "chosen": chosen, "candidates": records}
     if "test" in records[chosen]:
         table["chosen_test"] = records[chosen]["test"]
