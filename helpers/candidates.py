@@ -34,12 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import augment, config, data, evaluation, jsonio, ledger, shortcuts, training
+from helpers import augment, config, data, evaluation, gradcam, jsonio, ledger, shortcuts, training
 from helpers import model as model_lib
+from helpers.operating_point import called_pneumonia, logit, sigmoid
 
 MIN_RECALL = 0.98
 AUC_TOLERANCE = 0.002  # a candidate may lose at most this much validation ROC-AUC to the reference
 BOOTSTRAP_ROUNDS = 1000
+PROBABILITY_FLOOR = 1e-7  # probabilities are clipped to [floor, 1 - floor] before taking logits (float32 outputs)
 RESULTS_FILE = config.PROJECT_ROOT / "results" / "candidates.json"
 
 # name -> (what it changes, TrainingConfig overrides of the defaults). "reference" is the defaults: the
@@ -112,7 +114,7 @@ def selection_record(model, validation, images: np.ndarray, seed: int = config.D
     groups = data.split_groups(validation)
     probabilities = predict(model, images)
     threshold = float(evaluation.choose_threshold(labels, probabilities, min_recall=MIN_RECALL))
-    logits = np.log(np.clip(probabilities, 1e-7, 1 - 1e-7) / np.clip(1 - probabilities, 1e-7, 1))
+    logits = logit(probabilities, epsilon=PROBABILITY_FLOOR)
     record = {
         "threshold": threshold,
         "temperature": float(evaluation.fit_temperature_to_arrays(labels, logits)),
@@ -143,8 +145,6 @@ def shortcut_record(model, validation, images: np.ndarray, threshold: float, map
                     seed: int = config.DEFAULT_SEED) -> dict:
     """Checks 2-4 of :mod:`helpers.shortcuts` for ``model`` on the validation films (check 1, the
     border-only classifier, does not depend on the model: notebook 05 runs it)."""
-    from helpers import gradcam
-
     labels = validation.labels.astype(int)
 
     def probabilities_of(batch):
@@ -155,7 +155,7 @@ def shortcut_record(model, validation, images: np.ndarray, threshold: float, map
     rows = np.concatenate([gradcam.choose(np.flatnonzero(outcomes == name), maps_per_outcome, seed=seed)
                            for name in shortcuts.OUTCOMES])
     maps = gradcam.compute_gradcam(model, images[rows].astype(np.float32),
-                                   target=(probabilities[rows] >= threshold).astype(int))
+                                   target=called_pneumonia(probabilities[rows], threshold).astype(int))
     return {
         "decisions_changed": {
             "border blanked": shortcuts.decisions_changed(probabilities_of, images, labels, threshold,
@@ -173,8 +173,8 @@ def test_record(model, test, threshold: float, temperature: float, why: str) -> 
     images = data.decode_images_cached(test)
     labels = test.labels.astype(int)
     probabilities = predict(model, images)
-    logits = np.log(np.clip(probabilities, 1e-7, 1 - 1e-7) / np.clip(1 - probabilities, 1e-7, 1))
-    calibrated = 1.0 / (1.0 + np.exp(-logits / temperature))
+    logits = logit(probabilities, epsilon=PROBABILITY_FLOOR)
+    calibrated = sigmoid(logits / temperature)
     ledger.record_test_scoring("model candidate: test metrics at its validation threshold", why, len(labels),
                                profile="full")
     return {

@@ -1,47 +1,60 @@
-"""Keras layers of the classifier's own (imported by :mod:`helpers.model` when it builds or loads one).
+"""Keras layers of the classifier's own, built on first use (Keras is imported only then).
 
-:class:`BorderMask` hides the outer band of every film: the pixels there are replaced
-by the mean grey of the film's inside, inside the model, so every pipeline that runs the model (the
-Keras notebooks, the TFLite phone model, the web apps) sees the same thing. The
-model's geometry is unchanged, so Grad-CAM maps still line up with the film.
+:func:`border_mask` makes a :class:`BorderMask` layer: it hides the outer band of every
+film, whose pixels are replaced by the mean grey of the film's inside, inside the model,
+so every pipeline that runs the model (the Keras notebooks, the TFLite phone model, the
+web apps) sees the same thing. The model's geometry is unchanged, so Grad-CAM maps still
+line up with the film. :func:`register` makes a saved model with such a layer loadable.
 """
 
 from __future__ import annotations
 
-import keras
+from functools import lru_cache
+
 import numpy as np
 
 
-@keras.saving.register_keras_serializable(package="cxr")
-class BorderMask(keras.layers.Layer):
-    """(B, H, W, C) pixels -> the same with the outer ``border`` of each side set to the mean of the
-    rest, so nothing in the band (not even its brightness) reaches the network.
+def inner_mask(height: int, width: int, border: float) -> np.ndarray:
+    """(1, H, W, 1) float32: 1 inside, 0 in the outer band of ``border`` of each side."""
+    if not 0.0 < border < 0.5:
+        raise ValueError(f"border must be in (0, 0.5), got {border}.")
+    band_h, band_w = max(1, int(round(border * height))), max(1, int(round(border * width)))
+    mask = np.zeros((1, height, width, 1), np.float32)
+    mask[:, band_h:height - band_h, band_w:width - band_w, :] = 1.0
+    return mask
 
-    Weightless; a fixed (1, H, W, 1) mask built from the input shape.
-    """
 
-    def __init__(self, border: float = 0.12, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 < border < 0.5:
-            raise ValueError(f"border must be in (0, 0.5), got {border}.")
-        self.border = float(border)
+@lru_cache(maxsize=1)
+def register():
+    """Define and register the project's layers with Keras (once); returns the BorderMask class."""
+    import keras
 
-    def inner_mask(self, height: int, width: int) -> np.ndarray:
-        """(1, H, W, 1) float32: 1 inside, 0 in the border band."""
-        band_h, band_w = max(1, int(round(self.border * height))), max(1, int(round(self.border * width)))
-        mask = np.zeros((1, height, width, 1), np.float32)
-        mask[:, band_h:height - band_h, band_w:width - band_w, :] = 1.0
-        return mask
+    @keras.saving.register_keras_serializable(package="cxr")
+    class BorderMask(keras.layers.Layer):
+        """(B, H, W, C) pixels -> the same with the outer ``border`` of each side set to the mean of
+        the rest, so nothing in the band (not even its brightness) reaches the network. Weightless."""
 
-    def call(self, images):
-        inside = keras.ops.convert_to_tensor(self.inner_mask(images.shape[1], images.shape[2]))
-        inside_share = float(self.inner_mask(images.shape[1], images.shape[2]).mean())
-        # (B, 1, 1, 1): the mean of the inside only (a MEAN op, as the phone runtimes all have it)
-        mean = keras.ops.mean(images * inside, axis=(1, 2, 3), keepdims=True) / inside_share
-        return images * inside + mean * (1.0 - inside)
+        def __init__(self, border: float = 0.12, **kwargs):
+            super().__init__(**kwargs)
+            inner_mask(8, 8, border)  # checks the value
+            self.border = float(border)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        def call(self, images):
+            mask = inner_mask(images.shape[1], images.shape[2], self.border)
+            inside = keras.ops.convert_to_tensor(mask)
+            # (B, 1, 1, 1): the mean of the inside only (a MEAN op, as the phone runtimes all have it)
+            mean = keras.ops.mean(images * inside, axis=(1, 2, 3), keepdims=True) / float(mask.mean())
+            return images * inside + mean * (1.0 - inside)
 
-    def get_config(self):
-        return {**super().get_config(), "border": self.border}
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "border": self.border}
+
+    return BorderMask
+
+
+def border_mask(border: float, name: str):
+    """A BorderMask layer hiding the outer ``border`` of each side."""
+    return register()(border, name=name)

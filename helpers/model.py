@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from helpers import layers
 from helpers.config import KERAS_MODEL_FILE_NAME, artifacts_dir
 from helpers.data import IMAGE_SIZE
 from helpers.errors import MissingFile, ModelFileError
@@ -50,7 +51,7 @@ def build_model(
         output_bias: initial logit bias, e.g. :func:`initial_output_bias`.
         image_size: input height = width.
         border_mask: > 0 hides the outer band of this fraction of each side
-            (:class:`helpers.layers.BorderMask`, the film's mean grey there); 0 adds no layer.
+            (:func:`helpers.layers.border_mask`, the film's mean grey there); 0 adds no layer.
     """
     import keras
 
@@ -59,9 +60,7 @@ def build_model(
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")  # raw 0-255
     pixels = inputs
     if border_mask:
-        from helpers.layers import BorderMask
-
-        pixels = BorderMask(border_mask, name=BORDER_MASK_LAYER)(inputs)  # (B, S, S, 3), the band grey
+        pixels = layers.border_mask(border_mask, name=BORDER_MASK_LAYER)(inputs)  # (B, S, S, 3), the band grey
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_plus1")(pixels)
     # The base is created on the model's own tensor: its layers become layers of the
     # outer model (one flat graph), so `out_relu` is reachable for Grad-CAM.
@@ -175,8 +174,7 @@ def load_model(path: str | Path | None = None):
                "CXR_ARTIFACTS_DIR to the artifacts folder that holds model/" + MODEL_FILE_NAME + ".")
     if not path.is_file():
         raise MissingFile(f"No trained model at {path}. {retrain}")
-    from helpers import layers  # noqa: F401  (registers the project's layers for loading)
-
+    layers.register()  # the project's own layers, for loading
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile.BadZipFile, KeyError... for a bad archive

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import config, ledger, targets
+from helpers import config, ledger, model_selection, targets
 from helpers.jsonio import read_json_object, write_json
 
 README = config.PROJECT_ROOT / "README.md"
@@ -184,15 +184,6 @@ def readme_block(text: str, name: str) -> str:
     return found.group(1).rstrip("\n")
 
 
-def _target_lines(keys, results: dict[str, dict]) -> list[str]:
-    """``- <target line>.`` for each target of ``keys`` whose measured value ``results`` holds."""
-    return [f"- {line}." for line in targets.lines([targets.TARGETS[key] for key in keys], results)]
-
-
-def _targets_section(lines: list[str]) -> list[str]:
-    return ["", "Targets (met or missed, and when each was set):", *lines] if lines else []
-
-
 APP_TARGETS = ("app_p95_ms", "app_speedup_vs_keras", "app_cold_start_s", "app_rss_mb", "heatmap_float32",
                "heatmap_int8")
 RELIABILITY_TARGETS = ("fuzz_unhandled", "bit16_agreement", "dicom_agreement", "load_mismatches",
@@ -238,7 +229,7 @@ def app_block(benchmark: dict, parity: dict | None = None) -> str:
     flags = ", ".join(cpu.get("cpu_flags") or []) or "no speed-relevant flags found"
     lines.append(f"\nMeasured on {cpu.get('cpu_model') or 'an unnamed CPU'} ({flags}), 2 threads; latency depends "
                  "on the CPU (int8 gains most with AVX-512 VNNI).")
-    lines += _targets_section(_target_lines(APP_TARGETS, {"app_benchmark": benchmark, "parity": parity or {}}))
+    lines += targets.section(targets.markdown_lines(APP_TARGETS, {"app_benchmark": benchmark, "parity": parity or {}}))
     return "\n".join(lines)
 
 
@@ -281,7 +272,8 @@ def reliability_block(reliability: dict, ood_report: dict | None = None) -> str:
                      f"{ood_report.get('unlike_population_rate_test', 0):.2%}; generated non-X-rays refused "
                      f"{ood_report['rejection_rate_non_xray']:.0%}.")
     lines += _load_lines(reliability.get("concurrency"))
-    lines += _targets_section(_target_lines(RELIABILITY_TARGETS, {"reliability": reliability, "ood": ood_report or {}}))
+    lines += targets.section(targets.markdown_lines(RELIABILITY_TARGETS,
+                                                    {"reliability": reliability, "ood": ood_report or {}}))
     return "\n".join(lines)
 
 
@@ -371,7 +363,7 @@ def archive_block(benchmark: dict) -> str:
                  + ("; the kernel's autogroup scheduling was on, which gives all the processes of one session (the "
                     "benchmark and its workers) one share of the CPU beside each other session's."
                     if benchmark.get("sched_autogroup") else "."))
-    lines += _targets_section(_target_lines(ARCHIVE_TARGETS, {"archive_benchmark": benchmark}))
+    lines += targets.section(targets.markdown_lines(ARCHIVE_TARGETS, {"archive_benchmark": benchmark}))
     return "\n".join(lines)
 
 
@@ -498,7 +490,7 @@ def results_block(reference: dict) -> str:
         lines.append(f"The int8 phone model ({int8['size_mb']:.1f} MB) agrees with Keras on {int8['agreement']:.1%} "
                      f"of the test films ({int8['disagreements']:.0f} differ; "
                      f"accuracy {int8['accuracy_delta_points']:+.2f} points).")
-    lines += _targets_section(results_target_lines(reference))
+    lines += targets.section(results_target_lines(reference))
     return "\n".join(lines)
 
 
@@ -516,68 +508,9 @@ def test_ledger_block(rows: list[dict]) -> str:
             f"`docs/design_decisions.md`): " + "; ".join(f"{why} {count}" for why, count in reasons.items()) + ".")
 
 
-ZERO_SHOT_TARGETS = ("zero_shot_accuracy", "zero_shot_recall", "zero_shot_roc_auc", "zero_shot_ece")
-
-
-def _value(entry: dict) -> str:
-    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
-
-
-def model_selection_block(candidates: dict, shortcuts: dict | None = None) -> str:
-    """The candidate table (validation, acquisition shifts, test where a finalist was scored), the
-    choice and its zero-shot targets; then the shortcut checks of the project's model (notebook 05)."""
-    lines = [f"Rule, fixed before training: {candidates['rule'].rstrip('.')}. Chosen: **{candidates['chosen']}**.", "",
-             "| candidate | validation ROC-AUC (95% CI) | validation specificity | shifts: mean / worst specificity "
-             "| shifts: mean / worst recall | test accuracy / recall / specificity / ROC-AUC / ECE |",
-             "|---|---|---|---|---|---|"]
-    for name, record in candidates["candidates"].items():
-        shifted = record["shift_summary"]
-        test = record.get("test")
-        scored = ("not scored" if not test else " / ".join(
-            f"{test['metrics'][key]['value']:.3f}" for key in ("accuracy", "recall", "specificity", "roc_auc"))
-            + f" / {test['ece']:.3f}")
-        lines.append(f"| {name}: {record['what']} | {_value(record['validation']['roc_auc'])} "
-                     f"| {_value(record['validation']['specificity'])} "
-                     f"| {shifted['mean_specificity']:.3f} / {shifted['worst_specificity']:.3f} "
-                     f"| {shifted['mean_recall']:.3f} / {shifted['worst_recall']:.3f} | {scored} |")
-    lines.append("")
-    lines.append("Specificity and recall are read at each candidate's own validation threshold (the highest keeping "
-                 "validation recall >= 0.98); test figures are zero-shot, each candidate "
-                 "scored once, after the choice, and logged in "
-                 "the ledger.")
-    lines += _targets_section(_target_lines(ZERO_SHOT_TARGETS, {"candidates": candidates}))
-    checked = {name: record["shortcuts"] for name, record in candidates["candidates"].items() if "shortcuts" in record}
-    if checked:
-        lines += ["", "Shortcut checks of the candidates on the validation films, at each one's threshold:", ""]
-        lines += [f"- {name}: {_shortcut_sentence(record)}" for name, record in checked.items()]
-    checks = (shortcuts or {}).get("shortcuts")
-    if checks:
-        border_only = checks["border_only_classifier"]
-        changed = checks["decisions_changed"]
-        heat = checks["thorax_heat"]
-        lines += ["", "Shortcut checks of the project's model on the validation films (notebook 05):", "",
-                  f"- a linear classifier that sees only the outer {checks['border']:.0%} band of each film reaches "
-                  f"ROC-AUC {border_only['auc']:.3f} ({border_only['ci_low']:.3f}-{border_only['ci_high']:.3f});",
-                  f"- {_shortcut_sentence({'decisions_changed': changed, 'thorax_heat': heat})}"][
-                      : None if candidates["chosen"] not in checked else -1]  # already listed above
-    return "\n".join(lines)
-
-
-def _shortcut_sentence(checks: dict) -> str:
-    """Decisions changed by each blanking, and the Grad-CAM heat inside the thorax box per outcome."""
-    heat = checks["thorax_heat"]
-    changed = "; ".join(f"{name}: {entry['changed']} of {entry['films']} decisions change "
-                        f"({entry['normal_to_pneumonia']} to PNEUMONIA, {entry['pneumonia_to_normal']} to NORMAL)"
-                        for name, entry in checks["decisions_changed"].items())
-    inside = ", ".join(f"{outcome} {heat[outcome]['heat_inside']:.0%} ({heat[outcome]['films']} "
-                       f"film{'' if heat[outcome]['films'] == 1 else 's'})"
-                       for outcome in ("TP", "FP", "FN", "TN") if heat[outcome]["films"])
-    return f"{changed}; Grad-CAM heat inside the thorax box ({heat['box_area']:.0%} of the image): {inside}."
-
-
 def results_target_lines(reference: dict) -> list[str]:
     """The headline targets (quality, calibration, band, phone models) as Markdown list lines."""
-    lines = _target_lines(RESULTS_TARGETS, {"reference": reference})
+    lines = targets.markdown_lines(RESULTS_TARGETS, {"reference": reference})
     speed = reference.get("speed")
     if speed:
         target = targets.speedup_target(speed.get("cpu_flags"))
@@ -672,8 +605,9 @@ def model_card(results: dict[str, dict]) -> str:
 def card_target_lines(results: dict[str, dict]) -> list[str]:
     """Every target whose measured value ``results`` holds, as Markdown list lines."""
     lines = results_target_lines(results["reference"])
-    lines += _target_lines(APP_TARGETS, results)
-    lines += _target_lines(RELIABILITY_TARGETS, {"ood": _guard_figures_as_ood(results["reference"]), **results})
+    lines += targets.markdown_lines(APP_TARGETS, results)
+    lines += targets.markdown_lines(RELIABILITY_TARGETS,
+                                    {"ood": _guard_figures_as_ood(results["reference"]), **results})
     site_verdicts = (results.get("new_site") or {}).get("targets")
     if site_verdicts:
         lines.append(f"- {targets.SITE_CALIBRATION.line(site_verdicts)}")
@@ -697,7 +631,7 @@ def render_blocks(results: dict[str, dict]) -> dict[str, str]:
         "new_site": lambda: new_site_block(results["new_site"]),
         "archive": lambda: archive_block(results["archive_benchmark"]),
         "test_ledger": lambda: test_ledger_block(results["test_ledger"]["rows"]),
-        "model_selection": lambda: model_selection_block(results["candidates"], results.get("shortcuts")),
+        "model_selection": lambda: model_selection.block(results["candidates"], results.get("shortcuts")),
     }
     return {block: render() for block, render in renderers.items() if BLOCK_SOURCES[block][0] in results}
 

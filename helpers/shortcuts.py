@@ -32,6 +32,8 @@ from collections.abc import Callable
 import numpy as np
 
 from helpers import config, evaluation
+from helpers.operating_point import called_pneumonia
+from helpers.operating_point import outcomes as outcome_labels  # noqa: F401  ("TP"/"FP"/"FN"/"TN" per film)
 
 DEFAULT_BORDER = 0.12  # the outer band, as a fraction of the side, on each side
 # [top, left, bottom, right] of the thorax, as fractions of the height and width.
@@ -152,7 +154,7 @@ def decisions_changed(predict: Callable[[np.ndarray], np.ndarray], images, label
     before = (np.asarray(probabilities).reshape(-1) if probabilities is not None
               else np.concatenate(before_chunks))  # (N,)
     after = np.concatenate(after_chunks)  # (N,)
-    decided_before, decided_after = before >= threshold, after >= threshold
+    decided_before, decided_after = called_pneumonia(before, threshold), called_pneumonia(after, threshold)
     flipped = decided_before != decided_after
 
     def rate(decisions, label, positive):
@@ -234,15 +236,6 @@ def border_only_auc(train_features, train_labels, evaluation_features, evaluatio
             "train_films": int(len(train_labels)), "evaluation_films": int(len(evaluation_labels))}
 
 
-
-
-def outcome_labels(labels, probabilities, threshold: float) -> np.ndarray:
-    """(N,) "TP"/"FP"/"FN"/"TN" of each film at ``threshold`` (PNEUMONIA when probability >= threshold)."""
-    labels = np.asarray(labels).astype(int).reshape(-1)
-    predicted = np.asarray(probabilities).reshape(-1) >= threshold
-    if len(labels) != len(predicted):
-        raise ValueError(f"labels and probabilities differ in length: {len(labels)} vs {len(predicted)}.")
-    return np.where(labels == 1, np.where(predicted, "TP", "FN"), np.where(predicted, "FP", "TN"))
 
 
 def plot_regions(image, border: float = DEFAULT_BORDER, box=THORAX_BOX, regions=MARKER_REGIONS):

@@ -213,3 +213,13 @@ def lines(targets, results: dict[str, dict]) -> list[str]:
         if value is not None:
             found.append(target.line(value))
     return found
+
+
+def markdown_lines(keys, results: dict[str, dict]) -> list[str]:
+    """``- <target line>.`` for each target of ``keys`` (:data:`TARGETS`) whose measured value ``results`` holds."""
+    return [f"- {line}." for line in lines([TARGETS[key] for key in keys], results)]
+
+
+def section(target_lines: list[str]) -> list[str]:
+    """A README block's closing list of targets (nothing when there are none)."""
+    return ["", "Targets (met or missed, and when each was set):", *target_lines] if target_lines else []

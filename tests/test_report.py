@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from helpers import report
+from helpers import model_selection, report
 from helpers.jsonio import read_json_object, write_json
 
 BENCHMARK = {
@@ -335,7 +335,7 @@ def test_the_model_selection_block_shows_every_candidate_and_the_chosen_ones_tar
         "reference": {"what": "the recipe", "validation": validation, "shift_summary": shifted},
         "masked": {"what": "no border", "validation": validation, "shift_summary": shifted, "test": test,
                    "shortcuts": {key: SHORTCUTS["shortcuts"][key] for key in ("decisions_changed", "thorax_heat")}}}}
-    block = report.model_selection_block(candidates, {"shortcuts": SHORTCUTS["shortcuts"]})
+    block = model_selection.block(candidates, {"shortcuts": SHORTCUTS["shortcuts"]})
     assert "Chosen: **masked**" in block and "| reference: the recipe |" in block and "not scored" in block
     assert "| 0.950 / 0.800 | 0.970 / 0.930 | 0.900 / 0.900 / 0.900 / 0.900 / 0.070 |" in block
     assert "zero-shot test accuracy of the chosen candidate ≥ 0.900: 0.900, met (set 2026-12-05)" in block
