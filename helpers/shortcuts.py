@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from helpers import config, evaluation
+from helpers import config, evaluation, layers
 from helpers.operating_point import called_pneumonia
 from helpers.operating_point import outcomes as outcome_labels  # noqa: F401  ("TP"/"FP"/"FN"/"TN" per film)
 
@@ -55,19 +55,10 @@ def _check_images(images) -> np.ndarray:
     return images
 
 
-def _check_fraction(border: float) -> float:
-    if not 0.0 < border < 0.5:
-        raise ValueError(f"border must be in (0, 0.5), got {border}.")
-    return float(border)
-
-
 def border_mask(height: int, width: int, border: float = DEFAULT_BORDER) -> np.ndarray:
-    """(H, W) bool, True in the outer band of ``border`` of the side on each side."""
-    border = _check_fraction(border)
-    band_h, band_w = max(1, int(round(border * height))), max(1, int(round(border * width)))
-    mask = np.ones((height, width), dtype=bool)
-    mask[band_h:height - band_h, band_w:width - band_w] = False
-    return mask
+    """(H, W) bool, True in the outer band of ``border`` of the side on each side: the band the
+    model's border mask (:func:`helpers.layers.inner_mask`) would hide."""
+    return layers.inner_mask(height, width, border)[0, :, :, 0] == 0.0
 
 
 def box_mask(height: int, width: int, box) -> np.ndarray:
